@@ -1,0 +1,45 @@
+"""dcm_sync: WebSocket connections, rooms and messages shared across server processes.
+
+Redis (or the embedded ``memory://`` backend) holds the shared state and carries messages
+between servers. See the README for the API, configuration and the Redis layout.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .emitter import Emitter
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    BackendUnavailableError,
+    ConfigError,
+    ConnectionLimitError,
+    DCMError,
+    MessageTooLargeError,
+    UnknownConnectionError,
+)
+from .factory import create_distributed_connection_manager
+from .local import LocalConnectionManager
+from .manager import DistributedConnectionManager
+from .models import DistributedStats, ServerInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "LocalConnectionManager",
+    "DistributedConnectionManager",
+    "create_distributed_connection_manager",
+    "Emitter",
+    "DistributedStats",
+    "ServerInfo",
+    "DCMError",
+    "ConfigError",
+    "UnknownConnectionError",
+    "ConnectionLimitError",
+    "MessageTooLargeError",
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "__version__",
+]

@@ -1,0 +1,24 @@
+"""Coordination backends: ``memory://`` (in-process) and ``redis://`` / ``rediss://`` / ``unix://``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from .base import Backend, ConnectionRecord, Subscription
+
+__all__ = ["Backend", "ConnectionRecord", "Subscription", "open_backend"]
+
+
+def open_backend(url: str, key_prefix: str, timeout: float = 2.0) -> Backend:
+    """The backend for ``url``; only this function picks an implementation."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from .memory import MemoryBackend
+
+        return MemoryBackend(url, key_prefix)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBackend
+
+        return RedisBackend(url, key_prefix, timeout=timeout)
+    raise ConfigError(f"no backend for URL scheme {scheme!r} in {url!r}")

@@ -1,0 +1,129 @@
+"""The interface every coordination backend implements.
+
+A backend owns the shared-state layout (keys under ``key_prefix``) and the bus. Each state
+operation is atomic on its own (a Lua script or a MULTI in Redis, one lock in memory), so the
+manager never leaves a half-written connection or room. Channels are logical names
+(``room:<room>``, ``server:<id>``); the backend adds the prefix.
+
+Failures surface as :class:`~dcm_sync.errors.BackendUnavailableError` (cannot reach the
+coordinator in time) or :class:`~dcm_sync.errors.BackendError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..models import RemovedConnection, ServerInfo
+
+__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation"]
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """A live connection as written to the shared state when (re-)registering it."""
+
+    connection_id: str
+    user_id: str
+    connected_at: float
+    rooms: tuple[str, ...] = ()
+
+
+class Confirmation(Protocol):
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class Subscription(Protocol):
+    """One subscriber connection. ``get_message`` is called by one listener only;
+    ``subscribe``/``unsubscribe`` may be called from any thread while it waits."""
+
+    def subscribe(self, channels: Iterable[str]) -> list[Confirmation]:
+        """Send the subscription; each returned confirmation is set once the bus has it."""
+        ...
+
+    def unsubscribe(self, channels: Iterable[str]) -> None: ...
+
+    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+        """The next ``(channel, data)``, or None after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    url: str
+    key_prefix: str
+
+    # servers
+    def register_server(self, info: ServerInfo, ttl: float) -> None: ...
+
+    def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
+        """Refresh the server's record; False if it was gone (expired, cleaned or Redis emptied)."""
+        ...
+
+    def deregister_server(self, server_id: str) -> None: ...
+
+    def dead_servers(self) -> list[str]:
+        """Servers still indexed whose record has expired."""
+        ...
+
+    def claim_cleanup(self, server_id: str, claimer: str, ttl: float) -> bool:
+        """Take the short cleanup lock for a dead server; False if another server holds it."""
+        ...
+
+    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+        """Atomically remove up to ``count`` of the server's connections; [] when none is left."""
+        ...
+
+    def forget_server(self, server_id: str) -> None:
+        """Drop a cleaned server from the index."""
+        ...
+
+    # connections and rooms
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> None: ...
+
+    def restore_connections(
+        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
+    ) -> None:
+        """Write live connections and their rooms back (idempotent), e.g. after Redis restarted."""
+        ...
+
+    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None: ...
+
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        """Add to the room; return the owning server id (None if unknown). If the owner is not
+        ``caller``, ``route`` is published to the owner's server channel in the same step."""
+        ...
+
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None: ...
+
+    def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
+        """Publish ``data`` to the owner's server channel unless it is ``caller``; owner or None."""
+        ...
+
+    def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
+        """Remove each connection and its memberships; None for those already gone."""
+        ...
+
+    def owner_of(self, connection_id: str) -> str | None: ...
+
+    # bus
+    def publish(self, channel: str, data: bytes) -> None: ...
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+    def subscription(self) -> Subscription: ...
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds to wait before reconnect attempt number ``failures`` (jittered, capped)."""
+        ...
+
+    def server_alive(self, server_id: str) -> bool: ...
+
+    # reading
+    def stats(self) -> tuple[int, int, list[ServerInfo]]:
+        """``(total_connections, total_rooms, live servers)``."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,299 @@
+"""``memory://NAME``: a real in-process backend with the Redis backend's semantics.
+
+Managers in one process that open the same ``memory://NAME`` with the same key prefix share
+one state and one bus (``memory://`` alone is the name ``default``). Records expire like Redis
+keys, so failure detection and cleanup work the same way. Everything is guarded by one lock;
+delivery goes through a queue per subscriber, read by that manager's listener.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ..models import RemovedConnection, ServerInfo
+from .base import ConnectionRecord
+
+__all__ = ["MemoryBackend", "reset_memory_backends"]
+
+
+@dataclass
+class _Conn:
+    user_id: str
+    server_id: str
+    connected_at: float
+    expires: float
+    rooms: list[str] = field(default_factory=list)
+
+
+class _Confirmed:
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.servers: dict[str, tuple[ServerInfo, float]] = {}  # id -> (info, expires)
+        self.server_index: set[str] = set()
+        self.server_conns: dict[str, set[str]] = {}
+        self.conns: dict[str, _Conn] = {}
+        self.rooms: dict[str, set[str]] = {}
+        self.locks: dict[str, float] = {}
+        self.subscribers: list[_MemorySubscription] = []
+
+    def live_conn(self, cid: str) -> _Conn | None:
+        conn = self.conns.get(cid)
+        if conn is not None and conn.expires <= time.monotonic():
+            del self.conns[cid]  # expired like a Redis key; its memberships stay, as in Redis
+            return None
+        return conn
+
+    def live_server(self, sid: str) -> ServerInfo | None:
+        entry = self.servers.get(sid)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self.servers[sid]
+            return None
+        return entry[0]
+
+
+_STATES: dict[tuple[str, str], _State] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def reset_memory_backends() -> None:
+    """Forget every ``memory://`` state of this process (for tests of code using the library)."""
+    with _STATES_LOCK:
+        _STATES.clear()
+
+
+class _MemorySubscription:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.channels: set[str] = set()
+        with state.lock:
+            state.subscribers.append(self)
+
+    def subscribe(self, channels: Iterable[str]) -> list[_Confirmed]:
+        with self._state.lock:
+            self.channels.update(channels)
+        return []
+
+    def unsubscribe(self, channels: Iterable[str]) -> None:
+        with self._state.lock:
+            self.channels.difference_update(channels)
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        self._queue.put((channel, data))
+
+    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        with self._state.lock:
+            if self in self._state.subscribers:
+                self._state.subscribers.remove(self)
+            self.channels.clear()
+
+
+class MemoryBackend:
+    def __init__(self, url: str, key_prefix: str) -> None:
+        parts = urlsplit(url)
+        name = (parts.netloc + parts.path).strip("/") or "default"
+        self.url = url
+        self.key_prefix = key_prefix
+        with _STATES_LOCK:
+            self._s = _STATES.setdefault((name, key_prefix), _State())
+
+    # servers
+    def register_server(self, info: ServerInfo, ttl: float) -> None:
+        s = self._s
+        with s.lock:
+            s.servers[info.server_id] = (info, time.monotonic() + ttl)
+            s.server_index.add(info.server_id)
+            s.server_conns.setdefault(info.server_id, set())
+
+    def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
+        s = self._s
+        with s.lock:
+            info = s.live_server(server_id)
+            if info is None:
+                return False
+            info = ServerInfo(info.server_id, info.host, info.port, info.pid, time.time(),
+                              active_connections)
+            s.servers[server_id] = (info, time.monotonic() + ttl)
+            return True
+
+    def deregister_server(self, server_id: str) -> None:
+        s = self._s
+        with s.lock:
+            s.servers.pop(server_id, None)
+            s.server_index.discard(server_id)
+            if not s.server_conns.get(server_id):
+                s.server_conns.pop(server_id, None)
+
+    def server_alive(self, server_id: str) -> bool:
+        with self._s.lock:
+            return self._s.live_server(server_id) is not None
+
+    def dead_servers(self) -> list[str]:
+        s = self._s
+        with s.lock:
+            return [sid for sid in s.server_index if s.live_server(sid) is None]
+
+    def claim_cleanup(self, server_id: str, claimer: str, ttl: float) -> bool:
+        s = self._s
+        now = time.monotonic()
+        with s.lock:
+            if s.locks.get(server_id, 0.0) > now:
+                return False
+            s.locks[server_id] = now + ttl
+            return True
+
+    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+        s = self._s
+        with s.lock:
+            ids = s.server_conns.get(server_id, set())
+            batch = [ids.pop() for _ in range(min(count, len(ids)))]
+            return [r for r in (self._remove(cid) for cid in batch) if r is not None]
+
+    def forget_server(self, server_id: str) -> None:
+        s = self._s
+        with s.lock:
+            s.server_index.discard(server_id)
+            s.servers.pop(server_id, None)
+            s.server_conns.pop(server_id, None)
+
+    # connections and rooms
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> None:
+        self.restore_connections(server_id, [record], ttl)
+
+    def restore_connections(
+        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
+    ) -> None:
+        s = self._s
+        with s.lock:
+            for rec in records:
+                s.conns[rec.connection_id] = _Conn(rec.user_id, server_id, rec.connected_at,
+                                                   time.monotonic() + ttl, list(rec.rooms))
+                s.server_conns.setdefault(server_id, set()).add(rec.connection_id)
+                for room in rec.rooms:
+                    s.rooms.setdefault(room, set()).add(rec.connection_id)
+
+    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None:
+        s = self._s
+        with s.lock:
+            for cid in connection_ids:
+                conn = s.live_conn(cid)
+                if conn is not None:
+                    conn.expires = time.monotonic() + ttl
+
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        s = self._s
+        with s.lock:
+            conn = s.live_conn(connection_id)
+            if conn is None:
+                return None
+            members = s.rooms.setdefault(room_id, set())
+            if connection_id not in members:
+                members.add(connection_id)
+                conn.rooms.append(room_id)
+            self._route_to(conn.server_id, caller, route)
+            return conn.server_id
+
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        s = self._s
+        with s.lock:
+            conn = s.live_conn(connection_id)
+            if conn is None:
+                return None
+            members = s.rooms.get(room_id)
+            if members is not None and connection_id in members:
+                self._discard_member(room_id, connection_id)
+                conn.rooms = [r for r in conn.rooms if r != room_id]
+            self._route_to(conn.server_id, caller, route)
+            return conn.server_id
+
+    def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
+        s = self._s
+        with s.lock:
+            conn = s.live_conn(connection_id)
+            if conn is None:
+                return None
+            self._route_to(conn.server_id, caller, data)
+            return conn.server_id
+
+    def owner_of(self, connection_id: str) -> str | None:
+        with self._s.lock:
+            conn = self._s.live_conn(connection_id)
+            return None if conn is None else conn.server_id
+
+    def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
+        with self._s.lock:
+            return [self._remove(cid) for cid in connection_ids]
+
+    def _remove(self, cid: str) -> RemovedConnection | None:
+        s = self._s
+        conn = s.live_conn(cid)
+        if conn is None:
+            return None
+        del s.conns[cid]
+        s.server_conns.get(conn.server_id, set()).discard(cid)
+        left = tuple(r for r in conn.rooms if not self._discard_member(r, cid))
+        return RemovedConnection(cid, conn.user_id, conn.server_id, left)
+
+    def _discard_member(self, room_id: str, cid: str) -> bool:
+        """Remove a member; True if the room is now gone."""
+        members = self._s.rooms.get(room_id)
+        if members is None:
+            return True
+        members.discard(cid)
+        if members:
+            return False
+        del self._s.rooms[room_id]
+        return True
+
+    def _route_to(self, owner: str, caller: str, data: bytes) -> None:
+        if owner != caller:
+            self.publish(f"server:{owner}", data)
+
+    # bus
+    def publish(self, channel: str, data: bytes) -> None:
+        with self._s.lock:
+            targets = [sub for sub in self._s.subscribers if channel in sub.channels]
+        for sub in targets:
+            sub.deliver(channel, data)
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for channel, data in items:
+            self.publish(channel, data)
+
+    def retry_delay(self, failures: int) -> float:
+        return min(1.0, 0.05 * failures)
+
+    def subscription(self) -> _MemorySubscription:
+        return _MemorySubscription(self._s)
+
+    # reading
+    def stats(self) -> tuple[int, int, list[ServerInfo]]:
+        s = self._s
+        with s.lock:
+            live = [info for sid in sorted(s.server_index)
+                    if (info := s.live_server(sid)) is not None]
+            counted = [ServerInfo(i.server_id, i.host, i.port, i.pid, i.last_heartbeat,
+                                  len(s.server_conns.get(i.server_id, ())))
+                       for i in live]
+            return sum(i.active_connections for i in counted), len(s.rooms), counted
+
+    def close(self) -> None:
+        """Nothing to release: the state lives as long as the process (like a Redis server)."""

@@ -1,0 +1,323 @@
+"""``redis://``, ``rediss://`` and ``unix://``: the Redis backend (the only module importing redis).
+
+Key layout under the prefix ``P`` (default ``dcm:``); the README lists the same table:
+
+    P servers:<sid>              hash  serverId host port pid lastHeartbeat activeConnections;
+                                       PEXPIRE heartbeat_ttl, refreshed by every heartbeat
+    P index:servers              set   every registered server id (dead ones until cleaned)
+    P server-connections:<sid>   set   the server's connection ids (cleanup is O(its connections))
+    P connections:<cid>          hash  userId serverId timestamp rooms(JSON array); PEXPIRE connection_ttl
+    P rooms:<room>               set   connection ids in the room; gone when empty
+    P index:rooms                set   room ids with members (counts rooms without KEYS/SCAN)
+    P lock:cleanup:<sid>         str   who cleans a dead server; PX heartbeat_ttl
+    channels  P room:<room>, P server:<sid>
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+from ..errors import BackendError, BackendUnavailableError, ConfigError
+from ..models import RemovedConnection, ServerInfo
+from . import redis_scripts as lua
+from .base import ConnectionRecord
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 500
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn redis-py's errors into the library's, keeping the cause."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise BackendUnavailableError(f"Redis unreachable during {what}: {exc}") from exc
+    except redis.RedisError as exc:
+        raise BackendError(f"Redis error during {what}: {exc}") from exc
+
+
+def _removed(row: Any) -> RemovedConnection | None:
+    if not row:
+        return None
+    cid, user, sid, left = row
+    return RemovedConnection(_s(cid), _s(user), _s(sid), tuple(_s(r) for r in left or ()))
+
+
+class _RedisSubscription:
+    """A redis-py PubSub on its own connection, with subscribe confirmations."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._pubsub = client.pubsub()
+        self._prefix = prefix
+        self._cut = len(prefix)
+        self._pending: dict[str, list[threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, channels: Iterable[str]) -> list[threading.Event]:
+        names = [self._prefix + c for c in channels]
+        if not names:
+            return []
+        events = []
+        with self._lock:
+            for name in names:
+                ev = threading.Event()
+                self._pending.setdefault(name, []).append(ev)
+                events.append(ev)
+        with translate_errors("SUBSCRIBE"):
+            self._pubsub.subscribe(*names)
+        return events
+
+    def unsubscribe(self, channels: Iterable[str]) -> None:
+        names = [self._prefix + c for c in channels]
+        if names:
+            with translate_errors("UNSUBSCRIBE"):
+                self._pubsub.unsubscribe(*names)
+
+    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+        with translate_errors("listen"):
+            msg = self._pubsub.get_message(timeout=timeout)
+        if msg is None:
+            return None
+        channel = _s(msg["channel"])
+        if msg["type"] == "message":
+            return channel[self._cut:], msg["data"]
+        if msg["type"] == "subscribe":
+            with self._lock:
+                for ev in self._pending.pop(channel, ()):
+                    ev.set()
+        return None
+
+    def close(self) -> None:
+        try:
+            self._pubsub.reset()
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("closing subscription: %s", exc)
+
+
+class RedisBackend:
+    def __init__(self, url: str, key_prefix: str, timeout: float = 2.0) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        try:
+            self._r = redis.Redis.from_url(
+                url, retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1), **common
+            )
+            # the subscriber reports every failure at once; the listener owns reconnection
+            self._sub_client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from exc
+        self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
+        p = key_prefix
+        self._k_servers_index = p + "index:servers"
+        self._k_rooms_index = p + "index:rooms"
+        self._remove = self._r.register_script(lua.REMOVE)
+        self._pop_server = self._r.register_script(lua.POP_SERVER)
+        self._join = self._r.register_script(lua.JOIN)
+        self._leave = self._r.register_script(lua.LEAVE)
+        self._route = self._r.register_script(lua.ROUTE)
+        self._heartbeat = self._r.register_script(lua.HEARTBEAT)
+
+    def _k_server(self, sid: str) -> str:
+        return f"{self.key_prefix}servers:{sid}"
+
+    def _k_conn(self, cid: str) -> str:
+        return f"{self.key_prefix}connections:{cid}"
+
+    def _k_room(self, room: str) -> str:
+        return f"{self.key_prefix}rooms:{room}"
+
+    def _k_server_conns(self, sid: str) -> str:
+        return f"{self.key_prefix}server-connections:{sid}"
+
+    # servers
+    def register_server(self, info: ServerInfo, ttl: float) -> None:
+        key = self._k_server(info.server_id)
+        with translate_errors("server registration"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hset(key, mapping={
+                "serverId": info.server_id, "host": info.host, "port": info.port,
+                "pid": info.pid, "lastHeartbeat": repr(info.last_heartbeat),
+                "activeConnections": info.active_connections,
+            })
+            pipe.pexpire(key, int(ttl * 1000))
+            pipe.sadd(self._k_servers_index, info.server_id)
+            pipe.execute()
+
+    def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
+        with translate_errors("heartbeat"):
+            return bool(self._heartbeat(keys=[self._k_server(server_id)],
+                                        args=[int(ttl * 1000), repr(time.time()), active_connections]))
+
+    def deregister_server(self, server_id: str) -> None:
+        with translate_errors("server deregistration"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.delete(self._k_server(server_id))
+            pipe.srem(self._k_servers_index, server_id)
+            pipe.execute()
+
+    def server_alive(self, server_id: str) -> bool:
+        with translate_errors("EXISTS"):
+            return bool(self._r.exists(self._k_server(server_id)))
+
+    def dead_servers(self) -> list[str]:
+        with translate_errors("failure detection"):
+            ids = sorted(_s(x) for x in self._r.smembers(self._k_servers_index))
+            if not ids:
+                return []
+            pipe = self._r.pipeline(transaction=False)
+            for sid in ids:
+                pipe.exists(self._k_server(sid))
+            return [sid for sid, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+
+    def claim_cleanup(self, server_id: str, claimer: str, ttl: float) -> bool:
+        with translate_errors("cleanup lock"):
+            return bool(self._r.set(f"{self.key_prefix}lock:cleanup:{server_id}", claimer,
+                                    nx=True, px=int(ttl * 1000)))
+
+    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+        with translate_errors("failure cleanup"):
+            rows = self._pop_server(keys=[self._k_server_conns(server_id)],
+                                    args=[self.key_prefix, count])
+        return [r for r in map(_removed, rows) if r is not None]
+
+    def forget_server(self, server_id: str) -> None:
+        with translate_errors("failure cleanup"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.srem(self._k_servers_index, server_id)
+            pipe.delete(self._k_server(server_id))
+            pipe.delete(self._k_server_conns(server_id))
+            pipe.execute()
+
+    # connections and rooms
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> None:
+        with translate_errors("connection registration"):
+            pipe = self._r.pipeline(transaction=True)
+            self._write_connection(pipe, server_id, record, ttl)
+            pipe.execute()
+
+    def _write_connection(self, pipe: Any, server_id: str, rec: ConnectionRecord, ttl: float) -> None:
+        key = self._k_conn(rec.connection_id)
+        pipe.hset(key, mapping={"userId": rec.user_id, "serverId": server_id,
+                                "timestamp": repr(rec.connected_at),
+                                "rooms": json.dumps(list(rec.rooms))})
+        pipe.pexpire(key, int(ttl * 1000))
+        pipe.sadd(self._k_server_conns(server_id), rec.connection_id)
+        for room in rec.rooms:
+            pipe.sadd(self._k_room(room), rec.connection_id)
+        if rec.rooms:
+            pipe.sadd(self._k_rooms_index, *rec.rooms)
+
+    def restore_connections(
+        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
+    ) -> None:
+        with translate_errors("connection restore"):
+            for start in range(0, len(records), _CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for rec in records[start:start + _CHUNK]:
+                    self._write_connection(pipe, server_id, rec, ttl)
+                pipe.execute()
+
+    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None:
+        with translate_errors("connection refresh"):
+            for start in range(0, len(connection_ids), _CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for cid in connection_ids[start:start + _CHUNK]:
+                    pipe.pexpire(self._k_conn(cid), int(ttl * 1000))
+                pipe.execute()
+
+    def _room_op(self, script: Any, cid: str, room: str, caller: str, route: bytes) -> str | None:
+        with translate_errors("room membership change"):
+            owner = script(keys=[self._k_conn(cid), self._k_room(room), self._k_rooms_index],
+                           args=[self.key_prefix, cid, caller, route, room])
+        return None if owner is None else _s(owner)
+
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        return self._room_op(self._join, connection_id, room_id, caller, route)
+
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        return self._room_op(self._leave, connection_id, room_id, caller, route)
+
+    def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
+        with translate_errors("routing to a connection's server"):
+            owner = self._route(keys=[self._k_conn(connection_id)],
+                                args=[self.key_prefix, "", caller, data])
+        return None if owner is None else _s(owner)
+
+    def owner_of(self, connection_id: str) -> str | None:
+        with translate_errors("HGET"):
+            owner = self._r.hget(self._k_conn(connection_id), "serverId")
+        return None if owner is None else _s(owner)
+
+    def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
+        out: list[RemovedConnection | None] = []
+        with translate_errors("connection removal"):
+            for start in range(0, len(connection_ids), _CHUNK):
+                rows = self._remove(args=[self.key_prefix, *connection_ids[start:start + _CHUNK]])
+                out.extend(_removed(row) for row in rows)
+        return out
+
+    # bus
+    def publish(self, channel: str, data: bytes) -> None:
+        with translate_errors("PUBLISH"):
+            self._r.publish(self.key_prefix + channel, data)
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with translate_errors("PUBLISH"):
+            for start in range(0, len(items), _CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for channel, data in items[start:start + _CHUNK]:
+                    pipe.publish(self.key_prefix + channel, data)
+                pipe.execute()
+
+    def retry_delay(self, failures: int) -> float:
+        return self._backoff.compute(failures)
+
+    def subscription(self) -> _RedisSubscription:
+        return _RedisSubscription(self._sub_client, self.key_prefix)
+
+    # reading
+    def stats(self) -> tuple[int, int, list[ServerInfo]]:
+        with translate_errors("stats"):
+            ids = sorted(_s(x) for x in self._r.smembers(self._k_servers_index))
+            pipe = self._r.pipeline(transaction=False)
+            for sid in ids:
+                pipe.hgetall(self._k_server(sid))
+                pipe.scard(self._k_server_conns(sid))
+            pipe.scard(self._k_rooms_index)
+            res = pipe.execute()
+        servers = []
+        for i, sid in enumerate(ids):
+            h = {_s(k): _s(v) for k, v in res[2 * i].items()}
+            if not h:
+                continue  # expired, not yet cleaned
+            servers.append(ServerInfo(sid, h.get("host", ""), int(h.get("port", 0)),
+                                      int(h.get("pid", 0)), float(h.get("lastHeartbeat", 0)),
+                                      int(res[2 * i + 1])))
+        return sum(s.active_connections for s in servers), int(res[-1]), servers
+
+    def close(self) -> None:
+        for client in (self._r, self._sub_client):
+            try:
+                client.close()
+                client.connection_pool.disconnect()
+            except (redis.RedisError, OSError) as exc:
+                logger.debug("closing Redis client: %s", exc)

@@ -1,0 +1,178 @@
+"""Configuration: the :class:`Config` dataclass, its validation and ``from_env()``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES"]
+
+AuthenticateFn = Callable[[Any, str], Any]
+"""``authenticate(auth_token, user_id)``: a falsy result refuses the connection."""
+
+SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix")
+
+#: Environment variables the seed design used, mapped to Config fields.
+_SEED_ENV = {"redis_url": "REDIS_URL", "server_host": "SERVER_HOST", "server_port": "PORT"}
+#: Fields that cannot come from text (environment, Flask config strings).
+_NOT_FROM_ENV = frozenset({"authenticate"})
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}\-]{1,64}$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one distributed manager. Invalid values raise :class:`ConfigError`.
+
+    Times are in seconds (floats; sub-second values work). See the README's table for
+    what each field does and which environment variable sets it.
+    """
+
+    redis_url: str = "memory://"
+    server_host: str = "127.0.0.1"
+    server_port: int = 3000
+    server_id: str | None = None
+    key_prefix: str = "dcm:"
+    heartbeat_interval: float = 30.0
+    heartbeat_ttl: float = 90.0
+    stale_connection_timeout: float = 1800.0
+    cleanup_interval: float = 300.0
+    connection_ttl: float = 3600.0
+    max_connections: int = 10_000
+    max_message_bytes: int = 1024 * 1024
+    notify_on_disconnect: bool = True
+    redis_timeout: float = 2.0
+    subscribe_timeout: float = 2.0
+    authenticate: AuthenticateFn | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "authenticate":
+                _check_type(f.name, getattr(self, f.name), f.type)
+        scheme = urlsplit(self.redis_url).scheme
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ConfigError(
+                f"redis_url {self.redis_url!r}: scheme must be one of "
+                f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
+            )
+        if not self.server_host:
+            raise ConfigError("server_host must not be empty")
+        if not 0 <= self.server_port <= 65535:
+            raise ConfigError(f"server_port must be in 0..65535, got {self.server_port}")
+        if self.server_id is not None and not (0 < len(self.server_id) <= 128):
+            raise ConfigError("server_id must be 1..128 characters")
+        if not _PREFIX_RE.match(self.key_prefix):
+            raise ConfigError(
+                f"key_prefix {self.key_prefix!r} must be 1..64 characters of A-Z a-z 0-9 _ . : - {{ }}"
+            )
+        for name in ("heartbeat_interval", "heartbeat_ttl", "stale_connection_timeout",
+                     "cleanup_interval", "connection_ttl", "redis_timeout", "subscribe_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.heartbeat_ttl <= 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"heartbeat_ttl ({self.heartbeat_ttl}) must be more than twice "
+                f"heartbeat_interval ({self.heartbeat_interval}), or one late heartbeat "
+                "would declare a live server dead"
+            )
+        if self.connection_ttl <= 2 * self.heartbeat_interval:
+            raise ConfigError("connection_ttl must be more than twice heartbeat_interval")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be >= 1")
+        if self.max_message_bytes < 64:
+            raise ConfigError("max_message_bytes must be >= 64")
+        if self.authenticate is not None and not callable(self.authenticate):
+            raise ConfigError("authenticate must be callable or None")
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError`."""
+        unknown = set(overrides) - set(field_names())
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read ``REDIS_URL``, ``SERVER_HOST``, ``PORT`` and ``DCM_<FIELD>`` for the rest.
+
+        ``DCM_REDIS_URL`` etc. are accepted too and win over the seed's names.
+        Keyword ``overrides`` win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in field_names():
+            if name in _NOT_FROM_ENV:
+                continue
+            for var in (f"DCM_{name.upper()}", _SEED_ENV.get(name)):
+                if var and var in env:
+                    values[name] = parse_value(name, env[var])
+                    break
+        values.update(overrides)
+        return cls().replace(**values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> Config:
+        """Build from ``{field: value}``; string values are parsed as in :meth:`from_env`."""
+        parsed = {k: parse_value(k, v) if isinstance(v, str) else v for k, v in values.items()}
+        parsed.update(overrides)
+        return cls().replace(**parsed)
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _field_type(name: str) -> str:
+    for f in dataclasses.fields(Config):
+        if f.name == name:
+            return str(f.type)
+    raise ConfigError(f"unknown setting {name!r}")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse the text form of field ``name`` (from the environment or a config file)."""
+    kind = _field_type(name)
+    text = text.strip()
+    try:
+        if kind.startswith("bool"):
+            low = text.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(text)
+        if kind.startswith("int"):
+            return int(text.replace("_", ""))
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {text!r} as {kind}") from None
+    if kind == "str | None" and text == "":
+        return None
+    return text
+
+
+def _check_type(name: str, value: Any, kind: Any) -> None:
+    kind = str(kind)
+    optional = kind.endswith("| None")
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{name} must not be None")
+    base = kind.split("|")[0].strip()
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }.get(base, True)
+    if not ok:
+        raise ConfigError(f"{name} must be {base}, got {type(value).__name__} {value!r}")

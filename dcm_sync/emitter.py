@@ -1,0 +1,71 @@
+"""Emitter: reach users from a plain script or cron job without being a server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .backends import open_backend
+from .config import Config
+from .errors import DCMError
+from .manager import _exclusions
+from .messages import encode_envelope, encode_message, new_id, validate_id
+from .models import DistributedStats
+
+__all__ = ["Emitter"]
+
+
+class Emitter:
+    """Publishes to rooms and connections; registers no server and runs no background loop.
+
+    ``Emitter("redis://127.0.0.1:6379/0", key_prefix="dcm:")`` must use the servers' URL and
+    prefix. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, redis_url: str, key_prefix: str = "dcm:",
+                 max_message_bytes: int = 1024 * 1024, timeout: float = 2.0) -> None:
+        cfg = Config(redis_url=redis_url, key_prefix=key_prefix,
+                     max_message_bytes=max_message_bytes, redis_timeout=timeout)
+        self._max = cfg.max_message_bytes
+        self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout)
+        self.origin = f"emitter:{new_id()}"
+        self._closed = False
+
+    def broadcast_to_room(self, room_id: str, message: Any,
+                          exclude: Iterable[str] | None = None) -> None:
+        """Send ``message`` to every member of the room on every server."""
+        self._check_open()
+        validate_id(room_id, "room_id")
+        text = encode_message(message, self._max)
+        skip = sorted(_exclusions(exclude))
+        self._backend.publish(f"room:{room_id}",
+                              encode_envelope("room", self.origin, r=room_id, m=text, x=skip))
+
+    def send_to_connection(self, connection_id: str, message: Any) -> bool:
+        """Send to one connection; False if no server knows it."""
+        self._check_open()
+        validate_id(connection_id, "connection_id")
+        text = encode_message(message, self._max)
+        data = encode_envelope("direct", self.origin, c=connection_id, m=text)
+        return self._backend.route(connection_id, self.origin, data) is not None
+
+    def get_distributed_stats(self) -> DistributedStats:
+        self._check_open()
+        total, rooms, servers = self._backend.stats()
+        return DistributedStats(total, rooms, len(servers), 0, servers)
+
+    def close(self) -> None:
+        """Release the connection to the backend. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DCMError("this emitter is closed")
+
+    def __enter__(self) -> Emitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

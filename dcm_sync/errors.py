@@ -1,0 +1,63 @@
+"""The exception tree of dcm_sync.
+
+Every error the library raises on purpose derives from :class:`DCMError`::
+
+    DCMError
+     ├── ConfigError (also ValueError)          invalid Config field or override
+     ├── UnknownConnectionError (also KeyError)  no such connection on any server
+     ├── ConnectionLimitError                   this process holds max_connections already
+     ├── MessageTooLargeError (also ValueError)  encoded message over max_message_bytes
+     ├── AuthenticationError                    Config.authenticate refused a token
+     └── BackendError                           the coordinator (Redis) failed
+          └── BackendUnavailableError           it could not be reached in time
+
+Wrong argument types raise the builtin ``TypeError``; malformed ids raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DCMError",
+    "ConfigError",
+    "UnknownConnectionError",
+    "ConnectionLimitError",
+    "MessageTooLargeError",
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+]
+
+
+class DCMError(Exception):
+    """Base class of every error raised by dcm_sync."""
+
+
+class ConfigError(DCMError, ValueError):
+    """A configuration value is invalid."""
+
+
+class UnknownConnectionError(DCMError, KeyError):
+    """The connection id is not known on this server nor in the shared state."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else "unknown connection"
+
+
+class ConnectionLimitError(DCMError):
+    """This process already holds ``max_connections`` local connections."""
+
+
+class MessageTooLargeError(DCMError, ValueError):
+    """The encoded message is larger than ``Config.max_message_bytes``."""
+
+
+class AuthenticationError(DCMError):
+    """``Config.authenticate`` refused the connection's token."""
+
+
+class BackendError(DCMError):
+    """The coordination backend answered with an error."""
+
+
+class BackendUnavailableError(BackendError):
+    """The coordination backend could not be reached within the configured time."""

@@ -1,0 +1,166 @@
+"""The bus listener: one subscription, the set of channels it should hold, and reconnection.
+
+The listener runs in its own thread (a greenlet under gevent). It owns the subscription:
+``sync_rooms`` (any thread) subscribes to a room channel while the room has local members and
+unsubscribes when it has none; after a failure it rebuilds the subscription with jittered,
+capped backoff and calls ``on_reconnect`` so the manager can write its state back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from .backends.base import Backend, Confirmation, Subscription
+from .concurrency import Driver, StopFlag, Worker
+from .errors import BackendError
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25  # how long one wait for a message lasts; bounds the stop latency
+
+
+class Listener:
+    def __init__(
+        self,
+        backend: Backend,
+        driver: Driver,
+        stop: StopFlag,
+        server_channel: str,
+        has_local_members: Callable[[str], bool],
+        local_rooms: Callable[[], Iterable[str]],
+        on_message: Callable[[str, bytes], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._backend = backend
+        self._driver = driver
+        self._stop = stop
+        self._server_channel = server_channel
+        self._has_local_members = has_local_members
+        self._local_rooms = local_rooms
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self._lock = threading.Lock()
+        self._sub: Subscription | None = None
+        self._rooms: set[str] = set()
+        self._worker: Worker | None = None
+        self._ident: object = None
+        self.reconnects = 0
+
+    @property
+    def worker(self) -> Worker | None:
+        return self._worker
+
+    def start(self, timeout: float) -> None:
+        """Subscribe to the server channel (waiting for the bus to confirm) and start listening."""
+        sub = self._backend.subscription()
+        try:
+            confirmations = sub.subscribe([self._server_channel])
+            self._sub = sub
+            self._worker = self._driver.spawn("dcm-listener", self._run)
+            self._wait(confirmations, timeout)
+        except BaseException:
+            sub.close()
+            raise
+
+    def in_listener(self) -> bool:
+        return self._ident is not None and self._driver.current_id() == self._ident
+
+    def sync_rooms(self, rooms: Iterable[str], wait: float | None = None) -> None:
+        """Make the subscription match local membership for ``rooms``; optionally wait until a
+        new subscription is confirmed (never from the listener itself)."""
+        confirmations: list[Confirmation] = []
+        with self._lock:
+            sub = self._sub
+            if sub is None:
+                return
+            add, drop = [], []
+            for room in rooms:
+                wanted = self._has_local_members(room)
+                if wanted and room not in self._rooms:
+                    add.append(room)
+                elif not wanted and room in self._rooms:
+                    drop.append(room)
+            try:
+                if add:
+                    confirmations = sub.subscribe("room:" + r for r in add)
+                    self._rooms.update(add)
+                if drop:
+                    sub.unsubscribe("room:" + r for r in drop)
+                    self._rooms.difference_update(drop)
+            except BackendError as exc:  # the listener resubscribes everything on reconnect
+                logger.warning("subscription change deferred until the bus is back: %s", exc)
+                return
+        if wait and not self.in_listener():
+            self._wait(confirmations, wait)
+
+    @staticmethod
+    def _wait(confirmations: list[Confirmation], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for c in confirmations:
+            if not c.wait(max(0.0, deadline - time.monotonic())):
+                logger.warning("subscription not confirmed within %.1fs", timeout)
+                return
+
+    def subscribed_rooms(self) -> set[str]:
+        with self._lock:
+            return set(self._rooms)
+
+    def _run(self) -> None:
+        self._ident = self._driver.current_id()
+        while not self._stop.is_set():
+            sub = self._sub
+            if sub is None:
+                return
+            try:
+                item = sub.get_message(POLL_SECONDS)
+            except BackendError as exc:
+                if self._stop.is_set():
+                    return
+                logger.warning("bus connection lost (%s); reconnecting", exc)
+                self._reconnect()
+                continue
+            if item is None:
+                continue
+            try:
+                self._on_message(*item)
+            except Exception:
+                logger.exception("error while handling a bus message on %s", item[0])
+
+    def _reconnect(self) -> None:
+        with self._lock:
+            if self._sub is not None:
+                self._sub.close()
+        failures = 0
+        while not self._stop.is_set():
+            failures += 1
+            if self._stop.wait(self._backend.retry_delay(failures)):
+                return
+            sub = self._backend.subscription()
+            try:
+                with self._lock:
+                    rooms = set(self._local_rooms())
+                    sub.subscribe([self._server_channel, *("room:" + r for r in rooms)])
+                    self._sub, self._rooms = sub, rooms
+                self._on_reconnect()
+            except Exception as exc:
+                if isinstance(exc, BackendError):
+                    logger.info("reconnect attempt %d failed: %s", failures, exc)
+                else:
+                    logger.exception("restoring state after reconnect failed; retrying")
+                with self._lock:
+                    sub.close()
+                continue
+            self.reconnects += 1
+            logger.info("bus reconnected after %d attempt(s)", failures)
+            return
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sub is not None:
+                self._sub.close()
+                self._sub = None

@@ -1,0 +1,156 @@
+"""This process's own sockets: :class:`LocalConnectionManager`.
+
+It knows nothing of other servers. The distributed manager keeps it in step with the shared
+state; used on its own it is a thread-safe registry of sockets and their rooms.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import ConnectionLimitError
+
+__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike"]
+
+logger = logging.getLogger(__name__)
+
+
+class WebSocketLike(Protocol):
+    """Anything with ``send(str)`` and ``close()``: gevent-websocket, simple-websocket, ..."""
+
+    def send(self, message: str) -> object: ...
+
+    def close(self) -> object: ...
+
+
+@dataclass(eq=False)
+class LocalConnection:
+    """One socket held by this process."""
+
+    connection_id: str
+    ws: WebSocketLike
+    user_id: str
+    connected_at: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.monotonic)
+    rooms: set[str] = field(default_factory=set)
+    send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def send(self, text: str) -> None:
+        """Send one text frame; concurrent senders to one socket take turns."""
+        with self.send_lock:
+            self.ws.send(text)
+
+
+class LocalConnectionManager:
+    """Sockets of this process, their rooms, and their last activity, behind one lock."""
+
+    def __init__(self, max_connections: int = 10_000) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError("max_connections must be int")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        self.max_connections = max_connections
+        self._lock = threading.RLock()
+        self._conns: dict[str, LocalConnection] = {}
+        self._rooms: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __contains__(self, connection_id: object) -> bool:
+        return connection_id in self._conns
+
+    def add(self, connection_id: str, ws: WebSocketLike, user_id: str) -> LocalConnection:
+        """Hold a new socket; :class:`ConnectionLimitError` when full, ``ValueError`` if the id is taken."""
+        with self._lock:
+            if len(self._conns) >= self.max_connections:
+                raise ConnectionLimitError(
+                    f"this server holds {len(self._conns)} connections; max_connections is "
+                    f"{self.max_connections}"
+                )
+            if connection_id in self._conns:
+                raise ValueError(f"connection {connection_id!r} is already registered")
+            conn = LocalConnection(connection_id, ws, user_id)
+            self._conns[connection_id] = conn
+            return conn
+
+    def get(self, connection_id: str) -> LocalConnection | None:
+        return self._conns.get(connection_id)
+
+    def remove(self, connection_id: str) -> tuple[LocalConnection, list[str]] | None:
+        """Drop a socket; return it and the rooms that now have no local member (None if unknown)."""
+        with self._lock:
+            conn = self._conns.pop(connection_id, None)
+            if conn is None:
+                return None
+            emptied = [room for room in conn.rooms if self._discard_member(room, connection_id)]
+            return conn, emptied
+
+    def join(self, connection_id: str, room_id: str) -> bool | None:
+        """Put a socket in a room; True if it is the room's first local member, None if unknown."""
+        with self._lock:
+            conn = self._conns.get(connection_id)
+            if conn is None:
+                return None
+            conn.rooms.add(room_id)
+            members = self._rooms.setdefault(room_id, set())
+            first = not members
+            members.add(connection_id)
+            return first
+
+    def leave(self, connection_id: str, room_id: str) -> bool | None:
+        """Take a socket out of a room; True if the room has no local member left, None if unknown."""
+        with self._lock:
+            conn = self._conns.get(connection_id)
+            if conn is None:
+                return None
+            if room_id not in conn.rooms:
+                return False
+            conn.rooms.discard(room_id)
+            return self._discard_member(room_id, connection_id)
+
+    def _discard_member(self, room_id: str, connection_id: str) -> bool:
+        members = self._rooms.get(room_id)
+        if members is None:
+            return False
+        members.discard(connection_id)
+        if members:
+            return False
+        del self._rooms[room_id]
+        return True
+
+    def touch(self, connection_id: str) -> bool:
+        conn = self._conns.get(connection_id)
+        if conn is None:
+            return False
+        conn.last_activity = time.monotonic()
+        return True
+
+    def members(self, room_id: str, exclude: Iterable[str] = ()) -> list[LocalConnection]:
+        """A snapshot of the room's local sockets, less ``exclude``."""
+        with self._lock:
+            ids = self._rooms.get(room_id)
+            if not ids:
+                return []
+            skip = set(exclude)
+            return [self._conns[c] for c in ids if c not in skip]
+
+    def rooms(self) -> list[str]:
+        """Rooms with at least one local member."""
+        with self._lock:
+            return list(self._rooms)
+
+    def connections(self) -> list[LocalConnection]:
+        with self._lock:
+            return list(self._conns.values())
+
+    def stale(self, idle_seconds: float) -> list[str]:
+        """Ids of sockets with no activity for more than ``idle_seconds``."""
+        limit = time.monotonic() - idle_seconds
+        with self._lock:
+            return [c.connection_id for c in self._conns.values() if c.last_activity < limit]

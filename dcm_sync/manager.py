@@ -1,0 +1,482 @@
+"""DistributedConnectionManager: one server's view of the cluster, backend-agnostic.
+
+Data flows one way: API call -> local sockets and backend (shared state + bus); and back from
+the listener -> :meth:`DistributedConnectionManager._dispatch` -> local sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .backends import Backend, ConnectionRecord, open_backend
+from .concurrency import Driver, StopFlag, Worker, get_driver
+from .config import Config
+from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
+from .listener import Listener
+from .local import LocalConnection, LocalConnectionManager, WebSocketLike
+from .messages import (
+    Envelope,
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+    encode_message,
+    new_id,
+    validate_id,
+)
+from .models import DistributedStats, RemovedConnection, ServerInfo
+
+__all__ = ["DistributedConnectionManager", "ServerMessageHandler", "CLEANUP_BATCH"]
+
+logger = logging.getLogger(__name__)
+
+ServerMessageHandler = Callable[[str, Any], None]
+CLEANUP_BATCH = 1000
+STOP_SECONDS = 1.0
+
+
+def default_server_id(host: str, port: int) -> str:
+    return f"{host}:{port}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class DistributedConnectionManager:
+    """Connections of this process, shared with every other server through the backend.
+
+    Build one with :func:`~dcm_sync.create_distributed_connection_manager`, which also
+    starts it. Every method is safe to call from any thread or greenlet.
+    """
+
+    def __init__(self, local: LocalConnectionManager, config: Config,
+                 backend: Backend | None = None) -> None:
+        self.local = local
+        self.config = config
+        self.server_id: str = config.server_id or default_server_id(config.server_host,
+                                                                    config.server_port)
+        self._backend = backend or open_backend(config.redis_url, config.key_prefix,
+                                                timeout=config.redis_timeout)
+        self._driver: Driver = get_driver()
+        self._stop: StopFlag = self._driver.event()
+        self._handlers: list[ServerMessageHandler] = []
+        self._workers: list[Worker] = []
+        self._state_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._pending_removals: dict[str, str] = {}  # connection id -> reason, while Redis is away
+        self._counters: Counter[str] = Counter()
+        self._listener = Listener(
+            self._backend, self._driver, self._stop, f"server:{self.server_id}",
+            has_local_members=lambda room: bool(self.local.members(room)),
+            local_rooms=self.local.rooms, on_message=self._dispatch, on_reconnect=self._restore,
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Register this server, subscribe, and start the listener, heartbeat and cleanup loops."""
+        with self._state_lock:
+            if self._started:
+                return
+            self._started = True
+        self._backend.register_server(self._server_info(), self.config.heartbeat_ttl)
+        self._listener.start(self.config.subscribe_timeout)
+        assert self._listener.worker is not None
+        self._workers = [
+            self._listener.worker,
+            self._driver.spawn("dcm-heartbeat", self._heartbeat_loop),
+            self._driver.spawn("dcm-cleanup", self._cleanup_loop),
+        ]
+
+    def is_ready(self) -> bool:
+        """True while registered, subscribed and running (until :meth:`shutdown`)."""
+        return (self._started and not self._closed
+                and all(w.is_alive() for w in self._workers) and bool(self._workers))
+
+    def shutdown(self) -> None:
+        """Stop the loops, remove every local connection (reason ``shutdown``: members on other
+        servers are told), close the sockets and deregister. Idempotent."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        deadline = time.monotonic() + STOP_SECONDS
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                self._driver.kill(worker)
+        conns = []
+        for conn in self.local.connections():
+            if self.local.remove(conn.connection_id) is not None:
+                conns.append(conn)
+        try:
+            if self._started:
+                removed = self._backend.remove_connections([c.connection_id for c in conns])
+                items = self._notifications([r for r in removed if r], "shutdown", local=False)
+                self._backend.publish_many(items)
+                self._backend.deregister_server(self.server_id)
+        except BackendError as exc:
+            logger.warning("shutdown could not update shared state: %s", exc)
+        for conn in conns:
+            self._close_socket(conn)
+        self._listener.close()
+        self._backend.close()
+
+    def __enter__(self) -> DistributedConnectionManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DCMError("this manager is shut down")
+
+    def _server_info(self) -> ServerInfo:
+        return ServerInfo(self.server_id, self.config.server_host, self.config.server_port,
+                          os.getpid(), time.time(), len(self.local))
+
+    # ----------------------------------------------------------------- connections
+    def register_connection(self, ws: WebSocketLike, user_id: str,
+                            auth_token: str | None = None) -> str:
+        """Hold ``ws`` for ``user_id`` and return its cluster-wide connection id."""
+        self._check_open()
+        validate_id(user_id, "user_id")
+        if not (callable(getattr(ws, "send", None)) and callable(getattr(ws, "close", None))):
+            raise TypeError("ws must have send(str) and close() methods")
+        auth = self.config.authenticate
+        if auth is not None and not auth(auth_token, user_id):
+            raise AuthenticationError(f"authentication refused for user {user_id!r}")
+        conn = self.local.add(new_id(), ws, user_id)
+        record = ConnectionRecord(conn.connection_id, user_id, conn.connected_at)
+        try:
+            self._backend.add_connection(self.server_id, record, self.config.connection_ttl)
+        except Exception:
+            self.local.remove(conn.connection_id)
+            raise
+        return conn.connection_id
+
+    def join_room(self, connection_id: str, room_id: str) -> None:
+        """Put a connection (on any server) in a room."""
+        self._room_change(connection_id, room_id, join=True)
+
+    def leave_room(self, connection_id: str, room_id: str) -> None:
+        """Take a connection (on any server) out of a room; leaving a room it is not in is a no-op."""
+        self._room_change(connection_id, room_id, join=False)
+
+    def _room_change(self, connection_id: str, room_id: str, join: bool) -> None:
+        self._check_open()
+        validate_id(connection_id, "connection_id")
+        validate_id(room_id, "room_id")
+        kind = "join" if join else "leave"
+        local = connection_id in self.local
+        route = b"" if local else encode_envelope(kind, self.server_id, c=connection_id, r=room_id)
+        op = self._backend.join_room if join else self._backend.leave_room
+        owner = op(connection_id, room_id, self.server_id, route)
+        if owner is None:
+            raise UnknownConnectionError(f"unknown connection {connection_id!r}")
+        if owner == self.server_id:
+            self._apply_local_room_change(connection_id, room_id, join,
+                                          wait=self.config.subscribe_timeout)
+
+    def _apply_local_room_change(self, connection_id: str, room_id: str, join: bool,
+                                 wait: float | None) -> None:
+        changed = (self.local.join if join else self.local.leave)(connection_id, room_id)
+        if changed:  # first local member joined, or last one left
+            self._listener.sync_rooms([room_id], wait=wait)
+
+    def touch(self, connection_id: str) -> None:
+        """Record activity on a connection (on any server), postponing its stale cleanup."""
+        self._check_open()
+        validate_id(connection_id, "connection_id")
+        if self.local.touch(connection_id):
+            return
+        data = encode_envelope("touch", self.server_id, c=connection_id)
+        if self._backend.route(connection_id, self.server_id, data) is None:
+            raise UnknownConnectionError(f"unknown connection {connection_id!r}")
+
+    def remove_connection(self, connection_id: str) -> None:
+        """Remove a connection on any server; its owner closes the socket. Rooms are told."""
+        self._check_open()
+        validate_id(connection_id, "connection_id")
+        if self._remove_local(connection_id, "removed"):
+            return
+        removed = self._backend.remove_connections([connection_id])[0]
+        if removed is None:
+            raise UnknownConnectionError(f"unknown connection {connection_id!r}")
+        items = self._notifications([removed], "removed")
+        if removed.server_id != self.server_id:
+            items.append((f"server:{removed.server_id}",
+                          encode_envelope("evict", self.server_id, c=connection_id)))
+        self._backend.publish_many(items)
+
+    def _remove_local(self, connection_id: str, reason: str) -> bool:
+        """Remove one of this server's connections everywhere; False if it is not local."""
+        dropped = self._drop_local(connection_id)
+        if dropped is None:
+            return False
+        conn = dropped
+        try:
+            removed = self._backend.remove_connections([connection_id])[0]
+        except BackendError as exc:
+            logger.warning("connection %s removed locally; shared state follows later: %s",
+                           connection_id, exc)
+            self._pending_removals[connection_id] = reason
+            self._notify_local_only(conn, reason)
+            return True
+        if removed is not None:
+            self._publish_quietly(self._notifications([removed], reason))
+        return True
+
+    def _drop_local(self, connection_id: str) -> LocalConnection | None:
+        """Forget a local socket, close it and leave emptied room channels."""
+        result = self.local.remove(connection_id)
+        if result is None:
+            return None
+        conn, emptied = result
+        if emptied:
+            self._listener.sync_rooms(emptied)
+        self._close_socket(conn)
+        return conn
+
+    @staticmethod
+    def _close_socket(conn: LocalConnection) -> None:
+        try:
+            conn.ws.close()
+        except Exception as exc:  # the peer may already be gone
+            logger.debug("closing socket of %s: %s", conn.connection_id, exc)
+
+    # ----------------------------------------------------------------- messages
+    def broadcast_to_room(self, room_id: str, message: Any,
+                          exclude: Iterable[str] | None = None) -> None:
+        """Send ``message`` to every member of the room on every server, less ``exclude``."""
+        self._check_open()
+        validate_id(room_id, "room_id")
+        text = encode_message(message, self.config.max_message_bytes)
+        skip = _exclusions(exclude)
+        self._deliver_room(room_id, text, skip)
+        self._backend.publish(f"room:{room_id}", encode_envelope(
+            "room", self.server_id, r=room_id, m=text, x=sorted(skip)))
+
+    def send_to_connection(self, connection_id: str, message: Any) -> bool:
+        """Send to one connection on any server. True if it exists (delivered here or routed
+        to its server), False if no server knows it or its local send failed."""
+        self._check_open()
+        validate_id(connection_id, "connection_id")
+        text = encode_message(message, self.config.max_message_bytes)
+        conn = self.local.get(connection_id)
+        if conn is not None:
+            return self._send(conn, text)
+        data = encode_envelope("direct", self.server_id, c=connection_id, m=text)
+        return self._backend.route(connection_id, self.server_id, data) is not None
+
+    def send_to_server(self, server_id: str, message: Any) -> bool:
+        """Send a control message to a live server's :meth:`on_server_message` handlers.
+        False if no such server is alive."""
+        self._check_open()
+        validate_id(server_id, "server_id")
+        encode_message(message, self.config.max_message_bytes)  # type and size checks
+        if not self._backend.server_alive(server_id):
+            return False
+        self._backend.publish(f"server:{server_id}",
+                              encode_envelope("server", self.server_id, p=message))
+        return True
+
+    def on_server_message(self, handler: ServerMessageHandler) -> ServerMessageHandler:
+        """Call ``handler(origin_server_id, message)`` for each control message to this server."""
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        self._handlers.append(handler)
+        return handler
+
+    def _send(self, conn: LocalConnection, text: str) -> bool:
+        try:
+            conn.send(text)
+            return True
+        except Exception as exc:
+            self._counters["send_errors"] += 1
+            logger.info("send to %s failed (%s); removing it", conn.connection_id, exc)
+            self._remove_local(conn.connection_id, "removed")
+            return False
+
+    def _deliver_room(self, room_id: str, text: str, exclude: Iterable[str] = ()) -> None:
+        for conn in self.local.members(room_id, exclude):
+            self._send(conn, text)
+
+    # ----------------------------------------------------------------- notifications
+    def _notifications(self, removed: Sequence[RemovedConnection], reason: str,
+                       local: bool = True) -> list[tuple[str, bytes]]:
+        """Tell the members left in each room; deliver here unless ``local`` is False and
+        return the envelopes to publish for the other servers."""
+        if not self.config.notify_on_disconnect:
+            return []
+        items = []
+        for r in removed:
+            for room in r.rooms_left:
+                text = encode_message(_disconnect_notice(room, r.user_id, r.connection_id, reason),
+                                      self.config.max_message_bytes)
+                if local:
+                    self._deliver_room(room, text)
+                items.append((f"room:{room}", encode_envelope(
+                    "room", self.server_id, r=room, m=text, x=[])))
+        return items
+
+    def _notify_local_only(self, conn: LocalConnection, reason: str) -> None:
+        if self.config.notify_on_disconnect:
+            for room in conn.rooms:
+                self._deliver_room(room, encode_message(
+                    _disconnect_notice(room, conn.user_id, conn.connection_id, reason),
+                    self.config.max_message_bytes))
+
+    def _publish_quietly(self, items: list[tuple[str, bytes]]) -> None:
+        if not items:
+            return
+        try:
+            self._backend.publish_many(items)
+        except BackendError as exc:
+            logger.warning("could not tell other servers of %d departure(s): %s", len(items), exc)
+
+    # ----------------------------------------------------------------- cluster
+    def get_distributed_stats(self) -> DistributedStats:
+        total, rooms, servers = self._backend.stats()
+        return DistributedStats(total, rooms, len(servers), len(self.local), servers)
+
+    def get_active_servers(self) -> list[ServerInfo]:
+        return self._backend.stats()[2]
+
+    def handle_server_failure(self, server_id: str) -> int:
+        """Clean up a dead server's connections and tell their rooms (reason ``server-failure``).
+        Idempotent and safe when several servers call it at once: a short lock in the backend
+        lets one do the work, and each connection is removed exactly once. Returns how many
+        connections this call removed."""
+        validate_id(server_id, "server_id")
+        if server_id == self.server_id:
+            raise ValueError("a server cannot handle its own failure")
+        if not self._backend.claim_cleanup(server_id, self.server_id, self.config.heartbeat_ttl):
+            return 0
+        count = 0
+        while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH):
+            count += len(batch)
+            self._publish_quietly(self._notifications(batch, "server-failure"))
+        self._backend.forget_server(server_id)
+        self._counters["connections_cleaned"] += count
+        if count:
+            logger.info("cleaned %d connection(s) of failed server %s", count, server_id)
+        return count
+
+    def metrics(self) -> dict[str, int]:
+        """Counters since start: reconnects, envelopes_dropped, send_errors, connections_cleaned,
+        stale_removed, restores."""
+        out = dict.fromkeys(("envelopes_dropped", "send_errors", "connections_cleaned",
+                             "stale_removed", "restores"), 0)
+        out.update(self._counters)
+        out["reconnects"] = self._listener.reconnects
+        return out
+
+    # ----------------------------------------------------------------- background
+    def _heartbeat_loop(self) -> None:
+        last_refresh = time.monotonic()
+        while not self._stop.wait(self.config.heartbeat_interval):
+            try:
+                if not self._backend.heartbeat(self.server_id, len(self.local),
+                                               self.config.heartbeat_ttl):
+                    logger.warning("server record of %s was gone; registering again", self.server_id)
+                    self._restore()
+                self._flush_pending_removals()
+                for dead in self._backend.dead_servers():
+                    if dead != self.server_id and not self._stop.is_set():
+                        self.handle_server_failure(dead)
+                if time.monotonic() - last_refresh > self.config.connection_ttl / 4:
+                    ids = [c.connection_id for c in self.local.connections()]
+                    self._backend.refresh_connections(ids, self.config.connection_ttl)
+                    last_refresh = time.monotonic()
+            except Exception:
+                logger.exception("heartbeat of %s failed", self.server_id)
+
+    def _cleanup_loop(self) -> None:
+        while not self._stop.wait(self.config.cleanup_interval):
+            try:
+                for cid in self.local.stale(self.config.stale_connection_timeout):
+                    if self._remove_local(cid, "stale"):
+                        self._counters["stale_removed"] += 1
+            except Exception:
+                logger.exception("stale-connection cleanup failed")
+
+    def _restore(self) -> None:
+        """Write this server and its live connections back (Redis restarted, or we were
+        declared dead while paused)."""
+        self._backend.register_server(self._server_info(), self.config.heartbeat_ttl)
+        records = [ConnectionRecord(c.connection_id, c.user_id, c.connected_at, tuple(c.rooms))
+                   for c in self.local.connections()]
+        self._backend.restore_connections(self.server_id, records, self.config.connection_ttl)
+        self._counters["restores"] += 1
+        self._flush_pending_removals()
+
+    def _flush_pending_removals(self) -> None:
+        if not self._pending_removals:
+            return
+        pending, self._pending_removals = self._pending_removals, {}
+        try:
+            removed = self._backend.remove_connections(list(pending))
+        except BackendError:
+            pending.update(self._pending_removals)
+            self._pending_removals = pending
+            raise
+        for r in removed:
+            if r is not None:
+                self._publish_quietly(self._notifications([r], pending[r.connection_id], local=False))
+
+    # ----------------------------------------------------------------- dispatch
+    def _dispatch(self, channel: str, data: bytes) -> None:
+        try:
+            env = decode_envelope(data)
+            if env.kind == "room" and channel != f"room:{env.fields['r']}":
+                raise EnvelopeError(f"room envelope for {env.fields['r']!r} arrived on {channel!r}")
+        except EnvelopeError as exc:
+            self._counters["envelopes_dropped"] += 1
+            logger.warning("dropped a message on %s: %s", channel, exc)
+            return
+        self._handle(env)
+
+    def _handle(self, env: Envelope) -> None:
+        f = env.fields
+        if env.kind == "room":
+            if env.origin != self.server_id:  # our own broadcasts were delivered when sent
+                self._deliver_room(f["r"], f["m"], f["x"])
+        elif env.kind == "direct":
+            conn = self.local.get(f["c"])
+            if conn is not None:
+                self._send(conn, f["m"])
+        elif env.kind == "server":
+            for handler in list(self._handlers):
+                try:
+                    handler(env.origin, f["p"])
+                except Exception:
+                    logger.exception("server message handler %r failed", handler)
+        elif env.kind in ("join", "leave"):
+            self._apply_local_room_change(f["c"], f["r"], env.kind == "join", wait=None)
+        elif env.kind == "evict":
+            self._drop_local(f["c"])
+        elif env.kind == "touch":
+            self.local.touch(f["c"])
+
+
+def _exclusions(exclude: Iterable[str] | None) -> frozenset[str]:
+    if exclude is None:
+        return frozenset()
+    if isinstance(exclude, (str, bytes)):
+        raise TypeError("exclude must be an iterable of connection ids, not a single string")
+    skip = frozenset(exclude)
+    for cid in skip:
+        if not isinstance(cid, str):
+            raise TypeError(f"exclude must hold str connection ids, got {type(cid).__name__}")
+    return skip
+
+
+def _disconnect_notice(room: str, user_id: str, connection_id: str, reason: str) -> dict[str, str]:
+    return {"type": "user-disconnected", "roomId": room, "userId": user_id,
+            "connectionId": connection_id, "reason": reason}
