@@ -258,9 +258,13 @@ class DistributedConnectionManager:
         validate_id(room_id, "room_id")
         text = encode_message(message, self.config.max_message_bytes)
         skip = _exclusions(exclude)
-        self._deliver_room(room_id, text, skip)
-        self._backend.publish(f"room:{room_id}", encode_envelope(
-            "room", self.server_id, r=room_id, m=text, x=sorted(skip)))
+        # Publish first so that other servers see this message before any departure it causes
+        # here; local members get it even when the bus is unreachable (the error is then raised).
+        try:
+            self._backend.publish(f"room:{room_id}", encode_envelope(
+                "room", self.server_id, r=room_id, m=text, x=sorted(skip)))
+        finally:
+            self._deliver_room(room_id, text, skip)
 
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection on any server. True if it exists (delivered here or routed

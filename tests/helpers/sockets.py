@@ -47,3 +47,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def crash(manager: Any) -> None:
+    """Make an in-process manager fall silent the way a killed process does: its loops stop
+    and its subscription closes, but nothing is removed from the shared state."""
+    manager._stop.set()
+    for worker in manager._workers:
+        worker.join(2.0)
+    manager._listener.close()
+    manager._closed = True

@@ -1,0 +1,140 @@
+"""Failure detection, cleanup exactly once, stale cleanup and shutdown, on both backends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from dcm_sync import DistributedConnectionManager
+from tests.helpers.sockets import RecordingSocket, crash, wait_until
+
+Make = Callable[..., DistributedConnectionManager]
+
+
+def connect(mgr: DistributedConnectionManager, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
+    ws = RecordingSocket()
+    cid = mgr.register_connection(ws, user)
+    for room in rooms:
+        mgr.join_room(cid, room)
+    return cid, ws
+
+
+def test_dead_server_is_detected_and_cleaned(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager()
+    _, wa = connect(a, "alice", "r1", "r2")
+    dead = {connect(b, f"bob{i}", "r1")[0] for i in range(3)}
+    dead.add(connect(b, "solo", "only-b")[0])
+    crash(b)
+    notices = wait_until(lambda: len(wa.of_type("user-disconnected")) == 3
+                         and wa.of_type("user-disconnected"), timeout=10)
+    assert {n["connectionId"] for n in notices} < dead
+    assert {n["reason"] for n in notices} == {"server-failure"}
+    assert {n["roomId"] for n in notices} == {"r1"}
+    stats = wait_until(lambda: (s := a.get_distributed_stats()).active_servers == 1 and s)
+    assert (stats.total_connections, stats.total_rooms) == (1, 2)  # r1, r2; only-b is gone
+    assert a.metrics()["connections_cleaned"] == 4
+    time.sleep(0.3)
+    assert len(wa.of_type("user-disconnected")) == 3
+
+
+def test_concurrent_failure_handling_cleans_exactly_once(make_manager: Make) -> None:
+    # long heartbeats so only the explicit calls below clean up
+    slow = dict(heartbeat_interval=30.0, heartbeat_ttl=0.5 + 60.0)
+    a, b, c = make_manager(**slow), make_manager(**slow), make_manager(**slow)
+    victim = make_manager(**slow)
+    _, wa = connect(a, "alice", "room")
+    _, wb = connect(b, "bob", "room")
+    ids = {connect(victim, f"v{i}", "room")[0] for i in range(200)}
+    crash(victim)
+    counts: list[int] = []
+    barrier = threading.Barrier(3)
+
+    def clean(mgr: DistributedConnectionManager) -> None:
+        barrier.wait()
+        counts.append(mgr.handle_server_failure(victim.server_id))
+
+    threads = [threading.Thread(target=clean, args=(m,)) for m in (a, b, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 200
+    assert a.handle_server_failure(victim.server_id) == 0  # idempotent
+    for ws in (wa, wb):
+        wait_until(lambda ws=ws: len(ws.of_type("user-disconnected")) == 200, timeout=10)
+    time.sleep(0.2)
+    for ws in (wa, wb):
+        got = [n["connectionId"] for n in ws.of_type("user-disconnected")]
+        assert sorted(got) == sorted(ids)
+    assert a.get_distributed_stats().total_connections == 2
+
+
+def test_handle_own_failure_is_refused(make_manager: Make) -> None:
+    a = make_manager()
+    with pytest.raises(ValueError):
+        a.handle_server_failure(a.server_id)
+
+
+def test_live_server_restores_itself_after_forced_cleanup(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager()
+    _, wa = connect(a, "alice", "r")
+    cb, wb = connect(b, "bob", "r")
+    assert a.handle_server_failure(b.server_id) == 1
+    wait_until(lambda: wa.of_type("user-disconnected"))
+    # b is alive: its next heartbeat finds its record gone and writes itself back
+    wait_until(lambda: a.get_distributed_stats().total_connections == 2, timeout=5)
+    assert a.send_to_connection(cb, "still here") is True
+    wait_until(lambda: "still here" in wb.frames)
+
+
+def test_stale_connections_are_removed(make_manager: Make) -> None:
+    a = make_manager(stale_connection_timeout=0.4, cleanup_interval=0.1)
+    b = make_manager()
+    idle, w_idle = connect(a, "idle", "r")
+    busy, w_busy = connect(a, "busy", "r")
+    _, wb = connect(b, "bob", "r")
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        a.touch(busy)
+        b.touch(busy)  # routed
+        time.sleep(0.05)
+    assert w_idle.closed and not w_busy.closed
+    assert idle not in a.local and busy in a.local
+    notice = wait_until(lambda: wb.of_type("user-disconnected"))[0]
+    assert (notice["connectionId"], notice["reason"]) == (idle, "stale")
+    assert w_busy.of_type("user-disconnected")[0]["reason"] == "stale"
+    assert a.metrics()["stale_removed"] == 1
+
+
+def test_shutdown_tells_other_servers_and_stops_quickly(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager()
+    ids = [connect(a, f"a{i}", "r")[0] for i in range(3)]
+    socks = [a.local.get(i).ws for i in ids]  # type: ignore[union-attr]
+    _, wb = connect(b, "bob", "r")
+    workers = list(a._workers)
+    started = time.monotonic()
+    a.shutdown()
+    elapsed = time.monotonic() - started
+    assert not any(w.is_alive() for w in workers)
+    assert elapsed < 2.0
+    assert all(ws.closed for ws in socks)
+    assert not a.is_ready()
+    a.shutdown()  # idempotent
+    notices = wait_until(lambda: len(wb.of_type("user-disconnected")) == 3
+                         and wb.of_type("user-disconnected"))
+    assert {n["connectionId"] for n in notices} == set(ids)
+    assert {n["reason"] for n in notices} == {"shutdown"}
+    stats = b.get_distributed_stats()
+    assert (stats.active_servers, stats.total_connections) == (1, 1)
+
+
+def test_threads_are_named_and_gone_after_shutdown(make_manager: Make) -> None:
+    a = make_manager()
+    names = {w.name for w in a._workers}
+    assert names == {"dcm-listener", "dcm-heartbeat", "dcm-cleanup"}
+    a.shutdown()
+    alive = [t for t in threading.enumerate() if t.name.startswith("dcm-") and t in a._workers]
+    assert alive == []

@@ -1,0 +1,149 @@
+"""What the Redis backend writes, and how a manager survives its Redis restarting."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dcm_sync import (
+    BackendUnavailableError,
+    Config,
+    DistributedConnectionManager,
+    create_distributed_connection_manager,
+)
+from tests.conftest import FAST
+from tests.helpers.redis_server import RedisServer, free_port
+from tests.helpers.sockets import RecordingSocket, wait_until
+
+
+@pytest.fixture
+def managers(redis_server: RedisServer, prefix: str) -> Iterator[list[DistributedConnectionManager]]:
+    made = [create_distributed_connection_manager(
+        None, Config(redis_url=redis_server.url, key_prefix=prefix, **FAST)) for _ in range(2)]
+    yield made
+    for m in made:
+        m.shutdown()
+
+
+def keys(r: object, prefix: str) -> set[str]:
+    return {k.decode() for k in r.scan_iter(match=prefix + "*")}  # type: ignore[attr-defined]
+
+
+def test_layout(redis_server: RedisServer, prefix: str,
+                managers: list[DistributedConnectionManager]) -> None:
+    a, b = managers
+    r = redis_server.client()
+    cid = a.register_connection(RecordingSocket(), "alice", auth_token="s3cret-token")
+    a.join_room(cid, "lobby")
+    a.join_room(cid, "room:with:colons")
+    conn = {k.decode(): v.decode() for k, v in r.hgetall(f"{prefix}connections:{cid}").items()}
+    assert conn["userId"] == "alice" and conn["serverId"] == a.server_id
+    assert json.loads(conn["rooms"]) == ["lobby", "room:with:colons"]
+    assert abs(float(conn["timestamp"]) - time.time()) < 60
+    assert 0 < r.pttl(f"{prefix}connections:{cid}") <= 3600_000
+    assert r.smembers(f"{prefix}rooms:lobby") == {cid.encode()}
+    assert r.smembers(f"{prefix}index:rooms") == {b"lobby", b"room:with:colons"}
+    assert r.smembers(f"{prefix}server-connections:{a.server_id}") == {cid.encode()}
+    server = {k.decode(): v.decode() for k, v in r.hgetall(f"{prefix}servers:{a.server_id}").items()}
+    assert set(server) == {"serverId", "host", "port", "pid", "lastHeartbeat", "activeConnections"}
+    assert 0 < r.pttl(f"{prefix}servers:{a.server_id}") <= FAST["heartbeat_ttl"] * 1000
+    assert r.smembers(f"{prefix}index:servers") == {a.server_id.encode(), b.server_id.encode()}
+    # nothing anywhere holds the auth token
+    for key in keys(r, prefix):
+        assert b"s3cret-token" not in r.dump(key)
+    a.leave_room(cid, "lobby")
+    assert not r.exists(f"{prefix}rooms:lobby")
+    assert json.loads(r.hget(f"{prefix}connections:{cid}", "rooms")) == ["room:with:colons"]
+    assert r.smembers(f"{prefix}index:rooms") == {b"room:with:colons"}
+    a.remove_connection(cid)
+    left = keys(r, prefix)
+    assert left == {f"{prefix}index:servers", f"{prefix}servers:{a.server_id}",
+                    f"{prefix}servers:{b.server_id}"}
+
+
+def test_room_channel_subscribed_only_with_local_members(
+        redis_server: RedisServer, prefix: str, managers: list[DistributedConnectionManager]) -> None:
+    a, b = managers
+    r = redis_server.client()
+
+    def channels() -> set[str]:
+        return {c.decode() for c in r.pubsub_channels(prefix + "*")}
+
+    base = {f"{prefix}server:{a.server_id}", f"{prefix}server:{b.server_id}"}
+    assert channels() == base
+    c1 = a.register_connection(RecordingSocket(), "u1")
+    c2 = a.register_connection(RecordingSocket(), "u2")
+    a.join_room(c1, "r")
+    assert channels() == base | {f"{prefix}room:r"}  # confirmed before join_room returned
+    a.join_room(c2, "r")
+    a.leave_room(c1, "r")
+    assert channels() == base | {f"{prefix}room:r"}
+    a.remove_connection(c2)
+    wait_until(lambda: channels() == base)
+    assert r.pubsub_numsub(f"{prefix}room:r") == [(f"{prefix}room:r".encode(), 0)]
+
+
+def test_shutdown_leaves_no_keys(redis_server: RedisServer, prefix: str) -> None:
+    mgr = create_distributed_connection_manager(
+        None, Config(redis_url=redis_server.url, key_prefix=prefix, **FAST))
+    for i in range(5):
+        cid = mgr.register_connection(RecordingSocket(), f"u{i}")
+        mgr.join_room(cid, f"room{i % 2}")
+    mgr.shutdown()
+    assert keys(redis_server.client(), prefix) == set()
+
+
+def test_unreachable_redis_fails_fast() -> None:
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match="unreachable"):
+        create_distributed_connection_manager(
+            None, Config(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.5))
+    assert time.monotonic() - started < 10
+
+
+def test_manager_recovers_after_redis_restart(prefix: str) -> None:
+    server = RedisServer()
+    server.start()
+    made: list[DistributedConnectionManager] = []
+    try:
+        a, b = (create_distributed_connection_manager(
+            None, Config(redis_url=server.url, key_prefix=prefix, redis_timeout=0.5, **FAST))
+            for _ in range(2))
+        made += [a, b]
+        wa, wb = RecordingSocket(), RecordingSocket()
+        ca = a.register_connection(wa, "alice")
+        cb = b.register_connection(wb, "bob")
+        a.join_room(ca, "r")
+        b.join_room(cb, "r")
+        server.restart()  # comes back empty
+        stats = wait_until(lambda: _stats_or_none(a), timeout=15)
+        assert (stats.active_servers, stats.total_connections, stats.total_rooms) == (2, 2, 1)
+        assert a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1
+        # cross-server delivery works again (resubscribed to the room)
+        for attempt in range(100):
+            a.broadcast_to_room("r", {"attempt": attempt})
+            if wb.frames:
+                break
+            time.sleep(0.05)
+        assert wb.messages()[0]["attempt"] >= 0
+        assert b.send_to_connection(ca, "direct after restart") is True
+        wait_until(lambda: "direct after restart" in wa.frames)
+        r = server.client()
+        assert r.smembers(f"{prefix}rooms:r") == {ca.encode(), cb.encode()}
+        assert r.scard(f"{prefix}index:servers") == 2  # no duplicate server entry
+        assert a.is_ready() and b.is_ready()
+    finally:
+        for m in made:
+            m.shutdown()
+        server.cleanup()
+
+
+def _stats_or_none(mgr: DistributedConnectionManager) -> object:
+    try:
+        s = mgr.get_distributed_stats()
+    except BackendUnavailableError:
+        return None
+    return s if s.active_servers == 2 and s.total_connections == 2 else None
