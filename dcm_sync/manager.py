@@ -208,11 +208,11 @@ class DistributedConnectionManager:
         removed = self._backend.remove_connections([connection_id])[0]
         if removed is None:
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
-        items = self._notifications([removed], "removed")
-        if removed.server_id != self.server_id:
+        items = []
+        if removed.server_id != self.server_id:  # evict first: the owner closes it before notices
             items.append((f"server:{removed.server_id}",
                           encode_envelope("evict", self.server_id, c=connection_id)))
-        self._backend.publish_many(items)
+        self._backend.publish_many(items + self._notifications([removed], "removed"))
 
     def _remove_local(self, connection_id: str, reason: str) -> bool:
         """Remove one of this server's connections everywhere; False if it is not local."""
@@ -326,7 +326,7 @@ class DistributedConnectionManager:
                 if local:
                     self._deliver_room(room, text)
                 items.append((f"room:{room}", encode_envelope(
-                    "room", self.server_id, r=room, m=text, x=[])))
+                    "room", self.server_id, r=room, m=text, x=[r.connection_id])))
         return items
 
     def _notify_local_only(self, conn: LocalConnection, reason: str) -> None:

@@ -144,6 +144,7 @@ def test_remove_remote_connection_is_closed_by_its_owner(make_manager: Make) -> 
     assert b.get_distributed_stats().total_connections == 1
     time.sleep(0.1)
     assert len(wa.of_type("user-disconnected")) == 1
+    assert wb.of_type("user-disconnected") == []  # never told of its own removal
 
 
 def test_notify_on_disconnect_off(make_manager: Make) -> None:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a fresh Debian machine with Python 3.10+.
+# Installs redis-server (apt) if missing, makes .venv, installs the project with its test extra,
+# runs ruff and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_install() {
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+command -v redis-server >/dev/null || apt_install redis-server
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,196 @@
+"""Drive ``examples/gevent_chat_server.py`` from tests: server processes and WebSocket clients."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import websocket
+
+from tests.helpers.redis_server import env_for_subprocess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "gevent_chat_server.py"
+
+#: Fast failure detection: a killed server is declared dead about a second later.
+FAST_ENV = {"DCM_HEARTBEAT_INTERVAL": "0.2", "DCM_HEARTBEAT_TTL": "1.0", "DCM_CLEANUP_INTERVAL": "0.2"}
+
+Frame = dict[str, Any]
+Stats = dict[str, Any]
+Predicate = Callable[[Frame], bool]
+
+# never go through an HTTP proxy from the environment to reach loopback servers
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ChatServer:
+    """One example server process on 127.0.0.1:<free port>, its output in ``log_path``."""
+
+    def __init__(self, name: str, redis_url: str | None, prefix: str, log_dir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        env = {k: v for k, v in env_for_subprocess().items()
+               if not k.startswith("DCM_") and k not in ("REDIS_URL", "PORT", "SERVER_HOST")}
+        env.update(FAST_ENV, PORT=str(self.port), DCM_KEY_PREFIX=prefix, PYTHONUNBUFFERED="1")
+        if redis_url is not None:
+            env["REDIS_URL"] = redis_url
+        self.log_path = log_dir / f"{name}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, cwd=ROOT,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def __repr__(self) -> str:
+        return f"<ChatServer {self.name} port={self.port} pid={self.proc.pid}>"
+
+    def stats(self) -> Stats | None:
+        """``GET /stats`` as a dict; None if it does not answer 200 right now."""
+        try:
+            with _http.open(f"http://127.0.0.1:{self.port}/stats", timeout=3) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def wait_ready(self, timeout: float = 30.0) -> Stats:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self} exited with {self.proc.returncode}:\n{self.log()}")
+            stats = self.stats()
+            if stats is not None:
+                return stats
+            time.sleep(0.05)  # polling interval, not a readiness guess
+        raise AssertionError(f"{self} did not answer /stats within {timeout}s:\n{self.log()}")
+
+    def wait_stats(self, predicate: Callable[[Stats], bool], timeout: float = 15.0) -> Stats:
+        """Poll ``/stats`` until ``predicate`` holds; AssertionError with the last answer if not."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.stats()
+            if last is not None and predicate(last):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"{self}: stats never matched within {timeout}s; last: {last}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+class ChatClient:
+    """A websocket-client connection whose frames a reader thread collects as dicts."""
+
+    def __init__(self, port: int, user: str, timeout: float = 10.0) -> None:
+        self.user = user
+        self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws?user={user}", timeout=5,
+                                              skip_utf8_validation=True)
+        self.ws.settimeout(None)  # the reader blocks; abort() wakes it
+        self.frames: list[Frame] = []
+        self.closed = threading.Event()
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name=f"ws-reader-{user}", daemon=True)
+        self._reader.start()
+        welcome = self.wait_for(lambda f: f.get("type") == "welcome", timeout)
+        self.cid: str = welcome["connectionId"]
+        self.server_id: str = welcome["serverId"]
+
+    def _read(self) -> None:
+        try:
+            while True:
+                opcode, data = self.ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    return
+                with self._cond:
+                    self.frames.append(json.loads(data))
+                    self._cond.notify_all()
+        except (websocket.WebSocketException, OSError, ValueError):
+            return
+        finally:
+            self.closed.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ observing
+    def matching(self, predicate: Predicate, start: int = 0) -> list[Frame]:
+        with self._cond:
+            return [f for f in self.frames[start:] if predicate(f)]
+
+    def wait_for(self, predicate: Predicate, timeout: float = 10.0, start: int = 0) -> Frame:
+        """The first frame (from index ``start``) matching ``predicate``, waiting for it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for f in self.frames[start:]:
+                    if predicate(f):
+                        return f
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed.is_set():
+                    raise AssertionError(f"{self.user}: no matching frame within {timeout}s "
+                                         f"(closed={self.closed.is_set()}); got {self.frames}")
+                self._cond.wait(left)
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.frames)
+
+    # ------------------------------------------------------------------ commands
+    def send(self, command: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(command))
+
+    def request(self, command: dict[str, Any], reply: Predicate, timeout: float = 10.0) -> Frame:
+        start = self.mark()
+        self.send(command)
+        return self.wait_for(reply, timeout, start)
+
+    def join(self, room: str) -> None:
+        reply = self.request({"op": "join", "room": room},
+                             lambda f: f.get("type") == "error" or f == {"type": "joined", "room": room})
+        assert reply["type"] == "joined", reply
+
+    def say(self, room: str, text: str, **extra: Any) -> None:
+        self.send({"op": "say", "room": room, "text": text, **extra})
+
+    def direct(self, to: str, text: str) -> bool:
+        reply = self.request({"op": "direct", "to": to, "text": text},
+                             lambda f: f.get("type") == "direct-result")
+        return bool(reply["sent"])
+
+    def close(self) -> None:
+        """Close politely (the server removes the connection), then drop the socket."""
+        if not self.closed.is_set():
+            with contextlib.suppress(websocket.WebSocketException, OSError):
+                self.ws.send_close()
+            self.closed.wait(5)
+        self.ws.abort()
+        self.ws.shutdown()
+        self._reader.join(5)
+
+
+def is_message(seq: int, room: str | None = None) -> Predicate:
+    return lambda f: f.get("type") == "message" and f.get("seq") == seq and room in (None, f.get("room"))
+
+
+def is_departure(connection_id: str, room: str | None = None) -> Predicate:
+    return lambda f: (f.get("type") == "user-disconnected" and f.get("connectionId") == connection_id
+                      and room in (None, f.get("roomId")))
+
