@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from .backends.base import Backend, Confirmation, Subscription
 from .concurrency import Driver, StopFlag, Worker
@@ -73,7 +73,7 @@ class Listener:
     def sync_rooms(self, rooms: Iterable[str], wait: float | None = None) -> None:
         """Make the subscription match local membership for ``rooms``; optionally wait until a
         new subscription is confirmed (never from the listener itself)."""
-        confirmations: list[Confirmation] = []
+        confirmations: Sequence[Confirmation] = []
         with self._lock:
             sub = self._sub
             if sub is None:
@@ -99,7 +99,7 @@ class Listener:
             self._wait(confirmations, wait)
 
     @staticmethod
-    def _wait(confirmations: list[Confirmation], timeout: float) -> None:
+    def _wait(confirmations: Sequence[Confirmation], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for c in confirmations:
             if not c.wait(max(0.0, deadline - time.monotonic())):

@@ -68,6 +68,7 @@ class DistributedConnectionManager:
         self._started = False
         self._closed = False
         self._pending_removals: dict[str, str] = {}  # connection id -> reason, while Redis is away
+        self._pending_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._listener = Listener(
             self._backend, self._driver, self._stop, f"server:{self.server_id}",
@@ -225,7 +226,8 @@ class DistributedConnectionManager:
         except BackendError as exc:
             logger.warning("connection %s removed locally; shared state follows later: %s",
                            connection_id, exc)
-            self._pending_removals[connection_id] = reason
+            with self._pending_lock:
+                self._pending_removals[connection_id] = reason
             self._notify_local_only(conn, reason)
             return True
         if removed is not None:
@@ -421,14 +423,15 @@ class DistributedConnectionManager:
         self._flush_pending_removals()
 
     def _flush_pending_removals(self) -> None:
-        if not self._pending_removals:
+        with self._pending_lock:
+            pending, self._pending_removals = self._pending_removals, {}
+        if not pending:
             return
-        pending, self._pending_removals = self._pending_removals, {}
         try:
             removed = self._backend.remove_connections(list(pending))
         except BackendError:
-            pending.update(self._pending_removals)
-            self._pending_removals = pending
+            with self._pending_lock:
+                self._pending_removals.update(pending)
             raise
         for r in removed:
             if r is not None:

@@ -119,9 +119,10 @@ def test_manager_recovers_after_redis_restart(prefix: str) -> None:
         a.join_room(ca, "r")
         b.join_room(cb, "r")
         server.restart()  # comes back empty
+        wait_until(lambda: a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1,
+                   timeout=15)
         stats = wait_until(lambda: _stats_or_none(a), timeout=15)
         assert (stats.active_servers, stats.total_connections, stats.total_rooms) == (2, 2, 1)
-        assert a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1
         # cross-server delivery works again (resubscribed to the room)
         for attempt in range(100):
             a.broadcast_to_room("r", {"attempt": attempt})

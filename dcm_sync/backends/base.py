@@ -38,7 +38,7 @@ class Subscription(Protocol):
     """One subscriber connection. ``get_message`` is called by one listener only;
     ``subscribe``/``unsubscribe`` may be called from any thread while it waits."""
 
-    def subscribe(self, channels: Iterable[str]) -> list[Confirmation]:
+    def subscribe(self, channels: Iterable[str]) -> Sequence[Confirmation]:
         """Send the subscription; each returned confirmation is set once the bus has it."""
         ...
 

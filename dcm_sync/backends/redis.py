@@ -65,7 +65,7 @@ class _RedisSubscription:
     """A redis-py PubSub on its own connection, with subscribe confirmations."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self._pubsub = client.pubsub()
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         self._prefix = prefix
         self._cut = len(prefix)
         self._pending: dict[str, list[threading.Event]] = {}

@@ -1,0 +1,220 @@
+"""examples/gevent_chat_server.py as users see it: server processes sharing one Redis, real
+WebSocket clients, server crashes, graceful stops and a Redis restart."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import websocket
+
+from tests.e2e.chat import ChatClient, ChatServer, Frame, Predicate, is_departure, is_message
+from tests.helpers.redis_server import RedisServer
+
+Launch = Callable[..., list[ChatServer]]
+Connect = Callable[[ChatServer, str], ChatClient]
+
+
+def flush(sender: ChatClient, room: str, *receivers: ChatClient) -> None:
+    """Say a marker and wait until every receiver has it: what was sent before has arrived."""
+    seq = uuid.uuid4().int % 10**9
+    sender.say(room, "flush", seq=seq)
+    for client in (sender, *receivers):
+        client.wait_for(is_message(seq, room))
+
+
+def say_until_received(sender: ChatClient, receiver: ChatClient, room: str,
+                       attempts: int = 100, timeout: float = 20.0) -> int:
+    """Say numbered messages until one reaches ``receiver`` (the bus may still be reconnecting);
+    return the seq that arrived."""
+    deadline = time.monotonic() + timeout
+    start = receiver.mark()
+    tag = uuid.uuid4().hex
+
+    def arrived(f: Frame) -> bool:
+        return f.get("type") == "message" and f.get("tag") == tag and f.get("from") == sender.user
+
+    for seq in range(1, attempts + 1):
+        sender.say(room, f"try {seq}", seq=seq, tag=tag)
+        try:
+            got = receiver.wait_for(arrived, timeout=max(0.0, min(0.3, deadline - time.monotonic())),
+                                    start=start)
+            return int(got["seq"])
+        except AssertionError:
+            if time.monotonic() > deadline:
+                break
+    raise AssertionError(f"no message from {sender.user} reached {receiver.user} "
+                         f"within {attempts} attempts / {timeout}s")
+
+
+def redis_rooms_naming(redis_server: RedisServer, prefix: str, cids: set[str]) -> dict[str, set[str]]:
+    """Room sets in Redis that still name one of ``cids``."""
+    r = redis_server.client()
+    found = {}
+    for key in r.scan_iter(match=f"{prefix}rooms:*", count=1000):
+        members = {m.decode() for m in r.smembers(key)}
+        if members & cids:
+            found[key.decode()] = members & cids
+    return found
+
+
+def index_servers(redis_server: RedisServer, prefix: str) -> set[str]:
+    return {s.decode() for s in redis_server.client().smembers(f"{prefix}index:servers")}
+
+
+# ---------------------------------------------------------------------------------------- tests
+def test_room_message_reaches_both_servers_once(redis_server: RedisServer, launch: Launch,
+                                                connect: Connect) -> None:
+    a, b = launch(redis_server.url, count=2)
+    alice, bob = connect(a, "alice"), connect(b, "bob")
+    assert alice.server_id != bob.server_id
+    alice.join("lobby")
+    bob.join("lobby")
+
+    alice.say("lobby", "hello from A", seq=1, ts=12.5)
+
+    expected = {"type": "message", "room": "lobby", "from": "alice", "text": "hello from A",
+                "seq": 1, "ts": 12.5}
+    assert bob.wait_for(is_message(1)) == expected
+    assert alice.wait_for(is_message(1)) == expected  # no exclude: the sender gets it too
+    flush(alice, "lobby", bob)
+    assert len(bob.matching(is_message(1))) == 1
+    assert len(alice.matching(is_message(1))) == 1
+    for server in (a, b):
+        stats = server.stats()
+        assert stats is not None
+        assert (stats["total_connections"], stats["active_servers"], stats["driver"]) == (2, 2, "gevent")
+        assert stats["local_connections"] == 1
+    assert {a.stats()["server_id"], b.stats()["server_id"]} == {alice.server_id, bob.server_id}  # type: ignore[index]
+
+
+def test_direct_message_across_servers(redis_server: RedisServer, launch: Launch, connect: Connect) -> None:
+    a, b = launch(redis_server.url, count=2)
+    alice, bob = connect(a, "alice"), connect(b, "bob")
+
+    assert alice.direct(bob.cid, "psst") is True
+    assert bob.wait_for(lambda f: f.get("type") == "direct") == {
+        "type": "direct", "from": "alice", "connectionId": alice.cid, "text": "psst"}
+
+    assert alice.direct(uuid.uuid4().hex, "anyone?") is False
+    assert not alice.matching(lambda f: f.get("type") in ("direct", "error"))
+
+
+def test_killed_server_is_cleaned_up_and_rooms_are_told(redis_server: RedisServer, prefix: str,
+                                                        launch: Launch, connect: Connect) -> None:
+    a, b = launch(redis_server.url, count=2)
+    alice = connect(a, "alice")
+    bob, carol = connect(b, "bob"), connect(b, "carol")
+    alice.join("lobby")
+    alice.join("games")
+    bob.join("lobby")
+    carol.join("lobby")
+    carol.join("games")
+    b_id, b_cids = bob.server_id, {bob.cid, carol.cid}
+    a.wait_stats(lambda s: s["total_connections"] == 3)
+
+    b.kill()  # SIGKILL: no goodbye, only the heartbeat expiring tells
+
+    expected = {("lobby", bob), ("lobby", carol), ("games", carol)}
+    for room, client in expected:
+        notice = alice.wait_for(is_departure(client.cid, room), timeout=15)
+        assert notice == {"type": "user-disconnected", "roomId": room, "userId": client.user,
+                          "connectionId": client.cid, "reason": "server-failure"}
+    stats = a.wait_stats(lambda s: s["active_servers"] == 1 and s["total_connections"] == 1)
+    assert [s["server_id"] for s in stats["server_stats"]] == [alice.server_id]
+    # the cleanup is finished (the index is the last thing it clears): no late duplicates
+    flush(alice, "lobby")
+    for room, client in expected:
+        assert len(alice.matching(is_departure(client.cid, room))) == 1, alice.frames
+    assert not alice.matching(lambda f: f.get("type") == "user-disconnected"
+                              and f.get("connectionId") not in b_cids)
+
+    r = redis_server.client()
+    assert b_id not in index_servers(redis_server, prefix)
+    assert not r.exists(*(f"{prefix}connections:{cid}" for cid in b_cids))
+    assert not r.exists(f"{prefix}servers:{b_id}", f"{prefix}server-connections:{b_id}")
+    assert redis_rooms_naming(redis_server, prefix, b_cids) == {}
+    assert r.smembers(f"{prefix}rooms:lobby") == {alice.cid.encode()}
+    # A keeps working
+    assert alice.direct(bob.cid, "still there?") is False
+
+
+def test_sigterm_stops_a_server_gracefully(redis_server: RedisServer, prefix: str,
+                                           launch: Launch, connect: Connect) -> None:
+    a, b = launch(redis_server.url, count=2)
+    alice, bob = connect(a, "alice"), connect(b, "bob")
+    alice.join("lobby")
+    bob.join("lobby")
+    b_id = bob.server_id
+
+    b.terminate()
+
+    notice = alice.wait_for(is_departure(bob.cid, "lobby"), timeout=10)
+    assert notice == {"type": "user-disconnected", "roomId": "lobby", "userId": "bob",
+                      "connectionId": bob.cid, "reason": "shutdown"}
+    assert b.proc.wait(timeout=10) == 0, b.log()
+    assert bob.closed.wait(5), "B closed its client's socket"
+    r = redis_server.client()
+    assert not r.exists(f"{prefix}servers:{b_id}", f"{prefix}connections:{bob.cid}")
+    assert b_id not in index_servers(redis_server, prefix)
+    assert a.wait_stats(lambda s: s["active_servers"] == 1)["total_connections"] == 1
+    flush(alice, "lobby")
+    assert len(alice.matching(is_departure(bob.cid))) == 1
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis for this test alone: it gets restarted."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def test_servers_recover_after_redis_restart(own_redis: RedisServer, prefix: str, launch: Launch,
+                                             connect: Connect) -> None:
+    a, b = launch(own_redis.url, count=2)
+    alice, bob, dave = connect(a, "alice"), connect(b, "bob"), connect(b, "dave")
+    alice.join("lobby")
+    bob.join("lobby")
+    dave.join("lobby")
+    dave.close()  # gone before the restart: must not come back
+    alice.wait_for(is_departure(dave.cid))
+    a.wait_stats(lambda s: s["total_connections"] == 2)
+
+    own_redis.restart()  # comes back empty
+
+    def recovered(stats: dict[str, object]) -> bool:
+        return stats["active_servers"] == 2 and stats["total_connections"] == 2
+    for server in (a, b):
+        server.wait_stats(recovered, timeout=15)
+    say_until_received(alice, bob, "lobby")
+    say_until_received(bob, alice, "lobby")
+    assert own_redis.client().smembers(f"{prefix}rooms:lobby") == {alice.cid.encode(), bob.cid.encode()}
+
+
+def test_example_on_memory_backend(launch: Launch, connect: Connect) -> None:
+    (server,) = launch(None)
+    assert server.stats()["driver"] == "gevent"  # type: ignore[index]
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws", timeout=5)
+    assert refused.value.status_code == 400
+    alice, bob = connect(server, "alice"), connect(server, "bob")
+    alice.join("lobby")
+    bob.join("lobby")
+
+    bob.say("lobby", "hi", seq=7)
+
+    for client in (alice, bob):
+        assert client.wait_for(is_message(7)) == {"type": "message", "room": "lobby", "from": "bob",
+                                                  "text": "hi", "seq": 7}
+    # bad commands get an error reply and the socket stays usable
+    is_error: Predicate = lambda f: f.get("type") == "error"  # noqa: E731
+    assert "shout" in alice.request({"op": "shout"}, is_error)["error"]
+    start = alice.mark()
+    alice.ws.send("not json")
+    assert alice.wait_for(is_error, start=start)["error"]
+    assert alice.direct(bob.cid, "still here") is True
+    assert server.wait_stats(lambda s: s["total_connections"] == 2)["active_servers"] == 1
