@@ -1,0 +1,109 @@
+"""The chat example: a Flask app with a browser page, rooms, messages and departures.
+
+Run on the embedded memory:// backend (one process):
+
+    python examples/chat/app.py                # then open http://127.0.0.1:5000/
+
+Run a cluster: start Redis, then two or three copies on different ports with the same REDIS_URL:
+
+    REDIS_URL=redis://127.0.0.1:6379/0 PORT=5001 python examples/chat/app.py
+    REDIS_URL=redis://127.0.0.1:6379/0 PORT=5002 python examples/chat/app.py
+
+Under gunicorn (several workers): ``gunicorn -c examples/gunicorn.conf.py examples.chat.app:app``.
+The page's name field is the token: ``authenticate`` below accepts any short name (a demo;
+a real app checks a session or a signed token there).
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, send_from_directory
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
+
+from flask_ext import DistributedWebSockets, WebSocketConnection  # noqa: E402
+
+NAME = re.compile(r"^[\w .-]{1,32}$")
+HERE = Path(__file__).resolve().parent
+
+app = Flask(__name__)
+app.config["DCM_ALLOWED_ORIGINS"] = os.environ.get("DCM_ALLOWED_ORIGINS")  # None: same origin only
+sockets = DistributedWebSockets(app)
+app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
+
+
+@sockets.authenticate
+def authenticate(token: str | None) -> str | None:
+    return token if token and NAME.match(token) else None
+
+
+@app.get("/")
+def index() -> Any:
+    return send_from_directory(HERE / "static", "index.html")
+
+
+@app.post("/notify/<conn_id>")
+def notify(conn_id: str) -> dict[str, bool]:
+    """An ordinary HTTP view reaching a socket on any server."""
+    return {"sent": sockets.send_to_connection(conn_id, {"type": "notification", "text": "ping"})}
+
+
+@sockets.route("/ws")
+def chat(conn: WebSocketConnection) -> None:
+    conn.send({"type": "welcome", "connectionId": conn.id, "user": conn.user_id,
+               "serverId": sockets.manager.server_id, "port": os.environ.get("PORT", "5000")})
+    while (text := conn.receive()) is not None:
+        try:
+            data = json.loads(text)
+            op, room = data["op"], str(data["room"])
+        except (ValueError, KeyError, TypeError):
+            conn.send({"type": "error", "error": "expected {\"op\": ..., \"room\": ...}"})
+            continue
+        if op == "join":
+            conn.join(room)
+            sockets.broadcast_to_room(room, {"type": "joined", "room": room, "user": conn.user_id})
+        elif op == "leave":
+            conn.leave(room)
+        elif op == "say":
+            sockets.broadcast_to_room(room, {"type": "message", "room": room, "from": conn.user_id,
+                                             "text": str(data.get("text", ""))[:2000]})
+        else:
+            conn.send({"type": "error", "error": f"unknown op {op!r}"})
+
+
+def main() -> None:
+    import signal
+
+    import gevent
+    from gevent import pywsgi
+
+    from flask_ext.handler import DCMWebSocketHandler
+
+    port = int(os.environ.get("PORT", "5000"))
+    host = os.environ.get("HOST", "127.0.0.1")
+    server = pywsgi.WSGIServer((host, port), app, handler_class=DCMWebSocketHandler)
+
+    def stop() -> None:
+        sockets.shutdown()
+        server.stop(timeout=1)
+
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
+    print(f"chat on http://{host}:{port}/ (backend: {os.environ.get('REDIS_URL') or 'memory://'})",
+          flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""WebSocketConnection: what a ``@sockets.route`` view receives for the life of one socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dcm_sync import DistributedConnectionManager
+
+from .transports import Transport
+
+__all__ = ["WebSocketConnection"]
+
+
+class WebSocketConnection:
+    """One client socket, registered with this process's manager.
+
+    ``receive()`` returns ``str | bytes`` and ``None`` once the peer is gone; with ``timeout``
+    it raises ``TimeoutError`` when nothing arrives in time. Every message received counts as
+    activity for stale cleanup.
+    """
+
+    def __init__(self, manager: DistributedConnectionManager, connection_id: str, user_id: str,
+                 transport: Transport) -> None:
+        self._manager = manager
+        self.id = connection_id
+        self.user_id = user_id
+        self._transport = transport
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """Rooms this connection is in (as this server knows them)."""
+        local = self._manager.local.get(self.id)
+        return frozenset(local.rooms) if local is not None else frozenset()
+
+    @property
+    def transport(self) -> str:
+        """``gevent-websocket``, or simple-websocket's mode (``werkzeug``, ``gunicorn``, ...)."""
+        return self._transport.mode
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        message = self._transport.receive(timeout)
+        if message is not None and self.id in self._manager.local:
+            self._manager.local.touch(self.id)
+        return message
+
+    def receive_json(self, timeout: float | None = None) -> Any:
+        """The next message decoded from JSON (``None`` once closed); ``ValueError`` if it is not JSON."""
+        message = self.receive(timeout)
+        return None if message is None else json.loads(message)
+
+    def send(self, message: Any) -> bool:
+        """Send to this socket (dict/list as JSON, str as is); False if it has gone away."""
+        return self._manager.send_to_connection(self.id, message)
+
+    def join(self, room_id: str) -> None:
+        self._manager.join_room(self.id, room_id)
+
+    def leave(self, room_id: str) -> None:
+        self._manager.leave_room(self.id, room_id)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the socket with ``code``; the view's ``receive()`` then returns None."""
+        self._transport.close(code, reason)
+
+    def __repr__(self) -> str:
+        return f"<WebSocketConnection {self.id} user={self.user_id!r}>"

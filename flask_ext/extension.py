@@ -1,0 +1,226 @@
+"""DistributedWebSockets: WebSocket routes on the distributed manager, for Flask apps."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, has_app_context, jsonify, request
+from werkzeug.routing.exceptions import WebsocketMismatch
+
+from dcm_sync import (
+    AuthenticationError,
+    ConnectionLimitError,
+    DCMError,
+    DistributedConnectionManager,
+    DistributedStats,
+    UnknownConnectionError,
+)
+
+from .connection import WebSocketConnection
+from .gate import REFUSE_ORIGIN, REFUSE_TOKEN, extract_token, origin_allowed
+from .state import AppState
+from .transports import Transport, open_transport
+
+__all__ = ["DistributedWebSockets", "PRECHECK_HEADER", "PRECHECK_KEY"]
+
+logger = logging.getLogger(__name__)
+
+PRECHECK_KEY = "dcm.precheck"          # environ flag set by the project's handler before the handshake
+PRECHECK_HEADER = "X-DCM-Precheck"     # "accepted" (ours, allowed) or "pass" (not a dcm route)
+_VERDICT_KEY = "dcm.verdict"
+
+View = Callable[..., Any]
+Authenticator = Callable[[str | None], str | None]
+Verdict = tuple[str, None] | tuple[None, tuple[int, int, str]]
+
+
+class DistributedWebSockets:
+    """Flask extension: ``sockets = DistributedWebSockets(app)`` or ``init_app(app)`` later."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._routes: list[tuple[str, str, View, dict[str, Any]]] = []
+        self._authenticate: Authenticator | None = None
+        self._states: dict[Flask, AppState] = {}
+        self._health: Blueprint | None = None
+        if app is not None:
+            self.init_app(app)
+
+    # ----------------------------------------------------------------- setup
+    def init_app(self, app: Flask) -> None:
+        """Bind to ``app``: reads ``DCM_*`` config (invalid values raise ``ConfigError`` here),
+        adds the routes. Starts nothing: the manager is made on first use in the serving process."""
+        if "dcm" in app.extensions:
+            raise RuntimeError("a DistributedWebSockets extension is already registered on this app")
+        app.config.setdefault("DCM_ALLOWED_ORIGINS", None)
+        state = AppState(app)
+        app.extensions["dcm"] = self
+        self._states[app] = state
+        for rule, endpoint, view, options in self._routes:
+            self._add_route(app, state, rule, endpoint, view, options)
+        app.before_request(self._pass_foreign_precheck)
+        app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
+
+    def authenticate(self, fn: Authenticator) -> Authenticator:
+        """Decorator: ``fn(token) -> user id or None``. Token from ``Authorization: Bearer`` or
+        ``?token=``; None refuses (HTTP 401 before the handshake, or close code 4401)."""
+        self._authenticate = fn
+        return fn
+
+    def route(self, rule: str, **options: Any) -> Callable[[View], View]:
+        """Decorator for a WebSocket view ``view(conn, **url_args)`` that runs while the socket lives."""
+        def decorator(view: View) -> View:
+            endpoint = options.pop("endpoint", view.__name__)
+            self._routes.append((rule, endpoint, view, options))
+            for app, state in self._states.items():
+                self._add_route(app, state, rule, endpoint, view, options)
+            return view
+        return decorator
+
+    def _add_route(self, app: Flask, state: AppState, rule: str, endpoint: str, view: View,
+                   options: dict[str, Any]) -> None:
+        def websocket_view(**url_args: Any) -> Response:
+            return self._serve(view, url_args)
+
+        websocket_view.__name__ = endpoint
+        app.add_url_rule(rule, endpoint, websocket_view, websocket=True, **options)
+        state.endpoints.add(endpoint)
+
+    # ----------------------------------------------------------------- manager
+    def _state(self) -> AppState:
+        if has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            if app in self._states:
+                return self._states[app]
+        if len(self._states) == 1:
+            return next(iter(self._states.values()))
+        raise RuntimeError("no app: call init_app(app); with several apps, use an app context")
+
+    @property
+    def manager(self) -> DistributedConnectionManager:
+        """This process's manager (made on first use, after any fork)."""
+        return self._state().manager()
+
+    def broadcast_to_room(self, room_id: str, message: Any, exclude: Iterable[str] | None = None) -> None:
+        self.manager.broadcast_to_room(room_id, message, exclude=exclude)
+
+    def send_to_connection(self, connection_id: str, message: Any) -> bool:
+        return self.manager.send_to_connection(connection_id, message)
+
+    def get_distributed_stats(self) -> DistributedStats:
+        return self.manager.get_distributed_stats()
+
+    def shutdown(self) -> None:
+        """Shut this process's manager down (also done at exit). A later use makes a new one."""
+        for state in self._states.values():
+            state.shutdown()
+
+    @property
+    def health_blueprint(self) -> Blueprint:
+        """``GET <prefix>/health``: 200 with readiness and stats as JSON, 503 when not ready."""
+        if self._health is None:
+            bp = Blueprint("dcm_health", __name__)
+
+            @bp.get("/health")
+            def health() -> tuple[Response, int]:
+                try:
+                    mgr = self.manager
+                    stats = dataclasses.asdict(mgr.get_distributed_stats())
+                    ready = mgr.is_ready()
+                except DCMError as exc:
+                    return jsonify(ready=False, error=str(exc)), 503
+                return jsonify(ready=ready, server_id=mgr.server_id, stats=stats), 200 if ready else 503
+
+            self._health = bp
+        return self._health
+
+    # ----------------------------------------------------------------- serving
+    def _judge(self, state: AppState, environ: dict[str, Any]) -> Verdict:
+        if not origin_allowed(environ, state.allowed_origins):
+            return None, REFUSE_ORIGIN
+        if self._authenticate is None:
+            return f"anonymous-{uuid.uuid4().hex[:12]}", None
+        token = extract_token(environ)
+        user_id = self._authenticate(token) if token else None
+        if not user_id:
+            return None, REFUSE_TOKEN
+        return str(user_id), None
+
+    def _pass_foreign_precheck(self) -> Response | None:
+        env = request.environ
+        if env.get(PRECHECK_KEY) and request.routing_exception is None:
+            if request.endpoint not in self._state().endpoints:
+                return Response(status=204, headers={PRECHECK_HEADER: "pass"})
+        return None
+
+    def _serve(self, view: View, url_args: dict[str, Any]) -> Response:
+        state = self._state()
+        environ = request.environ
+        user_id, refusal = environ.get(_VERDICT_KEY) or self._judge(state, environ)
+        if environ.get(PRECHECK_KEY):  # asked by the project's handler, before any handshake
+            environ[_VERDICT_KEY] = (user_id, refusal)
+            if refusal is not None:
+                return Response(refusal[2] + "\n", status=refusal[0], mimetype="text/plain")
+            return Response(status=204, headers={PRECHECK_HEADER: "accepted"})
+        transport = open_transport(environ)
+        if refusal is not None or user_id is None:
+            code, reason = (refusal or REFUSE_TOKEN)[1:]
+            transport.close(code, reason)
+            return _finished(transport)
+        self._run(state, view, url_args, transport, user_id)
+        return _finished(transport)
+
+    def _run(self, state: AppState, view: View, url_args: dict[str, Any], transport: Transport,
+             user_id: str) -> None:
+        mgr = state.manager()
+        try:
+            conn_id = mgr.register_connection(transport, user_id)
+        except ConnectionLimitError:
+            transport.close(1013, "server full")
+            return
+        except AuthenticationError:
+            transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])
+            return
+        try:
+            view(WebSocketConnection(mgr, conn_id, user_id, transport), **url_args)
+        except Exception:
+            logger.exception("WebSocket view %s failed", getattr(view, "__name__", view))
+            transport.close(1011, "internal error")
+        finally:
+            try:
+                mgr.remove_connection(conn_id)
+            except UnknownConnectionError:
+                pass  # already removed: stale, evicted by another server, or the send failed
+            except DCMError as exc:
+                logger.warning("could not remove connection %s: %s", conn_id, exc)
+            transport.close()
+
+
+def _websocket_mismatch(exc: WebsocketMismatch) -> tuple[str, int, dict[str, str]]:
+    if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        text = "This URL does not accept WebSocket connections.\n"
+    else:
+        text = "This URL accepts WebSocket connections only (a GET with 'Upgrade: websocket').\n"
+    return text, 400, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+class _Finished(Response):
+    """The response of a WebSocket view after the socket closed: nothing more may be written."""
+
+    transport_mode = ""
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if self.transport_mode == "werkzeug":
+            raise ConnectionError("WebSocket closed")  # Werkzeug's server then writes nothing
+        if self.transport_mode == "gunicorn":
+            raise StopIteration()
+        return []
+
+
+def _finished(transport: Transport) -> Response:
+    resp = _Finished()
+    resp.transport_mode = transport.mode
+    return resp

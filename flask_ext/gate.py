@@ -1,0 +1,55 @@
+"""Who may open a WebSocket: the token it presents and the page it comes from.
+
+Pure functions on the WSGI environ, so the same rules run before the handshake (in the
+project's handler) and after it (under the stock gevent-websocket handler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["extract_token", "origin_allowed", "parse_origins", "REFUSE_TOKEN", "REFUSE_ORIGIN"]
+
+# (HTTP status before the handshake, WebSocket close code after it, reason)
+REFUSE_TOKEN = (401, 4401, "authentication required")
+REFUSE_ORIGIN = (403, 4403, "origin not allowed")
+
+
+def extract_token(environ: Mapping[str, Any]) -> str | None:
+    """The token from ``Authorization: Bearer ...`` or, failing that, ``?token=...``."""
+    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    values = parse_qs(str(environ.get("QUERY_STRING", ""))).get("token")
+    return values[0] if values and values[0] else None
+
+
+def parse_origins(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """``DCM_ALLOWED_ORIGINS``: None (same origin only), ``"*"``, or origins as a list or a
+    comma-separated string (``"https://a.example, https://b.example"``)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    cleaned = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError("DCM_ALLOWED_ORIGINS entries must be str")
+        item = item.strip().rstrip("/").lower()
+        if item:
+            cleaned.append(item)
+    return tuple(cleaned)
+
+
+def origin_allowed(environ: Mapping[str, Any], allowed: tuple[str, ...] | None) -> bool:
+    """A request without ``Origin`` (not a browser) is allowed. A browser's ``Origin`` must be
+    in ``allowed``; with ``allowed`` None it must match the request's own ``Host``."""
+    origin = str(environ.get("HTTP_ORIGIN", "")).strip().rstrip("/").lower()
+    if not origin:
+        return True
+    if allowed is None:
+        host = str(environ.get("HTTP_HOST", "")).lower()
+        return bool(host) and urlsplit(origin).netloc == host
+    return "*" in allowed or origin in allowed

@@ -1,0 +1,99 @@
+"""Per-app state of the extension: its Config, origin rules, and the lazy per-process manager."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from flask import Flask
+
+from dcm_sync import (
+    Config,
+    ConfigError,
+    DistributedConnectionManager,
+    create_distributed_connection_manager,
+)
+from dcm_sync.config import field_names
+
+from .gate import parse_origins
+
+__all__ = ["AppState", "build_config", "FLASK_ONLY_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+#: DCM_* keys that belong to the extension, not to dcm_sync.Config.
+FLASK_ONLY_KEYS = frozenset({"allowed_origins"})
+
+
+def build_config(app: Flask) -> Config:
+    """``Config.from_env()`` overlaid with the app's ``DCM_*`` keys; ``ConfigError`` if invalid."""
+    values = {k: v for k, v in app.config.get_namespace("DCM_").items()
+              if k not in FLASK_ONLY_KEYS and v is not None}
+    unknown = set(values) - set(field_names())
+    if unknown:
+        raise ConfigError("unknown setting(s): " + ", ".join(f"DCM_{k.upper()}" for k in sorted(unknown)))
+    base = Config.from_env()
+    return Config.from_mapping({**{n: getattr(base, n) for n in field_names()}, **values})
+
+
+class AppState:
+    def __init__(self, app: Flask) -> None:
+        self.config = build_config(app)
+        self.allowed_origins = parse_origins(app.config.get("DCM_ALLOWED_ORIGINS"))
+        self.endpoints: set[str] = set()
+        self._manager: DistributedConnectionManager | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._hooks_pid = 0
+
+    def manager(self) -> DistributedConnectionManager:
+        """This process's manager, made on first use (after gunicorn forked its workers)."""
+        mgr = self._manager
+        if mgr is not None and self._pid == os.getpid():
+            return mgr
+        with self._lock:
+            if self._manager is None or self._pid != os.getpid():
+                # A manager inherited through fork belongs to the parent: never reuse it.
+                self._manager = create_distributed_connection_manager(None, self.config)
+                self._pid = os.getpid()
+                self._install_exit_hooks()
+            return self._manager
+
+    def started(self) -> bool:
+        return self._manager is not None and self._pid == os.getpid()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            mgr, self._manager = self._manager, None
+        if mgr is not None and self._pid == os.getpid():
+            mgr.shutdown()
+
+    def _install_exit_hooks(self) -> None:
+        if self._hooks_pid == os.getpid():
+            return
+        self._hooks_pid = os.getpid()
+        atexit.register(self.shutdown)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the server (gunicorn's worker, the app) handles SIGTERM; atexit still runs
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is not None and monkey.is_module_patched("socket"):
+            import gevent
+
+            gevent.signal_handler(signal.SIGTERM, self._on_sigterm)
+        else:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, *args: Any) -> None:
+        logger.info("SIGTERM: shutting down the distributed manager")
+        try:
+            self.shutdown()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,108 @@
+"""The socket under a connection: gevent-websocket or simple-websocket, behind one interface.
+
+``receive(timeout)`` returns ``str | bytes``, ``None`` once the peer is gone, and raises the
+builtin ``TimeoutError`` when ``timeout`` seconds pass without a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from typing import Any, Protocol
+
+__all__ = ["Transport", "open_transport", "GeventTransport", "SimpleTransport"]
+
+logger = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    mode: str
+
+    def send(self, message: str) -> None: ...
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None: ...
+
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+def _close_payload(code: int, reason: str) -> bytes:
+    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+
+
+class GeventTransport:
+    """``environ["wsgi.websocket"]`` from gevent-websocket's handler (pywsgi or gunicorn)."""
+
+    mode = "gevent-websocket"
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+        self._closed = False
+
+    def send(self, message: str) -> None:
+        self._ws.send(message)  # a str goes out as a text frame
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        from geventwebsocket.exceptions import WebSocketError
+
+        if self._closed or self._ws.closed:
+            return None
+        try:
+            if timeout is None:
+                return self._ws.receive()  # type: ignore[no-any-return]
+            import gevent
+
+            with gevent.Timeout(timeout, TimeoutError(f"no message within {timeout}s")):
+                return self._ws.receive()  # type: ignore[no-any-return]
+        except WebSocketError:
+            return None
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        # gevent-websocket 0.10.1's close() sends its ``message`` argument as the whole close
+        # payload and drops ``code``: pass the code in the payload ourselves.
+        if self._closed:
+            return
+        self._closed = True
+        if not self._ws.closed:
+            self._ws.close(code, _close_payload(code, reason))
+
+
+class SimpleTransport:
+    """simple-websocket's ``Server`` (Werkzeug's threaded server, gunicorn's gthread worker)."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        import simple_websocket
+
+        self._closed_exc = simple_websocket.ConnectionClosed
+        self._ws = simple_websocket.Server(environ)
+        self.mode = str(self._ws.mode)
+        self._lock = threading.Lock()
+
+    def send(self, message: str) -> None:
+        self._ws.send(message)
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        try:
+            msg = self._ws.receive(timeout)
+        except self._closed_exc:
+            return None
+        if msg is None:
+            if not self._ws.connected:
+                return None
+            raise TimeoutError(f"no message within {timeout}s")
+        return msg  # type: ignore[no-any-return]
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        with self._lock:
+            if self._ws.connected:
+                try:
+                    self._ws.close(reason=code, message=reason)
+                except self._closed_exc:
+                    logger.debug("socket already closed by the peer")
+
+
+def open_transport(environ: dict[str, Any]) -> Transport:
+    ws = environ.get("wsgi.websocket")
+    if ws is not None:
+        return GeventTransport(ws)
+    return SimpleTransport(environ)
