@@ -58,13 +58,21 @@ class GeventTransport:
             return None
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        # gevent-websocket 0.10.1's close() sends its ``message`` argument as the whole close
-        # payload and drops ``code``: pass the code in the payload ourselves.
+        # gevent-websocket 0.10.1's close() drops ``code`` and sends its message as text, so
+        # the close frame (code + reason) is written here and the socket marked closed.
+        from geventwebsocket.exceptions import WebSocketError
+
         if self._closed:
             return
         self._closed = True
-        if not self._ws.closed:
-            self._ws.close(code, _close_payload(code, reason))
+        if self._ws.closed:
+            return
+        try:
+            self._ws.send_frame(_close_payload(code, reason), self._ws.OPCODE_CLOSE)
+        except WebSocketError as exc:
+            logger.debug("close frame not sent: %s", exc)
+        finally:
+            self._ws.closed = True
 
 
 class SimpleTransport:

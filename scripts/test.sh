@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh Debian machine with Python 3.10+.
-# Installs redis-server (apt) if missing, makes .venv, installs the project with its test extra,
+# Installs redis-server, chromium and chromium-driver (apt) if missing, makes .venv, installs the project with its test extra,
 # runs ruff and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,11 @@ apt_install() {
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
-command -v redis-server >/dev/null || apt_install redis-server
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -19,4 +23,5 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 .venv/bin/python -m pip install -q -e '.[test]'
 
 .venv/bin/ruff check .
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"

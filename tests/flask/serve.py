@@ -1,0 +1,50 @@
+"""Serve examples/chat/app.py for the tests: ``python -m tests.flask.serve MODE PORT``.
+
+MODE: ``dcm`` (gevent.pywsgi + the project's DCMWebSocketHandler), ``stock`` (gevent.pywsgi +
+gevent-websocket's WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server; simple-websocket).
+"""
+
+from __future__ import annotations
+
+import sys
+
+MODE, PORT = sys.argv[1], int(sys.argv[2])
+
+if MODE in ("dcm", "stock"):
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import signal  # noqa: E402
+
+from examples.chat.app import app, sockets  # noqa: E402
+
+
+def main() -> None:
+    if MODE == "werkzeug":
+        def stop(*args: object) -> None:
+            sockets.shutdown()
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        app.run(host="127.0.0.1", port=PORT, threaded=True)
+        return
+    import gevent
+    from gevent import pywsgi
+    from geventwebsocket.handler import WebSocketHandler
+
+    from flask_ext.handler import DCMWebSocketHandler
+
+    handler = DCMWebSocketHandler if MODE == "dcm" else WebSocketHandler
+    server = pywsgi.WSGIServer(("127.0.0.1", PORT), app, handler_class=handler, log=None)
+
+    def stop_gevent() -> None:
+        sockets.shutdown()
+        server.stop(timeout=1)
+
+    gevent.signal_handler(signal.SIGTERM, stop_gevent)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

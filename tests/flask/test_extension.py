@@ -1,0 +1,114 @@
+"""The extension inside one process: setup, configuration and plain-HTTP behaviour."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from dcm_sync import ConfigError
+from flask_ext import DistributedWebSockets, WebSocketConnection
+from flask_ext.gate import extract_token, origin_allowed, parse_origins
+
+
+@pytest.fixture
+def app() -> Iterator[Flask]:
+    app = Flask(__name__)
+    app.config["DCM_REDIS_URL"] = f"memory://{uuid.uuid4().hex}"
+    yield app
+    ext = app.extensions.get("dcm")
+    if ext is not None:
+        ext.shutdown()
+
+
+def test_init_app_registers_once_and_config_maps_to_fields(app: Flask) -> None:
+    app.config.update(DCM_HEARTBEAT_INTERVAL="0.5", DCM_HEARTBEAT_TTL=2, DCM_KEY_PREFIX="chat:",
+                      DCM_MAX_CONNECTIONS=7, DCM_SERVER_PORT=8123, DCM_ALLOWED_ORIGINS="https://a.example")
+    sockets = DistributedWebSockets()
+    sockets.init_app(app)
+    assert app.extensions["dcm"] is sockets
+    with pytest.raises(RuntimeError, match="already registered"):
+        sockets.init_app(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        DistributedWebSockets(app)
+    with app.app_context():
+        cfg = sockets.manager.config
+    assert (cfg.heartbeat_interval, cfg.heartbeat_ttl, cfg.key_prefix) == (0.5, 2.0, "chat:")
+    assert (cfg.max_connections, cfg.server_port) == (7, 8123)
+    assert cfg.redis_url == app.config["DCM_REDIS_URL"]
+
+
+@pytest.mark.parametrize("key,value", [("DCM_HEARTBEAT_TTL", "1"), ("DCM_SERVER_PORT", "http"),
+                                       ("DCM_NO_SUCH_SETTING", 1), ("DCM_REDIS_URL", "ftp://x")])
+def test_bad_config_fails_at_init_app(app: Flask, key: str, value: object) -> None:
+    app.config[key] = value
+    with pytest.raises(ConfigError):
+        DistributedWebSockets(app)
+    assert "dcm" not in app.extensions
+
+
+def test_nothing_starts_until_used(app: Flask) -> None:
+    sockets = DistributedWebSockets(app)
+    state = sockets._state()
+    assert not state.started()
+    with app.app_context():
+        assert sockets.manager.is_ready()
+    assert state.started()
+    sockets.shutdown()
+    assert not state.started()
+
+
+def test_routes_declared_before_init_app(app: Flask) -> None:
+    sockets = DistributedWebSockets()
+
+    @sockets.route("/ws/<room>")
+    def room_socket(conn: WebSocketConnection, room: str) -> None:
+        raise AssertionError("not reached by plain HTTP")
+
+    sockets.init_app(app)
+    client = app.test_client()
+    resp = client.get("/ws/lobby")
+    assert resp.status_code == 400
+    assert b"WebSocket connections only" in resp.data
+    assert [r.rule for r in app.url_map.iter_rules() if r.endpoint == "room_socket"] == ["/ws/<room>"]
+
+
+def test_health_blueprint(app: Flask) -> None:
+    sockets = DistributedWebSockets(app)
+    app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
+    resp = app.test_client().get("/dcm/health")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["ready"] is True
+    assert body["stats"]["active_servers"] == 1 and body["server_id"]
+
+
+def test_passthroughs_without_app_context(app: Flask) -> None:
+    sockets = DistributedWebSockets(app)
+    assert sockets.send_to_connection("0" * 32, "x") is False
+    sockets.broadcast_to_room("empty", {"x": 1})
+    assert sockets.get_distributed_stats().active_servers == 1
+
+
+def test_token_extraction() -> None:
+    assert extract_token({"HTTP_AUTHORIZATION": "Bearer abc"}) == "abc"
+    assert extract_token({"HTTP_AUTHORIZATION": "bearer  abc "}) == "abc"
+    assert extract_token({"QUERY_STRING": "token=t%20x&a=1"}) == "t x"
+    assert extract_token({"HTTP_AUTHORIZATION": "Basic zzz", "QUERY_STRING": "token=q"}) == "q"
+    assert extract_token({}) is None
+    assert extract_token({"QUERY_STRING": "token="}) is None
+
+
+def test_origin_rules() -> None:
+    same = {"HTTP_HOST": "chat.example:8000", "HTTP_ORIGIN": "http://chat.example:8000"}
+    other = {"HTTP_HOST": "chat.example:8000", "HTTP_ORIGIN": "https://evil.example"}
+    assert origin_allowed(same, None) and not origin_allowed(other, None)
+    assert origin_allowed({"HTTP_HOST": "x"}, None)  # no Origin: not a browser
+    allowed = parse_origins("https://evil.example/, https://b.example")
+    assert allowed == ("https://evil.example", "https://b.example")
+    assert origin_allowed(other, allowed) and not origin_allowed(same, allowed)
+    assert origin_allowed(other, parse_origins(["*"]))
+    with pytest.raises(TypeError):
+        parse_origins([1])  # type: ignore[list-item]

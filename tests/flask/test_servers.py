@@ -1,0 +1,189 @@
+"""The Flask chat example as real server processes with real WebSocket clients."""
+
+from __future__ import annotations
+
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import websocket
+
+from tests.flask.procs import Client, Server, start_chat, start_gunicorn
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.sockets import wait_until
+
+DCM_WORKER = "flask_ext.gunicorn_worker.DCMGeventWebSocketWorker"
+STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    made: list[Server] = []
+    yield made
+    for s in made:
+        s.stop()
+
+
+
+
+def open_raw(url: str, token: str | None, origin: str | None = None) -> websocket.WebSocket:
+    query = f"?token={token}" if token else ""
+    return websocket.create_connection(url + query, timeout=10, origin=origin)
+
+
+def test_pywsgi_two_processes(redis_server: RedisServer, prefix: str, servers: list[Server]) -> None:
+    a = start_chat("dcm", redis_server.url, prefix)
+    b = start_chat("dcm", redis_server.url, prefix)
+    servers += [a, b]
+    alice, bob = Client(a.ws_url(), "alice"), Client(b.ws_url(), "bob")
+    assert alice.server_id != bob.server_id
+    alice.join("lobby")
+    bob.join("lobby")
+    alice.send(op="say", room="lobby", text="hello from A")
+    got = bob.recv_until(lambda m: m.get("type") == "message")
+    assert (got["from"], got["text"]) == ("alice", "hello from A")
+    # an HTTP view on A reaches bob's socket on B
+    req = urllib.request.Request(a.url(f"/notify/{bob.id}"), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.read() == b'{"sent":true}\n'
+    assert bob.recv_until(lambda m: m.get("type") == "notification")["text"] == "ping"
+    req = urllib.request.Request(a.url("/notify/" + "0" * 32), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.read() == b'{"sent":false}\n'
+    stats = a.health()["stats"]
+    assert (stats["active_servers"], stats["total_connections"]) == (2, 2)
+    # bob goes away: alice is told, reason "removed"
+    bob.close()
+    left = alice.recv_until(lambda m: m.get("type") == "user-disconnected")
+    assert (left["userId"], left["reason"]) == ("bob", "removed")
+
+
+def test_pywsgi_refuses_before_the_handshake(redis_server: RedisServer, prefix: str,
+                                             servers: list[Server]) -> None:
+    a = start_chat("dcm", redis_server.url, prefix)
+    servers.append(a)
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        open_raw(a.ws_url(), None)
+    assert err.value.status_code == 401
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        open_raw(a.ws_url(), "bad%21token")
+    assert err.value.status_code == 401
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        open_raw(a.ws_url(), "alice", origin="http://evil.example")
+    assert err.value.status_code == 403
+    with pytest.raises(urllib.error.HTTPError) as http_err:
+        urllib.request.urlopen(a.url("/ws"), timeout=5)
+    assert http_err.value.code == 400
+    assert b"WebSocket connections only" in http_err.value.read()
+    assert a.health()["stats"]["total_connections"] == 0  # nothing was ever registered
+
+
+def test_stock_handler_refuses_with_close_codes(redis_server: RedisServer, prefix: str,
+                                                servers: list[Server]) -> None:
+    a = start_chat("stock", redis_server.url, prefix)
+    servers.append(a)
+    ws = open_raw(a.ws_url(), None)
+    assert _close_code(ws) == 4401
+    ws = open_raw(a.ws_url(), "alice", origin="http://evil.example")
+    assert _close_code(ws) == 4403
+    alice = Client(a.ws_url(), "alice")  # the same app still serves
+    alice.join("lobby")
+    assert a.health()["stats"]["total_connections"] == 1
+
+
+def _close_code(ws: websocket.WebSocket) -> int:
+    for _ in range(20):
+        opcode, frame = ws.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big")
+    raise AssertionError("no close frame")
+
+
+def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: str,
+                                           servers: list[Server]) -> None:
+    a = start_chat("dcm", redis_server.url, prefix)
+    b = start_chat("dcm", redis_server.url, prefix)
+    servers += [a, b]
+    alice = Client(a.ws_url(), "alice")
+    alice.join("lobby")
+    victims = [Client(b.ws_url(), f"bob{i}") for i in range(3)]
+    for v in victims:
+        v.join("lobby")
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(5)
+    seen = set()
+    while len(seen) < 3:
+        msg = alice.recv_until(lambda m: m.get("type") == "user-disconnected")
+        assert msg["reason"] == "server-failure"
+        seen.add(msg["connectionId"])
+    assert seen == {v.id for v in victims}
+    wait_until(lambda: a.health()["stats"]["active_servers"] == 1, timeout=10)
+    assert a.health()["stats"]["total_connections"] == 1
+    r = redis_server.client()
+    assert not any(r.exists(f"{prefix}connections:{v.id}") for v in victims)
+    assert r.smembers(f"{prefix}rooms:lobby") == {alice.id.encode()}
+
+
+def test_werkzeug_threaded_server_uses_simple_websocket(redis_server: RedisServer, prefix: str,
+                                                        servers: list[Server]) -> None:
+    a = start_chat("werkzeug", redis_server.url, prefix)
+    b = start_chat("dcm", redis_server.url, prefix)
+    servers += [a, b]
+    alice, bob = Client(a.ws_url(), "alice"), Client(b.ws_url(), "bob")
+    alice.join("lobby")
+    bob.join("lobby")
+    bob.send(op="say", room="lobby", text="to werkzeug")
+    assert alice.recv_until(lambda m: m.get("type") == "message")["text"] == "to werkzeug"
+    alice.send(op="say", room="lobby", text="from werkzeug")
+    assert bob.recv_until(lambda m: m.get("type") == "message"
+                          and m["from"] == "alice")["text"] == "from werkzeug"
+    ws = open_raw(a.ws_url(), None)
+    assert _close_code(ws) == 4401  # Werkzeug's server has no pre-handshake hook
+    alice.close()
+    assert bob.recv_until(lambda m: m.get("type") == "user-disconnected")["userId"] == "alice"
+
+
+def _clients_on_distinct_workers(server: Server, count: int = 2) -> list[Client]:
+    """Connect until ``count`` clients sit on different worker processes (bounded tries)."""
+    by_server: dict[str, Client] = {}
+    extra: list[Client] = []
+    for i in range(40):
+        c = Client(server.ws_url(), f"user{i}")
+        if c.server_id in by_server:
+            extra.append(c)
+        else:
+            by_server[c.server_id] = c
+        if len(by_server) == count:
+            break
+    for c in extra:
+        c.close()
+    assert len(by_server) == count, "all connections landed on one worker"
+    return list(by_server.values())
+
+
+def test_gunicorn_workers(redis_server: RedisServer, prefix: str, servers: list[Server]) -> None:
+    g = start_gunicorn(DCM_WORKER, redis_server.url, prefix)
+    servers.append(g)
+    one, two = _clients_on_distinct_workers(g)
+    one.join("lobby")
+    two.join("lobby")
+    one.send(op="say", room="lobby", text="across workers")
+    assert two.recv_until(lambda m: m.get("type") == "message")["text"] == "across workers"
+    wait_until(lambda: g.health()["stats"]["active_servers"] == 2, timeout=10)
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        open_raw(g.ws_url(), None)
+    assert err.value.status_code == 401
+    with pytest.raises(websocket.WebSocketBadStatusException) as err:
+        open_raw(g.ws_url(), "alice", origin="http://evil.example")
+    assert err.value.status_code == 403
+
+
+def test_gunicorn_stock_worker_refuses_with_close_codes(redis_server: RedisServer, prefix: str,
+                                                        servers: list[Server]) -> None:
+    g = start_gunicorn(STOCK_WORKER, redis_server.url, prefix, workers=1)
+    servers.append(g)
+    assert _close_code(open_raw(g.ws_url(), None)) == 4401
+    assert _close_code(open_raw(g.ws_url(), "alice", origin="http://evil.example")) == 4403
+    Client(g.ws_url(), "alice").join("lobby")
