@@ -67,8 +67,10 @@ class DistributedConnectionManager:
         self._state_lock = threading.Lock()
         self._started = False
         self._closed = False
-        self._pending_removals: dict[str, str] = {}  # connection id -> reason, while Redis is away
+        # removals made while Redis was unreachable: connection id -> (what it was, reason)
+        self._pending_removals: dict[str, tuple[RemovedConnection, str]] = {}
         self._pending_lock = threading.Lock()
+        self._restored_at = 0.0
         self._counters: Counter[str] = Counter()
         self._listener = Listener(
             self._backend, self._driver, self._stop, f"server:{self.server_id}",
@@ -227,7 +229,8 @@ class DistributedConnectionManager:
             logger.warning("connection %s removed locally; shared state follows later: %s",
                            connection_id, exc)
             with self._pending_lock:
-                self._pending_removals[connection_id] = reason
+                self._pending_removals[connection_id] = (RemovedConnection(
+                    connection_id, conn.user_id, self.server_id, tuple(conn.rooms)), reason)
             self._notify_local_only(conn, reason)
             return True
         if removed is not None:
@@ -392,7 +395,10 @@ class DistributedConnectionManager:
                                                self.config.heartbeat_ttl):
                     logger.warning("server record of %s was gone; registering again", self.server_id)
                     self._restore()
-                self._flush_pending_removals()
+                # Departures that happened while Redis was away are announced one heartbeat
+                # after we are back, so that other servers have had time to resubscribe.
+                if time.monotonic() - self._restored_at >= self.config.heartbeat_interval:
+                    self._flush_pending_removals()
                 for dead in self._backend.dead_servers():
                     if dead != self.server_id and not self._stop.is_set():
                         self.handle_server_failure(dead)
@@ -420,7 +426,7 @@ class DistributedConnectionManager:
                    for c in self.local.connections()]
         self._backend.restore_connections(self.server_id, records, self.config.connection_ttl)
         self._counters["restores"] += 1
-        self._flush_pending_removals()
+        self._restored_at = time.monotonic()  # pending departures wait a heartbeat (see below)
 
     def _flush_pending_removals(self) -> None:
         with self._pending_lock:
@@ -433,9 +439,10 @@ class DistributedConnectionManager:
             with self._pending_lock:
                 self._pending_removals.update(pending)
             raise
-        for r in removed:
-            if r is not None:
-                self._publish_quietly(self._notifications([r], pending[r.connection_id], local=False))
+        for (known, reason), r in zip(pending.values(), removed, strict=True):
+            # Redis may have come back empty and forgotten it: announce it from what we knew
+            # (local members were told when it left)
+            self._publish_quietly(self._notifications([r or known], reason, local=False))
 
     # ----------------------------------------------------------------- dispatch
     def _dispatch(self, channel: str, data: bytes) -> None:

@@ -57,7 +57,7 @@ Reply = dict[str, Any]
 
 
 def user_of(environ: Environ) -> str:
-    return parse_qs(environ.get("QUERY_STRING", "")).get("user", [""])[0]
+    return parse_qs(str(environ.get("QUERY_STRING", ""))).get("user", [""])[0]
 
 
 class ChatHandler(WebSocketHandler):  # type: ignore[misc]
@@ -70,7 +70,8 @@ class ChatHandler(WebSocketHandler):  # type: ignore[misc]
         return super().upgrade_websocket()
 
 
-def handle_command(mgr: DistributedConnectionManager, cid: str, user: str, frame: str) -> Reply | None:
+def handle_command(mgr: DistributedConnectionManager, cid: str, user: str,
+                   frame: str | bytes) -> Reply | None:
     """Carry out one client command; return the reply to the sender, if any."""
     try:
         mgr.touch(cid)
@@ -91,12 +92,10 @@ def handle_command(mgr: DistributedConnectionManager, cid: str, user: str, frame
                                                       "text": cmd.get("text")})
             return {"type": "direct-result", "sent": sent}
         raise ValueError(f"unknown op {op!r}")
-    except DCMError as exc:  # before KeyError: UnknownConnectionError is both
+    except (DCMError, ValueError, TypeError) as exc:  # first: UnknownConnectionError is a KeyError
         return {"type": "error", "error": str(exc)}
     except KeyError as exc:
         return {"type": "error", "error": f"missing field {exc}"}
-    except (ValueError, TypeError) as exc:
-        return {"type": "error", "error": str(exc)}
 
 
 def serve_socket(mgr: DistributedConnectionManager, ws: Any, user: str) -> None:
@@ -112,20 +111,21 @@ def serve_socket(mgr: DistributedConnectionManager, ws: Any, user: str) -> None:
                 frame = ws.receive()
             except WebSocketError:
                 break
-            if frame is None:
+            if frame is None:  # closed by the peer
                 break
-            reply = handle_command(mgr, cid, user, frame if isinstance(frame, str) else frame.decode())
+            reply = handle_command(mgr, cid, user, frame)
             if reply is not None:
                 mgr.send_to_connection(cid, reply)
     except DCMError as exc:  # shut down meanwhile, or the backend failed
         logger.info("connection %s ends: %s", cid, exc)
     finally:
         try:
-            mgr.remove_connection(cid)
+            if mgr.is_ready():  # else shutdown() has removed every connection
+                mgr.remove_connection(cid)
         except UnknownConnectionError:
             logger.debug("connection %s was already removed", cid)
         except DCMError as exc:
-            logger.info("could not remove connection %s: %s", cid, exc)
+            logger.warning("could not remove connection %s: %s", cid, exc)
 
 
 def make_app(mgr: DistributedConnectionManager) -> Callable[[Environ, StartResponse], Iterable[bytes]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -142,9 +143,39 @@ def test_manager_recovers_after_redis_restart(prefix: str) -> None:
         server.cleanup()
 
 
-def _stats_or_none(mgr: DistributedConnectionManager) -> object:
+def _stats_or_none(mgr: DistributedConnectionManager, connections: int = 2) -> Any:
     try:
         s = mgr.get_distributed_stats()
     except BackendUnavailableError:
         return None
-    return s if s.active_servers == 2 and s.total_connections == 2 else None
+    return s if s.active_servers == 2 and s.total_connections == connections else None
+
+
+def test_departure_during_outage_is_announced_after_redis_returns_empty(prefix: str) -> None:
+    server = RedisServer()
+    server.start()
+    made: list[DistributedConnectionManager] = []
+    try:
+        a, b = (create_distributed_connection_manager(
+            None, Config(redis_url=server.url, key_prefix=prefix, redis_timeout=0.5,
+                         heartbeat_interval=0.5, heartbeat_ttl=2.0)) for _ in range(2))
+        made += [a, b]
+        wa, wb, wb2 = RecordingSocket(), RecordingSocket(), RecordingSocket()
+        ca = a.register_connection(wa, "alice")
+        cb = b.register_connection(wb, "bob")
+        cb2 = b.register_connection(wb2, "bert")
+        for cid, mgr in ((ca, a), (cb, b), (cb2, b)):
+            mgr.join_room(cid, "lobby")
+        server.stop()
+        b.remove_connection(cb)  # Redis is away: removed here, announced later
+        assert wb.closed
+        assert wb2.of_type("user-disconnected")[0]["connectionId"] == cb  # local members at once
+        server.start()  # back, empty
+        notice = wait_until(lambda: wa.of_type("user-disconnected"), timeout=15)[0]
+        assert (notice["connectionId"], notice["userId"], notice["reason"]) == (cb, "bob", "removed")
+        stats = wait_until(lambda: _stats_or_none(a, connections=2), timeout=15)
+        assert stats.total_rooms == 1
+    finally:
+        for m in made:
+            m.shutdown()
+        server.cleanup()

@@ -181,12 +181,12 @@ class ChatClient:
             with contextlib.suppress(websocket.WebSocketException, OSError):
                 self.ws.send_close()
             self.closed.wait(5)
-        self.ws.abort()
-        self.ws.shutdown()
+        self.ws.abort()  # type: ignore[no-untyped-call]
+        self.ws.shutdown()  # type: ignore[no-untyped-call]
         self._reader.join(5)
 
 
-def is_message(seq: int, room: str | None = None) -> Predicate:
+def is_message(seq: object, room: str | None = None) -> Predicate:
     return lambda f: f.get("type") == "message" and f.get("seq") == seq and room in (None, f.get("room"))
 
 
