@@ -9,17 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from dcm_sync import DistributedConnectionManager
-from tests.helpers.sockets import RecordingSocket, crash, wait_until
+from tests.helpers.sockets import connect, crash, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
-
-
-def connect(mgr: DistributedConnectionManager, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
-    ws = RecordingSocket()
-    cid = mgr.register_connection(ws, user)
-    for room in rooms:
-        mgr.join_room(cid, room)
-    return cid, ws
 
 
 def test_dead_server_is_detected_and_cleaned(make_manager: Make) -> None:

@@ -17,17 +17,9 @@ from dcm_sync import (
     MessageTooLargeError,
     UnknownConnectionError,
 )
-from tests.helpers.sockets import RecordingSocket, wait_until
+from tests.helpers.sockets import RecordingSocket, connect, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
-
-
-def connect(mgr: DistributedConnectionManager, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
-    ws = RecordingSocket()
-    cid = mgr.register_connection(ws, user)
-    for room in rooms:
-        mgr.join_room(cid, room)
-    return cid, ws
 
 
 def test_factory_returns_ready_manager_with_unique_server_ids(make_manager: Make) -> None:

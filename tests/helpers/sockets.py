@@ -57,3 +57,12 @@ def crash(manager: Any) -> None:
         worker.join(2.0)
     manager._listener.close()
     manager._closed = True
+
+
+def connect(mgr: Any, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
+    """Register a recording socket for ``user`` on ``mgr`` and join it to ``rooms``."""
+    ws = RecordingSocket()
+    cid = mgr.register_connection(ws, user)
+    for room in rooms:
+        mgr.join_room(cid, room)
+    return cid, ws
