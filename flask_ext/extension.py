@@ -114,7 +114,7 @@ class DistributedWebSockets:
         return self.manager.get_distributed_stats()
 
     def shutdown(self) -> None:
-        """Shut this process's manager down (also done at exit). A later use makes a new one."""
+        """Shut this process's manager down (also done at exit); later uses raise ``DCMError``."""
         for state in self._states.values():
             state.shutdown()
 
@@ -195,7 +195,8 @@ class DistributedWebSockets:
             except UnknownConnectionError:
                 pass  # already removed: stale, evicted by another server, or the send failed
             except DCMError as exc:
-                logger.warning("could not remove connection %s: %s", conn_id, exc)
+                if mgr.is_ready():  # after shutdown() the connection is gone already
+                    logger.warning("could not remove connection %s: %s", conn_id, exc)
             transport.close()
 
 

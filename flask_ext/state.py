@@ -15,6 +15,7 @@ from flask import Flask
 from dcm_sync import (
     Config,
     ConfigError,
+    DCMError,
     DistributedConnectionManager,
     create_distributed_connection_manager,
 )
@@ -50,12 +51,15 @@ class AppState:
         self._pid = 0
         self._lock = threading.Lock()
         self._hooks_pid = 0
+        self._shut_down_pid = 0
 
     def manager(self) -> DistributedConnectionManager:
         """This process's manager, made on first use (after gunicorn forked its workers)."""
         mgr = self._manager
         if mgr is not None and self._pid == os.getpid():
             return mgr
+        if self._shut_down_pid == os.getpid():
+            raise DCMError("this process's distributed manager has been shut down")
         with self._lock:
             if self._manager is None or self._pid != os.getpid():
                 # A manager inherited through fork belongs to the parent: never reuse it.
@@ -68,8 +72,10 @@ class AppState:
         return self._manager is not None and self._pid == os.getpid()
 
     def shutdown(self) -> None:
+        """Shut down this process's manager; later uses in this process raise ``DCMError``."""
         with self._lock:
             mgr, self._manager = self._manager, None
+            self._shut_down_pid = os.getpid()
         if mgr is not None and self._pid == os.getpid():
             mgr.shutdown()
 

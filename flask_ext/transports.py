@@ -38,6 +38,11 @@ class GeventTransport:
     def __init__(self, ws: Any) -> None:
         self._ws = ws
         self._closed = False
+        # gevent-websocket 0.10.1 answers a client's close frame that carries a reason with an
+        # invalid frame (the reason's repr where the code belongs). Its WebSocket has __slots__,
+        # so the fix is a slot-less subclass that answers with the client's code.
+        if type(ws).__name__ == "WebSocket":
+            ws.__class__ = _close_fixed_class(type(ws))
 
     def send(self, message: str) -> None:
         self._ws.send(message)  # a str goes out as a text frame
@@ -73,6 +78,25 @@ class GeventTransport:
             logger.debug("close frame not sent: %s", exc)
         finally:
             self._ws.closed = True
+
+
+_FIXED: dict[type, type] = {}
+
+
+def _close_fixed_class(base: type) -> type:
+    if base not in _FIXED:
+        def handle_close(self: Any, header: Any, payload: bytes) -> None:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
+            if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015):
+                code = 1002  # the client sent a code that must not be sent: protocol error
+            try:
+                self.send_frame(_close_payload(code, ""), self.OPCODE_CLOSE)
+            except Exception as exc:  # the peer may be gone already
+                logger.debug("close reply not sent: %s", exc)
+            self.closed = True
+
+        _FIXED[base] = type("ClosingWebSocket", (base,), {"__slots__": (), "handle_close": handle_close})
+    return _FIXED[base]
 
 
 class SimpleTransport:

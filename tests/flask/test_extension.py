@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from dcm_sync import ConfigError
+from dcm_sync import ConfigError, DCMError
 from flask_ext import DistributedWebSockets, WebSocketConnection
 from flask_ext.gate import extract_token, origin_allowed, parse_origins
 
@@ -58,6 +58,8 @@ def test_nothing_starts_until_used(app: Flask) -> None:
     assert state.started()
     sockets.shutdown()
     assert not state.started()
+    with pytest.raises(DCMError, match="shut down"):
+        sockets.broadcast_to_room("r", "after shutdown")  # never a new, forgotten server
 
 
 def test_routes_declared_before_init_app(app: Flask) -> None:

@@ -165,19 +165,42 @@ def _clients_on_distinct_workers(server: Server, count: int = 2) -> list[Client]
 
 def test_gunicorn_workers(redis_server: RedisServer, prefix: str, servers: list[Server]) -> None:
     g = start_gunicorn(DCM_WORKER, redis_server.url, prefix)
-    servers.append(g)
+    a = start_chat("dcm", redis_server.url, prefix)
+    servers += [g, a]
     one, two = _clients_on_distinct_workers(g)
     one.join("lobby")
     two.join("lobby")
     one.send(op="say", room="lobby", text="across workers")
     assert two.recv_until(lambda m: m.get("type") == "message")["text"] == "across workers"
-    wait_until(lambda: g.health()["stats"]["active_servers"] == 2, timeout=10)
+    wait_until(lambda: g.health()["stats"]["active_servers"] == 3, timeout=10)
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         open_raw(g.ws_url(), None)
     assert err.value.status_code == 401
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         open_raw(g.ws_url(), "alice", origin="http://evil.example")
     assert err.value.status_code == 403
+    # SIGTERM: the workers close their sockets, the room is told, gunicorn exits 0 in time
+    watcher = Client(a.ws_url(), "watcher")
+    watcher.join("lobby")
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(10) == 0
+    gone = set()
+    while len(gone) < 2:
+        msg = watcher.recv_until(lambda m: m.get("type") == "user-disconnected")
+        assert msg["reason"] == "shutdown"
+        gone.add(msg["connectionId"])
+    assert gone == {one.id, two.id}
+    assert a.health()["stats"]["active_servers"] == 1
+
+
+def test_client_close_with_reason_gets_a_valid_close_reply(redis_server: RedisServer, prefix: str,
+                                                           servers: list[Server]) -> None:
+    a = start_chat("dcm", redis_server.url, prefix)
+    servers.append(a)
+    alice = Client(a.ws_url(), "alice")
+    alice.ws.send_close(1001, b"page hidden")
+    assert _close_code(alice.ws) == 1001
+    wait_until(lambda: a.health()["stats"]["total_connections"] == 0)
 
 
 def test_gunicorn_stock_worker_refuses_with_close_codes(redis_server: RedisServer, prefix: str,

@@ -1,0 +1,175 @@
+"""The chat page in a real browser: two tabs on two chat app processes that share one Redis.
+
+Needs Debian's ``chromium`` and ``chromedriver`` (``apt-get install chromium chromium-driver``) and
+``selenium``; without them the test is skipped, or fails when ``CI=true``. Selenium is always given
+the driver's path, so Selenium Manager never runs (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+from tests.browser.chat_app import ChatApp
+from tests.helpers.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+WAIT = 15.0  # seconds for anything the page should show
+
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1000,900")
+
+CONNECTED = re.compile(r"^Connected as (?P<user>\S+) to server (?P<server>\S+?)\.$")
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def unavailable(reason: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"{reason}; CI=true, so the browser test must run", pytrace=False)
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def chat_apps(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[list[ChatApp]]:
+    """Two chat app processes on one Redis, both ready; stopped (SIGTERM, then SIGKILL) at teardown."""
+    apps: list[ChatApp] = []
+    try:
+        for name in ("app-a", "app-b"):  # both start before either is waited for
+            apps.append(ChatApp(name, redis_server.url, prefix, tmp_path))
+        for app in apps:
+            app.wait_ready()
+        yield apps
+    finally:
+        for app in apps:
+            code = app.stop()
+            print(f"----- {app} exit={code} -----\n{app.log()}")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Debian chromium through chromedriver, with a fresh profile; quit at teardown."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    if missing:
+        unavailable(f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install selenium)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    options.add_argument(f"--user-data-dir={profile}")
+    service = Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver.set_page_load_timeout(WAIT)
+        yield driver
+    finally:
+        driver.quit()
+
+
+# ---------------------------------------------------------------------------------------- page
+def log_lines(driver: WebDriver) -> list[str]:
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "return Array.from(document.querySelectorAll('#log div'), d => d.textContent);")
+
+
+def status(driver: WebDriver) -> str:
+    return driver.execute_script("return document.getElementById('status').textContent;")  # type: ignore[no-any-return]
+
+
+def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any]) -> Any:
+    """``condition``'s first truthy value; AssertionError showing the page's status and log if none."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"{what} not seen within {WAIT}s on {driver.current_url}: "
+                             f"status={status(driver)!r} log={log_lines(driver)!r}") from None
+
+
+def wait_log(driver: WebDriver, line: str) -> None:
+    wait_for(driver, f"log line {line!r}", lambda d: line in log_lines(d))
+
+
+def join(driver: WebDriver, name: str, room: str) -> str:
+    """Fill the form, press Join, wait for the welcome and our own join notice; the server id."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "name").send_keys(name)
+    room_box = driver.find_element(By.ID, "room")
+    room_box.clear()
+    room_box.send_keys(room)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    match = wait_for(driver, f"'Connected as {name}'",
+                     lambda d: (m := CONNECTED.match(status(d))) and m["user"] == name and m)
+    wait_log(driver, f"{name} joined {room}")  # the join went through Redis and back
+    return str(match["server"])
+
+
+def say(driver: WebDriver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    wait_for(driver, "an enabled message box", lambda d: d.find_element(By.ID, "text").is_enabled())
+    driver.find_element(By.ID, "text").send_keys(text)
+    driver.find_element(By.ID, "send").click()
+
+
+# ---------------------------------------------------------------------------------------- test
+def test_two_tabs_on_two_servers_chat_and_see_departures(browser: WebDriver, chat_apps: list[ChatApp],
+                                                         tmp_path: Path) -> None:
+    app_a, app_b = chat_apps
+    driver = browser
+
+    tab1 = driver.current_window_handle
+    driver.get(app_a.url)
+    server1 = join(driver, "alice", "lobby")
+
+    driver.switch_to.new_window("tab")
+    tab2 = driver.current_window_handle
+    driver.get(app_b.url)
+    server2 = join(driver, "bob", "lobby")
+
+    assert server1 != server2, "both tabs were served by the same server"
+    assert (server1, server2) == (app_a.server_id, app_b.server_id)
+
+    driver.switch_to.window(tab1)
+    wait_log(driver, "bob joined lobby")  # B's broadcast reached a socket on A
+    text = f"hello from tab 1 ({uuid.uuid4().hex[:8]})"
+    say(driver, text)
+    wait_log(driver, f"alice: {text}")
+
+    driver.switch_to.window(tab2)
+    wait_log(driver, f"alice: {text}")  # A's broadcast reached a socket on B
+    assert log_lines(driver).count(f"alice: {text}") == 1
+    shot = tmp_path / "tab2.png"
+    assert driver.save_screenshot(str(shot))
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000, f"bad screenshot ({len(png)} bytes)"
+
+    # Closing the tab closes its socket. (Navigating away would not, yet: Chromium keeps the page,
+    # socket open, in its back/forward cache, and the page does not close it on "pagehide".)
+    driver.close()
+    driver.switch_to.window(tab1)
+    wait_log(driver, "bob left lobby (removed)")
+    assert "Connected as alice" in status(driver)  # alice's own socket is untouched
