@@ -8,8 +8,7 @@ from typing import Any
 from .backends import open_backend
 from .config import Config
 from .errors import DCMError
-from .manager import _exclusions
-from .messages import encode_envelope, encode_message, new_id, validate_id
+from .messages import encode_envelope, encode_message, exclusions, new_id, validate_id
 from .models import DistributedStats
 
 __all__ = ["Emitter"]
@@ -37,7 +36,7 @@ class Emitter:
         self._check_open()
         validate_id(room_id, "room_id")
         text = encode_message(message, self._max)
-        skip = sorted(_exclusions(exclude))
+        skip = sorted(exclusions(exclude))
         self._backend.publish(f"room:{room_id}",
                               encode_envelope("room", self.origin, r=room_id, m=text, x=skip))
 

@@ -21,23 +21,25 @@ from .config import Config
 from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
 from .listener import Listener
 from .local import LocalConnection, LocalConnectionManager, WebSocketLike
+from .maintenance import ClusterMaintenance
 from .messages import (
     Envelope,
     EnvelopeError,
     decode_envelope,
+    disconnect_notice,
     encode_envelope,
     encode_message,
+    exclusions,
     new_id,
     validate_id,
 )
 from .models import DistributedStats, RemovedConnection, ServerInfo
 
-__all__ = ["DistributedConnectionManager", "ServerMessageHandler", "CLEANUP_BATCH"]
+__all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
 
 logger = logging.getLogger(__name__)
 
 ServerMessageHandler = Callable[[str, Any], None]
-CLEANUP_BATCH = 1000
 STOP_SECONDS = 1.0
 
 
@@ -45,7 +47,7 @@ def default_server_id(host: str, port: int) -> str:
     return f"{host}:{port}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class DistributedConnectionManager:
+class DistributedConnectionManager(ClusterMaintenance):
     """Connections of this process, shared with every other server through the backend.
 
     Build one with :func:`~dcm_sync.create_distributed_connection_manager`, which also
@@ -219,19 +221,18 @@ class DistributedConnectionManager:
 
     def _remove_local(self, connection_id: str, reason: str) -> bool:
         """Remove one of this server's connections everywhere; False if it is not local."""
-        dropped = self._drop_local(connection_id)
-        if dropped is None:
+        conn = self._drop_local(connection_id)
+        if conn is None:
             return False
-        conn = dropped
         try:
             removed = self._backend.remove_connections([connection_id])[0]
         except BackendError as exc:
             logger.warning("connection %s removed locally; shared state follows later: %s",
                            connection_id, exc)
+            known = RemovedConnection(connection_id, conn.user_id, self.server_id, tuple(conn.rooms))
             with self._pending_lock:
-                self._pending_removals[connection_id] = (RemovedConnection(
-                    connection_id, conn.user_id, self.server_id, tuple(conn.rooms)), reason)
-            self._notify_local_only(conn, reason)
+                self._pending_removals[connection_id] = (known, reason)
+            self._notifications([known], reason)  # local members now; the others once Redis is back
             return True
         if removed is not None:
             self._publish_quietly(self._notifications([removed], reason))
@@ -262,7 +263,7 @@ class DistributedConnectionManager:
         self._check_open()
         validate_id(room_id, "room_id")
         text = encode_message(message, self.config.max_message_bytes)
-        skip = _exclusions(exclude)
+        skip = exclusions(exclude)
         # Publish first so that other servers see this message before any departure it causes
         # here; local members get it even when the bus is unreachable (the error is then raised).
         try:
@@ -326,20 +327,13 @@ class DistributedConnectionManager:
         items = []
         for r in removed:
             for room in r.rooms_left:
-                text = encode_message(_disconnect_notice(room, r.user_id, r.connection_id, reason),
+                text = encode_message(disconnect_notice(room, r.user_id, r.connection_id, reason),
                                       self.config.max_message_bytes)
                 if local:
                     self._deliver_room(room, text)
                 items.append((f"room:{room}", encode_envelope(
                     "room", self.server_id, r=room, m=text, x=[r.connection_id])))
         return items
-
-    def _notify_local_only(self, conn: LocalConnection, reason: str) -> None:
-        if self.config.notify_on_disconnect:
-            for room in conn.rooms:
-                self._deliver_room(room, encode_message(
-                    _disconnect_notice(room, conn.user_id, conn.connection_id, reason),
-                    self.config.max_message_bytes))
 
     def _publish_quietly(self, items: list[tuple[str, bytes]]) -> None:
         if not items:
@@ -357,26 +351,6 @@ class DistributedConnectionManager:
     def get_active_servers(self) -> list[ServerInfo]:
         return self._backend.stats()[2]
 
-    def handle_server_failure(self, server_id: str) -> int:
-        """Clean up a dead server's connections and tell their rooms (reason ``server-failure``).
-        Idempotent and safe when several servers call it at once: a short lock in the backend
-        lets one do the work, and each connection is removed exactly once. Returns how many
-        connections this call removed."""
-        validate_id(server_id, "server_id")
-        if server_id == self.server_id:
-            raise ValueError("a server cannot handle its own failure")
-        if not self._backend.claim_cleanup(server_id, self.server_id, self.config.heartbeat_ttl):
-            return 0
-        count = 0
-        while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH):
-            count += len(batch)
-            self._publish_quietly(self._notifications(batch, "server-failure"))
-        self._backend.forget_server(server_id)
-        self._counters["connections_cleaned"] += count
-        if count:
-            logger.info("cleaned %d connection(s) of failed server %s", count, server_id)
-        return count
-
     def metrics(self) -> dict[str, int]:
         """Counters since start: reconnects, envelopes_dropped, send_errors, connections_cleaned,
         stale_removed, restores."""
@@ -385,64 +359,6 @@ class DistributedConnectionManager:
         out.update(self._counters)
         out["reconnects"] = self._listener.reconnects
         return out
-
-    # ----------------------------------------------------------------- background
-    def _heartbeat_loop(self) -> None:
-        last_refresh = time.monotonic()
-        while not self._stop.wait(self.config.heartbeat_interval):
-            try:
-                if not self._backend.heartbeat(self.server_id, len(self.local),
-                                               self.config.heartbeat_ttl):
-                    logger.warning("server record of %s was gone; registering again", self.server_id)
-                    self._restore()
-                # Departures that happened while Redis was away are announced one heartbeat
-                # after we are back, so that other servers have had time to resubscribe.
-                if time.monotonic() - self._restored_at >= self.config.heartbeat_interval:
-                    self._flush_pending_removals()
-                for dead in self._backend.dead_servers():
-                    if dead != self.server_id and not self._stop.is_set():
-                        self.handle_server_failure(dead)
-                if time.monotonic() - last_refresh > self.config.connection_ttl / 4:
-                    ids = [c.connection_id for c in self.local.connections()]
-                    self._backend.refresh_connections(ids, self.config.connection_ttl)
-                    last_refresh = time.monotonic()
-            except Exception:
-                logger.exception("heartbeat of %s failed", self.server_id)
-
-    def _cleanup_loop(self) -> None:
-        while not self._stop.wait(self.config.cleanup_interval):
-            try:
-                for cid in self.local.stale(self.config.stale_connection_timeout):
-                    if self._remove_local(cid, "stale"):
-                        self._counters["stale_removed"] += 1
-            except Exception:
-                logger.exception("stale-connection cleanup failed")
-
-    def _restore(self) -> None:
-        """Write this server and its live connections back (Redis restarted, or we were
-        declared dead while paused)."""
-        self._backend.register_server(self._server_info(), self.config.heartbeat_ttl)
-        records = [ConnectionRecord(c.connection_id, c.user_id, c.connected_at, tuple(c.rooms))
-                   for c in self.local.connections()]
-        self._backend.restore_connections(self.server_id, records, self.config.connection_ttl)
-        self._counters["restores"] += 1
-        self._restored_at = time.monotonic()  # pending departures wait a heartbeat (see below)
-
-    def _flush_pending_removals(self) -> None:
-        with self._pending_lock:
-            pending, self._pending_removals = self._pending_removals, {}
-        if not pending:
-            return
-        try:
-            removed = self._backend.remove_connections(list(pending))
-        except BackendError:
-            with self._pending_lock:
-                self._pending_removals.update(pending)
-            raise
-        for (known, reason), r in zip(pending.values(), removed, strict=True):
-            # Redis may have come back empty and forgotten it: announce it from what we knew
-            # (local members were told when it left)
-            self._publish_quietly(self._notifications([r or known], reason, local=False))
 
     # ----------------------------------------------------------------- dispatch
     def _dispatch(self, channel: str, data: bytes) -> None:
@@ -477,20 +393,3 @@ class DistributedConnectionManager:
             self._drop_local(f["c"])
         elif env.kind == "touch":
             self.local.touch(f["c"])
-
-
-def _exclusions(exclude: Iterable[str] | None) -> frozenset[str]:
-    if exclude is None:
-        return frozenset()
-    if isinstance(exclude, (str, bytes)):
-        raise TypeError("exclude must be an iterable of connection ids, not a single string")
-    skip = frozenset(exclude)
-    for cid in skip:
-        if not isinstance(cid, str):
-            raise TypeError(f"exclude must hold str connection ids, got {type(cid).__name__}")
-    return skip
-
-
-def _disconnect_notice(room: str, user_id: str, connection_id: str, reason: str) -> dict[str, str]:
-    return {"type": "user-disconnected", "roomId": room, "userId": user_id,
-            "connectionId": connection_id, "reason": reason}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = [
     "decode_envelope",
     "validate_id",
     "MAX_ID_LENGTH",
+    "exclusions",
+    "disconnect_notice",
 ]
 
 PROTOCOL_VERSION = 1
@@ -128,3 +131,22 @@ def decode_envelope(data: bytes | str) -> Envelope:
     if kind == "room" and not all(isinstance(c, str) for c in body["x"]):
         raise EnvelopeError("room envelope exclusions must be strings")
     return Envelope(kind, origin, env_id, body)
+
+
+def exclusions(exclude: Iterable[str] | None) -> frozenset[str]:
+    """The ``exclude`` argument of a broadcast as a set of ids (``TypeError`` for a bare str)."""
+    if exclude is None:
+        return frozenset()
+    if isinstance(exclude, (str, bytes)):
+        raise TypeError("exclude must be an iterable of connection ids, not a single string")
+    skip = frozenset(exclude)
+    for cid in skip:
+        if not isinstance(cid, str):
+            raise TypeError(f"exclude must hold str connection ids, got {type(cid).__name__}")
+    return skip
+
+
+def disconnect_notice(room: str, user_id: str, connection_id: str, reason: str) -> dict[str, str]:
+    """What the members left in a room receive when a connection is removed."""
+    return {"type": "user-disconnected", "roomId": room, "userId": user_id,
+            "connectionId": connection_id, "reason": reason}
