@@ -27,7 +27,7 @@ class PrintingSocket:
 
 
 def pause() -> None:
-    time.sleep(0.1)  # let the other server's listener deliver before printing the next step
+    time.sleep(0.3)  # let the other server's listener deliver before printing the next step
 
 
 def main() -> None:
