@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.browser.chat_app import ROOT, ChatApp, app_env
+from tests.browser.chat_app import ChatApp, app_env
+from tests.helpers.processes import ROOT
 from tests.helpers.redis_server import RedisServer
 
 SCRIPT = ROOT / "examples" / "emit_from_script.py"

@@ -5,21 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import websocket
 
-from tests.helpers.redis_server import env_for_subprocess, free_port
+from tests.helpers.processes import ROOT, ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gevent_chat_server.py"
 
 #: Fast failure detection: a killed server is declared dead about a second later.
@@ -29,72 +25,31 @@ Frame = dict[str, Any]
 Stats = dict[str, Any]
 Predicate = Callable[[Frame], bool]
 
-# never go through an HTTP proxy from the environment to reach loopback servers
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+def _is_stats(answer: Stats) -> bool:
+    return "error" not in answer  # a 503 answers {"error": why}
 
 
-class ChatServer:
+class ChatServer(ServerProcess):
     """One example server process on 127.0.0.1:<free port>, its output in ``log_path``."""
 
     def __init__(self, name: str, redis_url: str | None, prefix: str, log_dir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        env = {k: v for k, v in env_for_subprocess().items()
-               if not k.startswith("DCM_") and k not in ("REDIS_URL", "PORT", "SERVER_HOST")}
-        env.update(FAST_ENV, PORT=str(self.port), DCM_KEY_PREFIX=prefix, PYTHONUNBUFFERED="1")
-        if redis_url is not None:
-            env["REDIS_URL"] = redis_url
-        self.log_path = log_dir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, cwd=ROOT,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-    def __repr__(self) -> str:
-        return f"<ChatServer {self.name} port={self.port} pid={self.proc.pid}>"
+        super().__init__(name, [sys.executable, str(EXAMPLE)], log_dir, redis_url=redis_url, prefix=prefix,
+                         fast=FAST_ENV)
 
     def stats(self) -> Stats | None:
         """``GET /stats`` as a dict; None if it does not answer 200 right now."""
-        try:
-            with _http.open(f"http://127.0.0.1:{self.port}/stats", timeout=3) as resp:
-                return json.loads(resp.read())  # type: ignore[no-any-return]
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
+        answer = self.get_json("/stats")
+        return answer if answer is not None and _is_stats(answer) else None
 
-    def wait_ready(self, timeout: float = 30.0) -> Stats:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self} exited with {self.proc.returncode}:\n{self.log()}")
-            stats = self.stats()
-            if stats is not None:
-                return stats
-            time.sleep(0.05)  # polling interval, not a readiness guess
-        raise AssertionError(f"{self} did not answer /stats within {timeout}s:\n{self.log()}")
-
-    def wait_stats(self, predicate: Callable[[Stats], bool], timeout: float = 15.0) -> Stats:
-        """Poll ``/stats`` until ``predicate`` holds; AssertionError with the last answer if not."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = self.stats()
-            if last is not None and predicate(last):
-                return last
-            time.sleep(0.05)
-        raise AssertionError(f"{self}: stats never matched within {timeout}s; last: {last}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(no log: {exc})"
+    def wait_stats(self, predicate: Callable[[Stats], bool] = lambda stats: True,
+                   timeout: float = 15.0) -> Stats:
+        """Poll ``/stats`` until it answers 200 with figures that satisfy ``predicate``; those figures.
+        AssertionError with the last answer and the log's tail if not."""
+        return self.wait_ready("/stats", lambda answer: _is_stats(answer) and predicate(answer), timeout)
 
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
 
 
 class ChatClient:

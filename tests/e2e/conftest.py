@@ -21,7 +21,7 @@ def launch(tmp_path: Path, prefix: str) -> Iterator[Callable[..., list[ChatServe
                    for i in range(count)]
         started.extend(servers)
         for server in servers:
-            server.wait_ready()
+            server.wait_stats(timeout=30)
         return servers
 
     yield launch

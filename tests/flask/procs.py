@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 import websocket
 
-from tests.helpers.redis_server import env_for_subprocess, free_port
+from tests.helpers.processes import HEALTH_PATH, Json, ServerProcess, is_ready
+from tests.helpers.redis_server import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST_ENV = {"DCM_HEARTBEAT_INTERVAL": "0.2", "DCM_HEARTBEAT_TTL": "1.0", "DCM_CLEANUP_INTERVAL": "0.5"}
 
 
-class Server:
-    def __init__(self, argv: list[str], port: int, env: dict[str, str]) -> None:
-        self.port = port
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+class Server(ServerProcess):
+    """A chat example server process (see :class:`Servers`)."""
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -32,64 +24,48 @@ class Server:
     def ws_url(self, query: str = "") -> str:
         return f"ws://127.0.0.1:{self.port}/ws{query}"
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {err[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url("/dcm/health"), timeout=2) as resp:
-                    if json.loads(resp.read())["ready"]:
-                        return
-            except (OSError, urllib.error.URLError, ValueError):
-                time.sleep(0.05)
-        raise RuntimeError(f"server on {self.port} not ready in {timeout}s")
-
-    def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url("/dcm/health"), timeout=5) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+    def health(self) -> Json:
+        """The health route's answer (200 or 503); AssertionError if nothing answers."""
+        health = self.get_json(HEALTH_PATH)
+        if health is None:
+            raise AssertionError(f"{self} does not answer {HEALTH_PATH}:\n{self.log_tail()}")
+        return health
 
 
-def server_env(redis_url: str | None, prefix: str) -> dict[str, str]:
-    env = env_for_subprocess()
-    env.pop("REDIS_URL", None)
-    env.update(FAST_ENV, DCM_KEY_PREFIX=prefix)
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    return env
+class Servers:
+    """Starts one test's chat servers, all on ``redis_url`` with key prefix ``prefix``, their output
+    in ``log_dir``; each is listed before it is waited for, so :meth:`stop_all` stops every one."""
 
+    def __init__(self, redis_url: str | None, prefix: str, log_dir: Path) -> None:
+        self.redis_url, self.prefix, self.log_dir = redis_url, prefix, log_dir
+        self.started: list[Server] = []
 
-def start_chat(mode: str, redis_url: str | None, prefix: str) -> Server:
-    port = free_port()
-    env = server_env(redis_url, prefix)
-    env["PORT"] = str(port)
-    server = Server([sys.executable, "-m", "tests.flask.serve", mode, str(port)], port, env)
-    server.wait_ready()
-    return server
+    def chat(self, mode: str) -> Server:
+        """``python -m tests.flask.serve MODE PORT`` (see tests/flask/serve.py), once ready."""
+        port = free_port()
+        return self._start(f"{mode}-{port}", [sys.executable, "-m", "tests.flask.serve", mode, str(port)],
+                           port)
 
+    def gunicorn(self, worker: str, workers: int = 2) -> Server:
+        """gunicorn with ``workers`` workers of class ``worker`` serving the chat app, once ready."""
+        port = free_port()
+        argv = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "-b",
+                f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "2",
+                "examples.chat.app:app"]
+        return self._start(f"gunicorn-{port}", argv, port)
 
-def start_gunicorn(worker: str, redis_url: str, prefix: str, workers: int = 2) -> Server:
-    port = free_port()
-    env = server_env(redis_url, prefix)
-    env["PORT"] = str(port)
-    argv = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "-b",
-            f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "2",
-            "examples.chat.app:app"]
-    server = Server(argv, port, env)
-    server.wait_ready()
-    return server
+    def _start(self, name: str, argv: list[str], port: int) -> Server:
+        server = Server(name, argv, self.log_dir, redis_url=self.redis_url, prefix=self.prefix,
+                        fast=FAST_ENV, port=port)
+        self.started.append(server)
+        server.wait_ready(HEALTH_PATH, is_ready)
+        return server
+
+    def stop_all(self) -> None:
+        """SIGTERM (then SIGKILL) each; print its log, which pytest shows when the test failed."""
+        for server in self.started:
+            code = server.stop()
+            print(f"----- {server} exit={code} -----\n{server.log()}")
 
 
 class Client:

@@ -6,11 +6,12 @@ import signal
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import websocket
 
-from tests.flask.procs import Client, Server, start_chat, start_gunicorn
+from tests.flask.procs import Client, Server, Servers
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import wait_until
 
@@ -19,13 +20,11 @@ STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 
 @pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    made: list[Server] = []
+def servers(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[Servers]:
+    """Starts this test's servers on the shared Redis; stops them all (and prints their logs) after."""
+    made = Servers(redis_server.url, prefix, tmp_path)
     yield made
-    for s in made:
-        s.stop()
-
-
+    made.stop_all()
 
 
 def open_raw(url: str, token: str | None, origin: str | None = None) -> websocket.WebSocket:
@@ -33,10 +32,9 @@ def open_raw(url: str, token: str | None, origin: str | None = None) -> websocke
     return websocket.create_connection(url + query, timeout=10, origin=origin)
 
 
-def test_pywsgi_two_processes(redis_server: RedisServer, prefix: str, servers: list[Server]) -> None:
-    a = start_chat("dcm", redis_server.url, prefix)
-    b = start_chat("dcm", redis_server.url, prefix)
-    servers += [a, b]
+def test_pywsgi_two_processes(servers: Servers) -> None:
+    a = servers.chat("dcm")
+    b = servers.chat("dcm")
     alice, bob = Client(a.ws_url(), "alice"), Client(b.ws_url(), "bob")
     assert alice.server_id != bob.server_id
     alice.join("lobby")
@@ -60,10 +58,8 @@ def test_pywsgi_two_processes(redis_server: RedisServer, prefix: str, servers: l
     assert (left["userId"], left["reason"]) == ("bob", "removed")
 
 
-def test_pywsgi_refuses_before_the_handshake(redis_server: RedisServer, prefix: str,
-                                             servers: list[Server]) -> None:
-    a = start_chat("dcm", redis_server.url, prefix)
-    servers.append(a)
+def test_pywsgi_refuses_before_the_handshake(servers: Servers) -> None:
+    a = servers.chat("dcm")
     with pytest.raises(websocket.WebSocketBadStatusException) as err:
         open_raw(a.ws_url(), None)
     assert err.value.status_code == 401
@@ -80,10 +76,8 @@ def test_pywsgi_refuses_before_the_handshake(redis_server: RedisServer, prefix: 
     assert a.health()["stats"]["total_connections"] == 0  # nothing was ever registered
 
 
-def test_stock_handler_refuses_with_close_codes(redis_server: RedisServer, prefix: str,
-                                                servers: list[Server]) -> None:
-    a = start_chat("stock", redis_server.url, prefix)
-    servers.append(a)
+def test_stock_handler_refuses_with_close_codes(servers: Servers) -> None:
+    a = servers.chat("stock")
     ws = open_raw(a.ws_url(), None)
     assert _close_code(ws) == 4401
     ws = open_raw(a.ws_url(), "alice", origin="http://evil.example")
@@ -101,11 +95,9 @@ def _close_code(ws: websocket.WebSocket) -> int:
     raise AssertionError("no close frame")
 
 
-def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: str,
-                                           servers: list[Server]) -> None:
-    a = start_chat("dcm", redis_server.url, prefix)
-    b = start_chat("dcm", redis_server.url, prefix)
-    servers += [a, b]
+def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: str, servers: Servers) -> None:
+    a = servers.chat("dcm")
+    b = servers.chat("dcm")
     alice = Client(a.ws_url(), "alice")
     alice.join("lobby")
     victims = [Client(b.ws_url(), f"bob{i}") for i in range(3)]
@@ -113,7 +105,7 @@ def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: st
         v.join("lobby")
     b.proc.send_signal(signal.SIGKILL)
     b.proc.wait(5)
-    seen = set()
+    seen: set[str] = set()
     while len(seen) < 3:
         msg = alice.recv_until(lambda m: m.get("type") == "user-disconnected")
         assert msg["reason"] == "server-failure"
@@ -126,11 +118,9 @@ def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: st
     assert r.smembers(f"{prefix}rooms:lobby") == {alice.id.encode()}
 
 
-def test_werkzeug_threaded_server_uses_simple_websocket(redis_server: RedisServer, prefix: str,
-                                                        servers: list[Server]) -> None:
-    a = start_chat("werkzeug", redis_server.url, prefix)
-    b = start_chat("dcm", redis_server.url, prefix)
-    servers += [a, b]
+def test_werkzeug_threaded_server_uses_simple_websocket(servers: Servers) -> None:
+    a = servers.chat("werkzeug")
+    b = servers.chat("dcm")
     alice, bob = Client(a.ws_url(), "alice"), Client(b.ws_url(), "bob")
     alice.join("lobby")
     bob.join("lobby")
@@ -163,10 +153,9 @@ def _clients_on_distinct_workers(server: Server, count: int = 2) -> list[Client]
     return list(by_server.values())
 
 
-def test_gunicorn_workers(redis_server: RedisServer, prefix: str, servers: list[Server]) -> None:
-    g = start_gunicorn(DCM_WORKER, redis_server.url, prefix)
-    a = start_chat("dcm", redis_server.url, prefix)
-    servers += [g, a]
+def test_gunicorn_workers(servers: Servers) -> None:
+    g = servers.gunicorn(DCM_WORKER)
+    a = servers.chat("dcm")
     one, two = _clients_on_distinct_workers(g)
     one.join("lobby")
     two.join("lobby")
@@ -184,7 +173,7 @@ def test_gunicorn_workers(redis_server: RedisServer, prefix: str, servers: list[
     watcher.join("lobby")
     g.proc.send_signal(signal.SIGTERM)
     assert g.proc.wait(10) == 0
-    gone = set()
+    gone: set[str] = set()
     while len(gone) < 2:
         msg = watcher.recv_until(lambda m: m.get("type") == "user-disconnected")
         assert msg["reason"] == "shutdown"
@@ -193,20 +182,16 @@ def test_gunicorn_workers(redis_server: RedisServer, prefix: str, servers: list[
     assert a.health()["stats"]["active_servers"] == 1
 
 
-def test_client_close_with_reason_gets_a_valid_close_reply(redis_server: RedisServer, prefix: str,
-                                                           servers: list[Server]) -> None:
-    a = start_chat("dcm", redis_server.url, prefix)
-    servers.append(a)
+def test_client_close_with_reason_gets_a_valid_close_reply(servers: Servers) -> None:
+    a = servers.chat("dcm")
     alice = Client(a.ws_url(), "alice")
     alice.ws.send_close(1001, b"page hidden")
     assert _close_code(alice.ws) == 1001
     wait_until(lambda: a.health()["stats"]["total_connections"] == 0)
 
 
-def test_gunicorn_stock_worker_refuses_with_close_codes(redis_server: RedisServer, prefix: str,
-                                                        servers: list[Server]) -> None:
-    g = start_gunicorn(STOCK_WORKER, redis_server.url, prefix, workers=1)
-    servers.append(g)
+def test_gunicorn_stock_worker_refuses_with_close_codes(servers: Servers) -> None:
+    g = servers.gunicorn(STOCK_WORKER, workers=1)
     assert _close_code(open_raw(g.ws_url(), None)) == 4401
     assert _close_code(open_raw(g.ws_url(), "alice", origin="http://evil.example")) == 4403
     Client(g.ws_url(), "alice").join("lobby")
