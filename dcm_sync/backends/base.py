@@ -121,6 +121,10 @@ class Backend(Protocol):
 
     def server_alive(self, server_id: str) -> bool: ...
 
+    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
+        """Those of ``rooms`` whose channel has at least one subscriber now."""
+        ...
+
     # reading
     def stats(self) -> tuple[int, int, list[ServerInfo]]:
         """``(total_connections, total_rooms, live servers)``."""

@@ -146,6 +146,11 @@ class MemoryBackend:
         with self._s.lock:
             return self._s.live_server(server_id) is not None
 
+    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
+        with self._s.lock:
+            heard = set().union(*(sub.channels for sub in self._s.subscribers))
+        return {r for r in rooms if f"room:{r}" in heard}
+
     def dead_servers(self) -> list[str]:
         s = self._s
         with s.lock:

@@ -37,6 +37,7 @@ __all__ = ["RedisBackend"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 500
+POOL_SIZE = 64  # Redis connections per process for commands (the subscriber has its own)
 
 
 def _s(value: Any) -> str:
@@ -118,9 +119,13 @@ class RedisBackend:
         self.key_prefix = key_prefix
         common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         try:
-            self._r = redis.Redis.from_url(
-                url, retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1), **common
+            # A burst of connects must wait for a pooled connection (up to ``timeout``), not
+            # fail with "Too many connections" as redis-py's default pool does when full.
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=POOL_SIZE, timeout=timeout,
+                retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1), **common,
             )
+            self._r = redis.Redis(connection_pool=pool)
             # the subscriber reports every failure at once; the listener owns reconnection
             self._sub_client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
         except ValueError as exc:
@@ -177,6 +182,16 @@ class RedisBackend:
     def server_alive(self, server_id: str) -> bool:
         with translate_errors("EXISTS"):
             return bool(self._r.exists(self._k_server(server_id)))
+
+    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
+        names = sorted(rooms)
+        heard: set[str] = set()
+        with translate_errors("PUBSUB NUMSUB"):
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start:start + _CHUNK]
+                counts = self._r.pubsub_numsub(*(f"{self.key_prefix}room:{r}" for r in chunk))
+                heard.update(room for room, (_, n) in zip(chunk, counts, strict=True) if n)
+        return heard
 
     def dead_servers(self) -> list[str]:
         with translate_errors("failure detection"):
