@@ -1,0 +1,73 @@
+"""This project's side: Flask + flask_ext.DistributedWebSockets under gevent.pywsgi with the
+project's DCMWebSocketHandler (REDIS_URL, DCM_KEY_PREFIX and PORT from the environment).
+
+Bus messages are counted where redis-py parses them (``PubSub.handle_message``), per room channel.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import json
+import os
+from typing import Any
+
+import redis.client
+from flask import Flask, jsonify, request
+
+from benchmarks.servers.common import BusCounter, serve
+from flask_ext import DistributedWebSockets, WebSocketConnection
+from flask_ext.handler import DCMWebSocketHandler
+
+app = Flask(__name__)
+sockets = DistributedWebSockets(app)
+bus = BusCounter()
+
+_ROOM_CHANNEL = (os.environ.get("DCM_KEY_PREFIX", "dcm:") + "room:").encode()
+_CUT = len(_ROOM_CHANNEL)
+_handle_message = redis.client.PubSub.handle_message
+
+
+def _counting_handle_message(self: Any, response: Any, ignore_subscribe_messages: bool = False) -> Any:
+    message = _handle_message(self, response, ignore_subscribe_messages)
+    if message is not None and message["type"] == "message":
+        channel = message["channel"]
+        if channel.startswith(_ROOM_CHANNEL):
+            bus.count(channel[_CUT:].decode())
+    return message
+
+
+redis.client.PubSub.handle_message = _counting_handle_message
+
+
+@sockets.route("/ws")
+def bench(conn: WebSocketConnection) -> None:
+    conn.send({"t": "hello", "id": conn.id})
+    exclude = [conn.id]
+    while (text := conn.receive()) is not None:
+        cmd = json.loads(text)
+        op = cmd["op"]
+        if op == "fanout":
+            sockets.broadcast_to_room(cmd["room"], cmd["data"], exclude=exclude)
+        elif op == "direct":
+            sockets.send_to_connection(cmd["to"], cmd["data"])
+        elif op == "join":
+            for room in cmd["rooms"]:
+                conn.join(room)
+            conn.send({"t": "joined", "n": len(cmd["rooms"])})
+
+
+@app.get("/bench-stats")
+def bench_stats() -> Any:
+    mgr = sockets.manager  # made on first use: the first poll starts the manager
+    if request.args.get("reset"):
+        bus.reset()
+    return jsonify(ready=mgr.is_ready(), pid=os.getpid(),
+                   **bus.stats(lambda room: bool(mgr.local.members(room))))
+
+
+if __name__ == "__main__":
+    serve(app, DCMWebSocketHandler, on_stop=sockets.shutdown)
