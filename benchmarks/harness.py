@@ -8,12 +8,13 @@ least 3) for this project (``dcm``), the peer (python-socketio) and, where there
 from __future__ import annotations
 
 import statistics
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Context", "Result", "summarize", "ratio"]
+__all__ = ["Context", "Result", "summarize", "ratio", "repeat", "NullSocket", "populate"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,40 @@ def repeat(ctx: Context, measure: Callable[[], dict[str, float]]) -> dict[str, A
         for name, value in measure().items():
             samples.setdefault(name, []).append(value)
     return {name: summarize(vals) for name, vals in samples.items()}
+
+
+class NullSocket:
+    """A socket that accepts every frame and keeps nothing: for filling a manager."""
+
+    __slots__ = ()
+
+    def send(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def populate(mgr: Any, n: int, rooms_of: Callable[[int], Sequence[str]], threads: int = 2) -> list[str]:
+    """Register ``n`` connections on ``mgr`` (from ``threads`` threads), connection ``i`` joining
+    ``rooms_of(i)``; return their ids in order. The first error is raised after all threads end."""
+    ids = [""] * n
+    errors: list[BaseException] = []
+
+    def work(start: int) -> None:
+        try:
+            for i in range(start, n, threads):
+                cid = ids[i] = mgr.register_connection(NullSocket(), f"user-{i}")
+                for room in rooms_of(i):
+                    mgr.join_room(cid, room)
+        except Exception as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(k,), name=f"populate-{k}") for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return ids

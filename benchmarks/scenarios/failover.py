@@ -24,15 +24,14 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
 if __package__:
-    from ..harness import Context, Result, summarize
+    from ..harness import Context, Result, populate, summarize
 else:  # run as a script (the server or the detector), with the repository root on PYTHONPATH
-    from benchmarks.harness import Context, Result, summarize
+    from benchmarks.harness import Context, Result, populate, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOM_SIZE = 100
@@ -218,16 +217,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # ------------------------------------------------------------------------------- the children
-class _FakeSocket:
-    __slots__ = ()
-
-    def send(self, message: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _wait_for_eof(stream: IO[bytes], limit: float) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -243,24 +232,7 @@ def _server_main(url: str, prefix: str, n: int) -> int:
     interval, ttl = DEAD_HEARTBEAT
     cfg = Config(redis_url=url, key_prefix=prefix, heartbeat_interval=interval, heartbeat_ttl=ttl)
     mgr = create_distributed_connection_manager(LocalConnectionManager(n + 10), cfg)
-    errors: list[BaseException] = []
-
-    def populate(start: int) -> None:
-        try:
-            for i in range(start, n, POPULATE_THREADS):
-                cid = mgr.register_connection(_FakeSocket(), f"user-{i}")
-                mgr.join_room(cid, f"room-{i // ROOM_SIZE}")
-        except Exception as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=populate, args=(k,), name=f"populate-{k}")
-               for k in range(POPULATE_THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    populate(mgr, n, lambda i: [f"room-{i // ROOM_SIZE}"], POPULATE_THREADS)
     print(f"ready {mgr.server_id}", flush=True)
     _wait_for_eof(sys.stdin.buffer, 3600)  # SIGKILLed long before
     mgr.shutdown()

@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..harness import Context, Result, summarize
+from ..harness import Context, Result, populate, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "benchmarks" / "memory_server.py"
@@ -134,16 +134,6 @@ def run(ctx: Context) -> Result:
 
 
 # ------------------------------------------------------------------------------- Redis bytes
-class _FakeSocket:
-    __slots__ = ()
-
-    def send(self, message: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
     from dcm_sync import Config, LocalConnectionManager, create_distributed_connection_manager
 
@@ -155,26 +145,8 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
     try:
         before = _redis_used(r)
         b_rooms = max(1, n // ROOM_MEMBERS)
-        ids: list[str] = [""] * n
-        errors: list[BaseException] = []
-
-        def populate(start: int) -> None:
-            try:
-                for i in range(start, n, POPULATE_THREADS):
-                    cid = ids[i] = mgr.register_connection(_FakeSocket(), f"user-{i}")
-                    mgr.join_room(cid, f"a-{i // ROOM_MEMBERS}")
-                    mgr.join_room(cid, f"b-{i % b_rooms}")
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=populate, args=(k,), name=f"populate-{k}")
-                   for k in range(POPULATE_THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        ids = populate(mgr, n, lambda i: [f"a-{i // ROOM_MEMBERS}", f"b-{i % b_rooms}"],
+                       POPULATE_THREADS)
         after = _redis_used(r)
         per_conn = (after - before) / n
 

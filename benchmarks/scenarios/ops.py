@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from ..harness import Context, Result, summarize
+    from ..harness import Context, NullSocket, Result, summarize
 else:  # run as a script (the worker), with the repository root on PYTHONPATH
-    from benchmarks.harness import Context, Result, summarize
+    from benchmarks.harness import Context, NullSocket, Result, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ("register", "join", "leave", "remove")
@@ -180,16 +180,6 @@ class _Probe:
         return after[0] - before[0], {k: v for k, v in cmds.items() if v}
 
 
-class _FakeSocket:
-    __slots__ = ()
-
-    def send(self, message: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _timed(calls: list[Callable[[], Any]]) -> list[float]:
     durations = []
     clock = time.perf_counter
@@ -220,13 +210,13 @@ def _dcm_run(probe: _Probe, url: str, n: int, run_no: int) -> dict[str, Any]:
     mgr = create_distributed_connection_manager(LocalConnectionManager(n + 10), cfg)
     out: dict[str, Any] = {}
     try:
-        warm = mgr.register_connection(_FakeSocket(), "warm-up")  # loads the scripts
+        warm = mgr.register_connection(NullSocket(), "warm-up")  # loads the scripts
         mgr.join_room(warm, "warm-up")
         mgr.leave_room(warm, "warm-up")
         mgr.remove_connection(warm)
         ids: list[str] = []
         _pass(probe, "register", [lambda i=i: ids.append(mgr.register_connection(
-            _FakeSocket(), f"user-{i}")) for i in range(n)], out)
+            NullSocket(), f"user-{i}")) for i in range(n)], out)
         rooms = [f"room-{i // ROOM_SIZE}" for i in range(n)]
         joins = _pass(probe, "join", [lambda c=c, r=r: mgr.join_room(c, r)
                                       for c, r in zip(ids, rooms, strict=True)], out)
