@@ -106,10 +106,6 @@ class Listener:
                 logger.warning("subscription not confirmed within %.1fs", timeout)
                 return
 
-    def subscribed_rooms(self) -> set[str]:
-        with self._lock:
-            return set(self._rooms)
-
     def _run(self) -> None:
         self._ident = self._driver.current_id()
         while not self._stop.is_set():

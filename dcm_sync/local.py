@@ -140,6 +140,9 @@ class LocalConnectionManager:
             skip = set(exclude)
             return [self._conns[c] for c in ids if c not in skip]
 
+    def has_members(self, room_id: str) -> bool:
+        return room_id in self._rooms
+
     def rooms(self) -> list[str]:
         """Rooms with at least one local member."""
         with self._lock:

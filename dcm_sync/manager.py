@@ -76,7 +76,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._counters: Counter[str] = Counter()
         self._listener = Listener(
             self._backend, self._driver, self._stop, f"server:{self.server_id}",
-            has_local_members=lambda room: bool(self.local.members(room)),
+            has_local_members=self.local.has_members,
             local_rooms=self.local.rooms, on_message=self._dispatch, on_reconnect=self._restore,
         )
 

@@ -238,11 +238,6 @@ class MemoryBackend:
             self._route_to(conn.server_id, caller, data)
             return conn.server_id
 
-    def owner_of(self, connection_id: str) -> str | None:
-        with self._s.lock:
-            conn = self._s.live_conn(connection_id)
-            return None if conn is None else conn.server_id
-
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
         with self._s.lock:
             return [self._remove(cid) for cid in connection_ids]

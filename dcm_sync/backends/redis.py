@@ -277,11 +277,6 @@ class RedisBackend:
                                 args=[self.key_prefix, "", caller, data])
         return None if owner is None else _s(owner)
 
-    def owner_of(self, connection_id: str) -> str | None:
-        with translate_errors("HGET"):
-            owner = self._r.hget(self._k_conn(connection_id), "serverId")
-        return None if owner is None else _s(owner)
-
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
         out: list[RemovedConnection | None] = []
         with translate_errors("connection removal"):
