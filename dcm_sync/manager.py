@@ -290,11 +290,8 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._check_open()
         validate_id(server_id, "server_id")
         encode_message(message, self.config.max_message_bytes)  # type and size checks
-        if not self._backend.server_alive(server_id):
-            return False
-        self._backend.publish(f"server:{server_id}",
-                              encode_envelope("server", self.server_id, p=message))
-        return True
+        return self._backend.publish_to_server(
+            server_id, encode_envelope("server", self.server_id, p=message))
 
     def on_server_message(self, handler: ServerMessageHandler) -> ServerMessageHandler:
         """Call ``handler(origin_server_id, message)`` for each control message to this server."""

@@ -117,7 +117,9 @@ class Backend(Protocol):
         """Seconds to wait before reconnect attempt number ``failures`` (jittered, capped)."""
         ...
 
-    def server_alive(self, server_id: str) -> bool: ...
+    def publish_to_server(self, server_id: str, data: bytes) -> bool:
+        """Publish to a live server's channel in one step; False (nothing sent) if it is not live."""
+        ...
 
     def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
         """Those of ``rooms`` whose channel has at least one subscriber now."""

@@ -142,9 +142,12 @@ class MemoryBackend:
             if not s.server_conns.get(server_id):
                 s.server_conns.pop(server_id, None)
 
-    def server_alive(self, server_id: str) -> bool:
+    def publish_to_server(self, server_id: str, data: bytes) -> bool:
         with self._s.lock:
-            return self._s.live_server(server_id) is not None
+            if self._s.live_server(server_id) is None:
+                return False
+            self.publish(f"server:{server_id}", data)
+            return True
 
     def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
         with self._s.lock:

@@ -140,6 +140,7 @@ class RedisBackend:
         self._leave = self._r.register_script(lua.LEAVE)
         self._route = self._r.register_script(lua.ROUTE)
         self._heartbeat = self._r.register_script(lua.HEARTBEAT)
+        self._to_server = self._r.register_script(lua.TO_LIVE_SERVER)
 
     def _k_server(self, sid: str) -> str:
         return f"{self.key_prefix}servers:{sid}"
@@ -179,9 +180,10 @@ class RedisBackend:
             pipe.srem(self._k_servers_index, server_id)
             pipe.execute()
 
-    def server_alive(self, server_id: str) -> bool:
-        with translate_errors("EXISTS"):
-            return bool(self._r.exists(self._k_server(server_id)))
+    def publish_to_server(self, server_id: str, data: bytes) -> bool:
+        with translate_errors("publishing to a server"):
+            return bool(self._to_server(keys=[self._k_server(server_id)],
+                                        args=[f"{self.key_prefix}server:{server_id}", data]))
 
     def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
         names = sorted(rooms)

@@ -94,3 +94,10 @@ redis.call('HSET', KEYS[1], 'lastHeartbeat', ARGV[2], 'activeConnections', ARGV[
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+# KEYS: servers:<sid>. ARGV: its channel, data -> 1 published, 0 no such live server
+TO_LIVE_SERVER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
