@@ -4,6 +4,8 @@ The envelope is a JSON object, never pickle::
 
     {"v": 1, "k": KIND, "o": ORIGIN_SERVER_ID, "id": ENVELOPE_ID, ...kind fields}
 
+ENVELOPE_ID is unique per origin (a counter of the sending process).
+
 Kinds and their fields:
 
     room    r: room id, m: message text, x: list of excluded connection ids
@@ -20,6 +22,7 @@ missing a field raises :class:`EnvelopeError`; the listener logs and drops it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Iterable
@@ -100,12 +103,18 @@ def encode_message(message: object, max_bytes: int) -> str:
 
 
 def new_id() -> str:
+    """A random, unguessable id (connections, emitters)."""
     return uuid.uuid4().hex
+
+
+# Envelope ids only need to be unique per origin (which every envelope names): a counter,
+# not a uuid4 and its system call on every broadcast.
+_envelope_ids = itertools.count(1)
 
 
 def encode_envelope(kind: str, origin: str, **fields: Any) -> bytes:
     """Encode one envelope; ``fields`` are the kind's fields listed in the module docstring."""
-    body = {"v": PROTOCOL_VERSION, "k": kind, "o": origin, "id": new_id()}
+    body = {"v": PROTOCOL_VERSION, "k": kind, "o": origin, "id": str(next(_envelope_ids))}
     body.update(fields)
     return _dumps(body).encode("utf-8")
 
