@@ -107,23 +107,22 @@ class Config:
         Keyword ``overrides`` win over the environment.
         """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, str] = {}
         for name in field_names():
             if name in _NOT_FROM_ENV:
                 continue
             for var in (f"DCM_{name.upper()}", _SEED_ENV.get(name)):
                 if var and var in env:
-                    values[name] = parse_value(name, env[var])
+                    values[name] = env[var]
                     break
-        values.update(overrides)
-        return cls().replace(**values)
+        return cls.from_mapping(values).replace(**overrides)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> Config:
-        """Build from ``{field: value}``; string values are parsed as in :meth:`from_env`."""
+    def from_mapping(cls, values: Mapping[str, Any], base: Config | None = None) -> Config:
+        """``base`` (default: the defaults) with ``{field: value}`` applied; string values are
+        parsed as in :meth:`from_env`."""
         parsed = {k: parse_value(k, v) if isinstance(v, str) else v for k, v in values.items()}
-        parsed.update(overrides)
-        return cls().replace(**parsed)
+        return (base or cls()).replace(**parsed)
 
 
 def field_names() -> tuple[str, ...]:

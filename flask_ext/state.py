@@ -38,8 +38,7 @@ def build_config(app: Flask) -> Config:
     unknown = set(values) - set(field_names())
     if unknown:
         raise ConfigError("unknown setting(s): " + ", ".join(f"DCM_{k.upper()}" for k in sorted(unknown)))
-    base = Config.from_env()
-    return Config.from_mapping({**{n: getattr(base, n) for n in field_names()}, **values})
+    return Config.from_mapping(values, base=Config.from_env())
 
 
 class AppState:
