@@ -7,14 +7,17 @@ least 3) for this project (``dcm``), the peer (python-socketio) and, where there
 
 from __future__ import annotations
 
+import select
 import statistics
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Context", "Result", "summarize", "ratio", "repeat", "NullSocket", "populate"]
+__all__ = ["Context", "Result", "summarize", "ratio", "repeat", "NullSocket", "populate", "read_line"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +123,19 @@ def populate(mgr: Any, n: int, rooms_of: Callable[[int], Sequence[str]], threads
     if errors:
         raise errors[0]
     return ids
+
+
+def read_line(proc: subprocess.Popen[bytes], deadline: float, expect: str) -> str:
+    """The child's next stdout line, which must start with ``expect``."""
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], min(0.5, deadline - time.monotonic()))
+        if ready:
+            line = proc.stdout.readline().decode().strip()
+            if not line.startswith(expect):
+                raise RuntimeError(f"child said {line!r} (exit code {proc.poll()}), "
+                                   f"expected {expect!r}")
+            return line
+        if proc.poll() is not None:
+            raise RuntimeError(f"child exited with {proc.returncode}")
+    raise RuntimeError(f"child did not say {expect!r} in time")

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import IO, Any
 
 if __package__:
-    from ..harness import Context, Result, populate, summarize
+    from ..harness import Context, Result, populate, read_line, summarize
 else:  # run as a script (the server or the detector), with the repository root on PYTHONPATH
-    from benchmarks.harness import Context, Result, populate, summarize
+    from benchmarks.harness import Context, Result, populate, read_line, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOM_SIZE = 100
@@ -58,7 +58,7 @@ def run(ctx: Context) -> Result:
         env = env_for_subprocess()
         r = redis_server.client()
         detector = _spawn(ctx, env, "detector", [redis_server.url, prefix], "failover-detector.log")
-        _read_line(detector, time.monotonic() + 30, "ready")
+        read_line(detector, time.monotonic() + 30, "ready")
         for run_no in range(ctx.runs):
             try:
                 samples.append(_one_run(ctx, env, r, redis_server.url, prefix, n, run_no,
@@ -105,7 +105,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
              problems: list[str]) -> dict[str, float]:
     victim = _spawn(ctx, env, "server", [url, prefix, str(n)], f"failover-server-{run_no}.log")
     try:
-        line = _read_line(victim, time.monotonic() + max(60.0, n / 300), "ready")
+        line = read_line(victim, time.monotonic() + max(60.0, n / 300), "ready")
         sid = line.split()[1]
         held, in_rooms = _state_counts(r, prefix, sid, n // ROOM_SIZE)
         if held != n or in_rooms != n:
@@ -146,7 +146,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
     if gone is None:
         raise RuntimeError(f"state of {sid} not gone within {deadline - expired:.0f} s")
     detected = detected if detected is not None else gone
-    parts = json.loads(_read_line(detector, time.monotonic() + 10, "{"))
+    parts = json.loads(read_line(detector, time.monotonic() + 10, "{"))
     if parts.get("server") != sid or parts.get("removed") != n:
         problems.append(f"run {run_no + 1}: the detector reported {parts}")
 
@@ -179,22 +179,6 @@ def _spawn(ctx: Context, env: dict[str, str], role: str, args: list[str],
         return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), role, *args],
                                 cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=log)
-
-
-def _read_line(proc: subprocess.Popen[bytes], deadline: float, expect: str) -> str:
-    """The child's next stdout line, which must start with ``expect``."""
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], min(0.5, deadline - time.monotonic()))
-        if ready:
-            line = proc.stdout.readline().decode().strip()
-            if not line.startswith(expect):
-                raise RuntimeError(f"child said {line!r} (exit code {proc.poll()}), "
-                                   f"expected {expect!r}")
-            return line
-        if proc.poll() is not None:
-            raise RuntimeError(f"child exited with {proc.returncode}")
-    raise RuntimeError(f"child did not say {expect!r} in time")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

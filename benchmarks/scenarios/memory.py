@@ -23,7 +23,6 @@ on its own and which would add tens of KB of noise between two reads).
 from __future__ import annotations
 
 import json
-import select
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..harness import Context, Result, populate, summarize
+from ..harness import Context, Result, populate, read_line, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "benchmarks" / "memory_server.py"
@@ -210,7 +209,7 @@ def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) ->
                         stdout=subprocess.PIPE, stderr=log))
             deadline = time.monotonic() + 60 + m / 50
             for proc in clients:
-                _read_line(proc, deadline, "connected")
+                read_line(proc, deadline, "connected")
             _wait_count(port, m, 10.0)
             time.sleep(0.3)
             rss_after = _rss_kb(server.pid)
@@ -302,15 +301,3 @@ def _close(proc: subprocess.Popen[bytes]) -> None:
         _kill(proc)
 
 
-def _read_line(proc: subprocess.Popen[bytes], deadline: float, expect: str) -> str:
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], min(0.5, deadline - time.monotonic()))
-        if ready:
-            line = proc.stdout.readline().decode().strip()
-            if not line.startswith(expect):
-                raise RuntimeError(f"client said {line!r} (exit code {proc.poll()})")
-            return line
-        if proc.poll() is not None:
-            raise RuntimeError(f"client exited with {proc.returncode}")
-    raise RuntimeError(f"client did not say {expect!r} in time")
