@@ -82,7 +82,9 @@ def chat(conn: WebSocketConnection) -> None:
             conn.send({"type": "error", "error": f"unknown op {op!r}"})
 
 
-def main() -> None:
+def main(handler_class: type | None = None) -> None:
+    """Serve on $HOST:$PORT with gevent.pywsgi and the project's pre-handshake handler
+    (``handler_class`` overrides it, e.g. gevent-websocket's stock handler)."""
     import signal
 
     import gevent
@@ -92,7 +94,7 @@ def main() -> None:
 
     port = int(os.environ.get("PORT", "5000"))
     host = os.environ.get("HOST", "127.0.0.1")
-    server = pywsgi.WSGIServer((host, port), app, handler_class=DCMWebSocketHandler)
+    server = pywsgi.WSGIServer((host, port), app, handler_class=handler_class or DCMWebSocketHandler)
 
     def stop() -> None:
         sockets.shutdown()

@@ -18,6 +18,7 @@ if MODE in ("dcm", "stock"):
 import signal  # noqa: E402
 
 from examples.chat.app import app, sockets  # noqa: E402
+from examples.chat.app import main as chat_main  # noqa: E402
 
 
 def main() -> None:
@@ -29,21 +30,9 @@ def main() -> None:
         signal.signal(signal.SIGTERM, stop)
         app.run(host="127.0.0.1", port=PORT, threaded=True)
         return
-    import gevent
-    from gevent import pywsgi
     from geventwebsocket.handler import WebSocketHandler
 
-    from flask_ext.handler import DCMWebSocketHandler
-
-    handler = DCMWebSocketHandler if MODE == "dcm" else WebSocketHandler
-    server = pywsgi.WSGIServer(("127.0.0.1", PORT), app, handler_class=handler, log=None)
-
-    def stop_gevent() -> None:
-        sockets.shutdown()
-        server.stop(timeout=1)
-
-    gevent.signal_handler(signal.SIGTERM, stop_gevent)
-    server.serve_forever()
+    chat_main(handler_class=WebSocketHandler if MODE == "stock" else None)
 
 
 if __name__ == "__main__":
