@@ -21,8 +21,6 @@ __all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.25  # how long one wait for a message lasts; bounds the stop latency
-
 
 class Listener:
     def __init__(
@@ -113,7 +111,7 @@ class Listener:
             if sub is None:
                 return
             try:
-                item = sub.get_message(POLL_SECONDS)
+                item = sub.get_message(None)  # blocks; close() wakes it
             except BackendError as exc:
                 if self._stop.is_set():
                     return

@@ -7,6 +7,7 @@ state; used on its own it is a thread-safe registry of sockets and their rooms.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from typing import Protocol
 
 from .errors import ConnectionLimitError
 
-__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike"]
+__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike", "text_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,24 @@ class WebSocketLike(Protocol):
     def send(self, message: str) -> object: ...
 
     def close(self) -> object: ...
+
+
+def text_frame(text: str) -> bytes:
+    """The RFC 6455 frame a server sends for ``text`` (one final, unmasked text frame).
+
+    A room broadcast builds it once for all local members whose socket has
+    ``send_frame_bytes(frame)`` (the Flask extension's gevent-websocket transport does);
+    other sockets get ``send(text)``.
+    """
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
 
 
 @dataclass(eq=False)
@@ -40,10 +59,17 @@ class LocalConnection:
     rooms: set[str] = field(default_factory=set)
     send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def send(self, text: str) -> None:
-        """Send one text frame; concurrent senders to one socket take turns."""
+    def __post_init__(self) -> None:
+        self.takes_frames = callable(getattr(self.ws, "send_frame_bytes", None))
+
+    def send(self, text: str, frame: bytes | None = None) -> None:
+        """Send one text frame; concurrent senders to one socket take turns. ``frame`` is
+        :func:`text_frame` of ``text`` when the caller built it already (a room broadcast)."""
         with self.send_lock:
-            self.ws.send(text)
+            if frame is not None and self.takes_frames:
+                self.ws.send_frame_bytes(frame)  # type: ignore[attr-defined]
+            else:
+                self.ws.send(text)
 
 
 class LocalConnectionManager:

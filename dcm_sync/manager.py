@@ -20,7 +20,7 @@ from .concurrency import Driver, StopFlag, Worker, get_driver
 from .config import Config
 from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
 from .listener import Listener
-from .local import LocalConnection, LocalConnectionManager, WebSocketLike
+from .local import LocalConnection, LocalConnectionManager, WebSocketLike, text_frame
 from .maintenance import ClusterMaintenance
 from .messages import (
     Envelope,
@@ -109,6 +109,7 @@ class DistributedConnectionManager(ClusterMaintenance):
                 return
             self._closed = True
         self._stop.set()
+        self._listener.close()  # wakes the listener out of its blocking read
         deadline = time.monotonic() + STOP_SECONDS
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -128,7 +129,6 @@ class DistributedConnectionManager(ClusterMaintenance):
             logger.warning("shutdown could not update shared state: %s", exc)
         for conn in conns:
             self._close_socket(conn)
-        self._listener.close()
         self._backend.close()
 
     def __enter__(self) -> DistributedConnectionManager:
@@ -300,9 +300,9 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._handlers.append(handler)
         return handler
 
-    def _send(self, conn: LocalConnection, text: str) -> bool:
+    def _send(self, conn: LocalConnection, text: str, frame: bytes | None = None) -> bool:
         try:
-            conn.send(text)
+            conn.send(text, frame)
             return True
         except Exception as exc:
             self._counters["send_errors"] += 1
@@ -311,8 +311,11 @@ class DistributedConnectionManager(ClusterMaintenance):
             return False
 
     def _deliver_room(self, room_id: str, text: str, exclude: Iterable[str] = ()) -> None:
-        for conn in self.local.members(room_id, exclude):
-            self._send(conn, text)
+        members = self.local.members(room_id, exclude)
+        # the frame is built once for the room, not once per socket
+        frame = text_frame(text) if len(members) > 1 else None
+        for conn in members:
+            self._send(conn, text, frame)
 
     # ----------------------------------------------------------------- notifications
     def _notifications(self, removed: Sequence[RemovedConnection], reason: str,

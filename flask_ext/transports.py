@@ -47,6 +47,18 @@ class GeventTransport:
     def send(self, message: str) -> None:
         self._ws.send(message)  # a str goes out as a text frame
 
+    def send_frame_bytes(self, frame: bytes) -> None:
+        """Write a frame built once for many sockets (:func:`dcm_sync.local.text_frame`)."""
+        from geventwebsocket.exceptions import WebSocketError
+
+        ws = self._ws
+        if ws.closed:
+            raise WebSocketError("socket is already closed")
+        try:
+            ws.raw_write(frame)
+        except OSError as exc:
+            raise WebSocketError(f"socket is dead: {exc}") from exc
+
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         from geventwebsocket.exceptions import WebSocketError
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+import websocket
 
 from dcm_sync import ConnectionLimitError, LocalConnectionManager
+from dcm_sync.local import text_frame
 from tests.helpers.sockets import RecordingSocket
 
 
@@ -42,3 +44,31 @@ def test_limit() -> None:
         local.add("b", RecordingSocket(), "u")
     with pytest.raises(ValueError):
         LocalConnectionManager(max_connections=0)
+
+
+@pytest.mark.parametrize("text", ["", "hi", "é" * 100, "x" * 125, "x" * 126, "ü" * 40_000,
+                                  "z" * 70_000])
+def test_text_frame_matches_rfc6455(text: str) -> None:
+    # websocket-client's frame encoder, unmasked as a server sends it, is the reference
+    expected = websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 0, text.encode()).format()
+    assert text_frame(text) == expected
+
+
+def test_sockets_that_take_frames_get_the_prebuilt_frame() -> None:
+    class FrameSocket(RecordingSocket):
+        def __init__(self) -> None:
+            super().__init__()
+            self.raw: list[bytes] = []
+
+        def send_frame_bytes(self, frame: bytes) -> None:
+            self.raw.append(frame)
+
+    framed, plain = FrameSocket(), RecordingSocket()
+    lcm = LocalConnectionManager()
+    a, b = lcm.add("a", framed, "u1"), lcm.add("b", plain, "u2")
+    frame = text_frame("hello")
+    a.send("hello", frame)
+    b.send("hello", frame)
+    a.send("direct")
+    assert framed.raw == [frame] and framed.frames == ["direct"]
+    assert plain.frames == ["hello"]

@@ -44,11 +44,14 @@ class Subscription(Protocol):
 
     def unsubscribe(self, channels: Iterable[str]) -> None: ...
 
-    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
-        """The next ``(channel, data)``, or None after ``timeout`` seconds."""
+    def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
+        """The next ``(channel, data)``, or None after ``timeout`` seconds (``None``: wait
+        until a message arrives or :meth:`close` is called) or for a non-message event."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Drop the connection; a ``get_message`` blocked in another thread returns or raises."""
+        ...
 
 
 class Backend(Protocol):

@@ -76,7 +76,7 @@ def reset_memory_backends() -> None:
 class _MemorySubscription:
     def __init__(self, state: _State) -> None:
         self._state = state
-        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self.channels: set[str] = set()
         with state.lock:
             state.subscribers.append(self)
@@ -93,9 +93,9 @@ class _MemorySubscription:
     def deliver(self, channel: str, data: bytes) -> None:
         self._queue.put((channel, data))
 
-    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+    def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
         try:
-            return self._queue.get(timeout=timeout)
+            return self._queue.get(timeout=timeout)  # None once closed
         except queue.Empty:
             return None
 
@@ -104,6 +104,7 @@ class _MemorySubscription:
             if self in self._state.subscribers:
                 self._state.subscribers.remove(self)
             self.channels.clear()
+        self._queue.put(None)  # wakes a blocked get_message
 
 
 class MemoryBackend:

@@ -71,6 +71,7 @@ class _RedisSubscription:
         self._cut = len(prefix)
         self._pending: dict[str, list[threading.Event]] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def subscribe(self, channels: Iterable[str]) -> list[threading.Event]:
         names = [self._prefix + c for c in channels]
@@ -92,9 +93,17 @@ class _RedisSubscription:
             with translate_errors("UNSUBSCRIBE"):
                 self._pubsub.unsubscribe(*names)
 
-    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
-        with translate_errors("listen"):
-            msg = self._pubsub.get_message(timeout=timeout)
+    def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
+        if self._closed:
+            raise BackendUnavailableError("the subscription is closed")
+        try:
+            with translate_errors("listen"):
+                msg = self._pubsub.get_message(timeout=timeout)
+        except (AttributeError, RuntimeError) as exc:
+            if not self._closed:
+                raise
+            # close() from another thread took the connection away mid-read
+            raise BackendUnavailableError("the subscription is closed") from exc
         if msg is None:
             return None
         channel = _s(msg["channel"])
@@ -107,6 +116,7 @@ class _RedisSubscription:
         return None
 
     def close(self) -> None:
+        self._closed = True
         try:
             self._pubsub.reset()
         except (redis.RedisError, OSError) as exc:
@@ -126,11 +136,22 @@ class RedisBackend:
                 retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1), **common,
             )
             self._r = redis.Redis(connection_pool=pool)
-            # the subscriber reports every failure at once; the listener owns reconnection
-            self._sub_client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
+            # PUBLISH and routing (the per-message commands) go over one dedicated connection:
+            # a pool checkout polls the socket first, which costs more than the command itself
+            # under gevent. Connected on first use.
+            self._hot_pool = redis.ConnectionPool.from_url(
+                url, max_connections=1, retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1),
+                **common,
+            )
+            # The subscriber reports every failure at once and never reconnects by itself
+            # (no error is retryable): the listener owns reconnection.
+            self._sub_client = redis.Redis.from_url(
+                url, retry=Retry(NoBackoff(), 0, supported_errors=()), **common)
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from exc
         self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
+        self._hot_client: redis.Redis | None = None
+        self._hot_lock = threading.Lock()
         p = key_prefix
         self._k_servers_index = p + "index:servers"
         self._k_rooms_index = p + "index:rooms"
@@ -141,6 +162,17 @@ class RedisBackend:
         self._route = self._r.register_script(lua.ROUTE)
         self._heartbeat = self._r.register_script(lua.HEARTBEAT)
         self._to_server = self._r.register_script(lua.TO_LIVE_SERVER)
+
+    @property
+    def _hot(self) -> redis.Redis:
+        client = self._hot_client
+        if client is None:
+            with self._hot_lock:
+                if self._hot_client is None:
+                    self._hot_client = redis.Redis(connection_pool=self._hot_pool,
+                                                   single_connection_client=True)
+                client = self._hot_client
+        return client
 
     def _k_server(self, sid: str) -> str:
         return f"{self.key_prefix}servers:{sid}"
@@ -183,7 +215,8 @@ class RedisBackend:
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
         with translate_errors("publishing to a server"):
             return bool(self._to_server(keys=[self._k_server(server_id)],
-                                        args=[f"{self.key_prefix}server:{server_id}", data]))
+                                        args=[f"{self.key_prefix}server:{server_id}", data],
+                                        client=self._hot))
 
     def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
         names = sorted(rooms)
@@ -276,7 +309,7 @@ class RedisBackend:
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         with translate_errors("routing to a connection's server"):
             owner = self._route(keys=[self._k_conn(connection_id)],
-                                args=[self.key_prefix, "", caller, data])
+                                args=[self.key_prefix, "", caller, data], client=self._hot)
         return None if owner is None else _s(owner)
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
@@ -290,7 +323,7 @@ class RedisBackend:
     # bus
     def publish(self, channel: str, data: bytes) -> None:
         with translate_errors("PUBLISH"):
-            self._r.publish(self.key_prefix + channel, data)
+            self._hot.publish(self.key_prefix + channel, data)
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         with translate_errors("PUBLISH"):
@@ -327,7 +360,8 @@ class RedisBackend:
         return sum(s.active_connections for s in servers), int(res[-1]), servers
 
     def close(self) -> None:
-        for client in (self._r, self._sub_client):
+        hot = [self._hot_client] if self._hot_client is not None else []
+        for client in (self._r, self._sub_client, *hot):
             try:
                 client.close()
                 client.connection_pool.disconnect()

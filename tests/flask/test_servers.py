@@ -195,3 +195,23 @@ def test_gunicorn_stock_worker_refuses_with_close_codes(servers: Servers) -> Non
     assert _close_code(open_raw(g.ws_url(), None)) == 4401
     assert _close_code(open_raw(g.ws_url(), "alice", origin="http://evil.example")) == 4403
     Client(g.ws_url(), "alice").join("lobby")
+
+
+def test_room_broadcast_to_several_local_sockets(servers: Servers) -> None:
+    # three members on one gevent server: the broadcast frame is built once and written to each
+    a = servers.chat("dcm")
+    members = [Client(a.ws_url(), name) for name in ("ann", "ben", "cid")]
+    outsider = Client(a.ws_url(), "dan")
+    for c in members:
+        c.join("hall")
+    texts = ["hi", "é" * 120, "ü" * 2000]  # the three frame header sizes (7-bit, 16-bit)
+    for text in texts:
+        members[0].send(op="say", room="hall", text=text)
+    for c in members:
+        got = [c.recv_until(lambda m: m.get("type") == "message")["text"] for _ in texts]
+        assert got == texts
+    members[1].send(op="say", room="hall", text="after")  # sockets still in step
+    assert members[2].recv_until(lambda m: m.get("type") == "message")["text"] == "after"
+    outsider.ws.settimeout(0.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        outsider.recv()
