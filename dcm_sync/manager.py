@@ -30,7 +30,7 @@ from .messages import (
     encode_envelope,
     encode_message,
     exclusions,
-    new_id,
+    new_connection_id,
     validate_id,
 )
 from .models import DistributedStats, RemovedConnection, ServerInfo
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 ServerMessageHandler = Callable[[str, Any], None]
 STOP_SECONDS = 1.0
+ID_ATTEMPTS = 5
 
 
 def default_server_id(host: str, port: int) -> str:
@@ -156,14 +157,22 @@ class DistributedConnectionManager(ClusterMaintenance):
         auth = self.config.authenticate
         if auth is not None and not auth(auth_token, user_id):
             raise AuthenticationError(f"authentication refused for user {user_id!r}")
-        conn = self.local.add(new_id(), ws, user_id)
-        record = ConnectionRecord(conn.connection_id, user_id, conn.connected_at)
-        try:
-            self._backend.add_connection(self.server_id, record, self.config.connection_ttl)
-        except Exception:
-            self.local.remove(conn.connection_id)
-            raise
-        return conn.connection_id
+        for _ in range(ID_ATTEMPTS):  # a random id is taken once in ~10**18 draws: try again
+            cid = new_connection_id()
+            if cid in self.local:
+                continue
+            conn = self.local.add(cid, ws, user_id)
+            record = ConnectionRecord(cid, user_id, conn.connected_at)
+            try:
+                added = self._backend.add_connection(self.server_id, record,
+                                                     self.config.connection_ttl)
+            except Exception:
+                self.local.remove(cid)
+                raise
+            if added:
+                return cid
+            self.local.remove(cid)
+        raise DCMError(f"no free connection id after {ID_ATTEMPTS} random draws")
 
     def join_room(self, connection_id: str, room_id: str) -> None:
         """Put a connection (on any server) in a room."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "encode_envelope",
     "decode_envelope",
     "validate_id",
+    "new_connection_id",
     "MAX_ID_LENGTH",
     "exclusions",
     "disconnect_notice",
@@ -103,8 +105,20 @@ def encode_message(message: object, max_bytes: int) -> str:
 
 
 def new_id() -> str:
-    """A random, unguessable id (connections, emitters)."""
+    """A random, unguessable id (emitters)."""
     return uuid.uuid4().hex
+
+
+_CONNECTION_ID_LOW = 10**18  # 19 decimal digits, no leading zero
+
+
+def new_connection_id() -> str:
+    """A random connection id: 19 decimal digits (about 62.6 random bits).
+
+    Decimal integers below 2**63 let Redis keep the small sets of ids (rooms of up to 512
+    members) as intsets, 8 bytes per member instead of about 90.
+    """
+    return str(_CONNECTION_ID_LOW + secrets.randbelow(2**63 - _CONNECTION_ID_LOW))
 
 
 # Envelope ids only need to be unique per origin (which every envelope names): a counter,

@@ -35,6 +35,28 @@ def test_connection_ids_are_unique(make_manager: Make) -> None:
     assert len(ids) == 100
 
 
+def test_connection_ids_are_19_digit_integers(make_manager: Make) -> None:
+    cid, _ = connect(make_manager(), "u")
+    assert len(cid) == 19 and cid.isdigit() and int(cid) < 2**63
+
+
+def test_a_taken_connection_id_is_never_reused(make_manager: Make,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # the random draw repeats: first on the same server, then one another server holds
+    a, b = make_manager(), make_manager()
+    x, y, z = "1000000000000000001", "1000000000000000002", "1000000000000000003"
+    draws = iter([x, x, y, x, z])
+    monkeypatch.setattr("dcm_sync.manager.new_connection_id", lambda: next(draws))
+    first, wa = connect(a, "alice")
+    second, _ = connect(a, "bob")      # same draw taken locally -> next draw
+    third, _ = connect(b, "carol")     # taken on server a -> next draw
+    assert (first, second, third) == (x, y, z)
+    assert a.send_to_connection(first, "still alice's")
+    wait_until(lambda: wa.frames)
+    assert wa.frames == ["still alice's"]
+    assert a.get_distributed_stats().total_connections == 3
+
+
 def test_broadcast_reaches_every_member_on_every_server_once(make_manager: Make) -> None:
     a, b, c = make_manager(), make_manager(), make_manager()
     _, wa = connect(a, "alice", "lobby")

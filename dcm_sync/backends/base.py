@@ -84,7 +84,9 @@ class Backend(Protocol):
         ...
 
     # connections and rooms
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> None: ...
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
+        """Write a new connection (no rooms yet); False, writing nothing, if its id is taken."""
+        ...
 
     def restore_connections(
         self, server_id: str, records: Sequence[ConnectionRecord], ttl: float

@@ -184,8 +184,12 @@ class MemoryBackend:
             s.server_conns.pop(server_id, None)
 
     # connections and rooms
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> None:
-        self.restore_connections(server_id, [record], ttl)
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
+        with self._s.lock:
+            if record.connection_id in self._s.conns:
+                return False
+            self.restore_connections(server_id, [record], ttl)
+            return True
 
     def restore_connections(
         self, server_id: str, records: Sequence[ConnectionRecord], ttl: float

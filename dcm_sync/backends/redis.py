@@ -155,6 +155,7 @@ class RedisBackend:
         p = key_prefix
         self._k_servers_index = p + "index:servers"
         self._k_rooms_index = p + "index:rooms"
+        self._add = self._r.register_script(lua.ADD)
         self._remove = self._r.register_script(lua.REMOVE)
         self._pop_server = self._r.register_script(lua.POP_SERVER)
         self._join = self._r.register_script(lua.JOIN)
@@ -258,11 +259,12 @@ class RedisBackend:
             pipe.execute()
 
     # connections and rooms
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> None:
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
+        cid = record.connection_id
         with translate_errors("connection registration"):
-            pipe = self._r.pipeline(transaction=True)
-            self._write_connection(pipe, server_id, record, ttl)
-            pipe.execute()
+            return bool(self._add(keys=[self._k_conn(cid), self._k_server_conns(server_id)],
+                                  args=[cid, record.user_id, server_id,
+                                        repr(record.connected_at), int(ttl * 1000)]))
 
     def _write_connection(self, pipe: Any, server_id: str, rec: ConnectionRecord, ttl: float) -> None:
         key = self._k_conn(rec.connection_id)

@@ -87,6 +87,17 @@ end
 # KEYS: connections:<cid>. ARGV: prefix, unused, caller, data
 ROUTE = _OWNER + _ROUTE
 
+# KEYS: connections:<cid>, server-connections:<sid>. ARGV: cid, user, sid, timestamp, ttl ms
+# -> 1 added, 0 the id is taken (nothing written)
+ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'userId', ARGV[2], 'serverId', ARGV[3], 'timestamp', ARGV[4],
+           'rooms', '[]')
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
 # KEYS: servers:<sid>. ARGV: ttl ms, now, active -> 1 refreshed, 0 gone
 HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
