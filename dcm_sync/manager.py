@@ -29,6 +29,7 @@ from .messages import (
     disconnect_notice,
     encode_envelope,
     encode_message,
+    envelope_prefix,
     exclusions,
     new_connection_id,
     validate_id,
@@ -75,6 +76,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._pending_lock = threading.Lock()
         self._restored_at = 0.0
         self._counters: Counter[str] = Counter()
+        self._own_room_prefix = envelope_prefix("room", self.server_id)
         self._listener = Listener(
             self._backend, self._driver, self._stop, f"server:{self.server_id}",
             has_local_members=self.local.has_members,
@@ -371,6 +373,8 @@ class DistributedConnectionManager(ClusterMaintenance):
 
     # ----------------------------------------------------------------- dispatch
     def _dispatch(self, channel: str, data: bytes) -> None:
+        if data.startswith(self._own_room_prefix):
+            return  # this server's own broadcast, delivered here when it was sent
         try:
             env = decode_envelope(data)
             if env.kind == "room" and channel != f"room:{env.fields['r']}":
@@ -384,7 +388,7 @@ class DistributedConnectionManager(ClusterMaintenance):
     def _handle(self, env: Envelope) -> None:
         f = env.fields
         if env.kind == "room":
-            if env.origin != self.server_id:  # our own broadcasts were delivered when sent
+            if env.origin != self.server_id:  # see _dispatch
                 self._deliver_room(f["r"], f["m"], f["x"])
         elif env.kind == "direct":
             conn = self.local.get(f["c"])

@@ -38,6 +38,7 @@ __all__ = [
     "EnvelopeError",
     "encode_message",
     "encode_envelope",
+    "envelope_prefix",
     "decode_envelope",
     "validate_id",
     "new_connection_id",
@@ -131,6 +132,12 @@ def encode_envelope(kind: str, origin: str, **fields: Any) -> bytes:
     body = {"v": PROTOCOL_VERSION, "k": kind, "o": origin, "id": str(next(_envelope_ids))}
     body.update(fields)
     return _dumps(body).encode("utf-8")
+
+
+def envelope_prefix(kind: str, origin: str) -> bytes:
+    """The bytes every envelope of ``kind`` from ``origin`` starts with (the key order is fixed):
+    a listener drops its own server's room broadcasts by this prefix without decoding them."""
+    return _dumps({"v": PROTOCOL_VERSION, "k": kind, "o": origin})[:-1].encode("utf-8") + b","
 
 
 def decode_envelope(data: bytes | str) -> Envelope:

@@ -36,8 +36,17 @@ class GeventTransport:
     mode = "gevent-websocket"
 
     def __init__(self, ws: Any) -> None:
+        from gevent import socket as gsocket
+        from geventwebsocket.exceptions import WebSocketError
+
         self._ws = ws
         self._closed = False
+        self._error = WebSocketError
+        # A plain (not TLS) gevent socket: a frame is first written with one non-blocking
+        # send on the OS socket, skipping gevent's sendall bookkeeping; what does not fit
+        # goes through sendall.
+        sock: Any = getattr(ws.raw_write, "__self__", None)
+        self._os_sock = sock._sock if type(sock) is gsocket.socket else None
         # gevent-websocket 0.10.1 answers a client's close frame that carries a reason with an
         # invalid frame (the reason's repr where the code belongs). Its WebSocket has __slots__,
         # so the fix is a slot-less subclass that answers with the client's code.
@@ -48,16 +57,23 @@ class GeventTransport:
         self._ws.send(message)  # a str goes out as a text frame
 
     def send_frame_bytes(self, frame: bytes) -> None:
-        """Write a frame built once for many sockets (:func:`dcm_sync.local.text_frame`)."""
-        from geventwebsocket.exceptions import WebSocketError
-
+        """Write a frame built once for many sockets (:func:`dcm_sync.local.text_frame`).
+        Callers serialize writes to one socket (``LocalConnection.send_lock``)."""
         ws = self._ws
         if ws.closed:
-            raise WebSocketError("socket is already closed")
+            raise self._error("socket is already closed")
         try:
+            if self._os_sock is not None:
+                try:
+                    sent = self._os_sock.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
             ws.raw_write(frame)
         except OSError as exc:
-            raise WebSocketError(f"socket is dead: {exc}") from exc
+            raise self._error(f"socket is dead: {exc}") from exc
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         from geventwebsocket.exceptions import WebSocketError

@@ -10,6 +10,7 @@ from dcm_sync.messages import (
     decode_envelope,
     encode_envelope,
     encode_message,
+    envelope_prefix,
     validate_id,
 )
 
@@ -61,3 +62,12 @@ def test_validate_id(bad: object, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         validate_id(bad, "room_id")
     assert validate_id("x" * 256, "room_id") == "x" * 256
+
+
+@pytest.mark.parametrize("origin", ["a:1:2:ff", "sérveur \"quoted\" \\ x"])
+def test_envelope_prefix_matches_own_envelopes_only(origin: str) -> None:
+    prefix = envelope_prefix("room", origin)
+    assert encode_envelope("room", origin, r="r", m="hi", x=[]).startswith(prefix)
+    assert not encode_envelope("room", origin + "x", r="r", m="hi", x=[]).startswith(prefix)
+    assert not encode_envelope("direct", origin, c="c", m="hi").startswith(prefix)
+    assert decode_envelope(encode_envelope("room", origin, r="r", m="hi", x=[])).origin == origin
