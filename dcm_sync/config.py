@@ -51,6 +51,8 @@ class Config:
     notify_on_disconnect: bool = True
     redis_timeout: float = 2.0
     subscribe_timeout: float = 2.0
+    probe_interval: float = 5.0
+    probe_timeout: float = 2.0
     authenticate: AuthenticateFn | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,9 +76,13 @@ class Config:
                 f"key_prefix {self.key_prefix!r} must be 1..64 characters of A-Z a-z 0-9 _ . : - {{ }}"
             )
         for name in ("heartbeat_interval", "heartbeat_ttl", "stale_connection_timeout",
-                     "cleanup_interval", "connection_ttl", "redis_timeout", "subscribe_timeout"):
+                     "cleanup_interval", "connection_ttl", "redis_timeout", "subscribe_timeout",
+                     "probe_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.probe_interval < 0:
+            raise ConfigError(f"probe_interval must be >= 0 (0 turns probes off), "
+                              f"got {self.probe_interval!r}")
         if self.heartbeat_ttl <= 2 * self.heartbeat_interval:
             raise ConfigError(
                 f"heartbeat_ttl ({self.heartbeat_ttl}) must be more than twice "

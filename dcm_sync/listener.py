@@ -4,10 +4,15 @@ The listener runs in its own thread (a greenlet under gevent). It owns the subsc
 ``sync_rooms`` (any thread) subscribes to a room channel while the room has local members and
 unsubscribes when it has none; after a failure it rebuilds the subscription with jittered,
 capped backoff and calls ``on_reconnect`` so the manager can write its state back.
+
+A connection can also stay open and go deaf (a stalled link, a proxy that stops forwarding).
+:meth:`Listener.probe` sends a probe to this server's own channel; when it does not come back
+in time the subscription is dropped, which makes the listener rebuild it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -47,6 +52,10 @@ class Listener:
         self._rooms: set[str] = set()
         self._worker: Worker | None = None
         self._ident: object = None
+        self._connected = False
+        self._probe_numbers = itertools.count(1)
+        self._probes: dict[int, StopFlag] = {}
+        self._received = 0  # messages read, a sign of life while a probe waits behind a backlog
         self.reconnects = 0
 
     @property
@@ -59,6 +68,7 @@ class Listener:
         try:
             confirmations = sub.subscribe([self._server_channel])
             self._sub = sub
+            self._connected = True
             self._worker = self._driver.spawn("dcm-listener", self._run)
             self._wait(confirmations, timeout)
         except BaseException:
@@ -120,13 +130,50 @@ class Listener:
                 continue
             if item is None:
                 continue
+            self._received += 1
             try:
                 self._on_message(*item)
             except Exception:
                 logger.exception("error while handling a bus message on %s", item[0])
 
+    def probe(self, send: Callable[[int], None], timeout: float) -> bool | None:
+        """Send probe number N with ``send(N)`` and wait for :meth:`probe_returned` (N). On
+        failure drop the subscription (the listener rebuilds it) and return False; None when
+        skipped because the listener is reconnecting already."""
+        with self._lock:
+            sub = self._sub if self._connected else None
+        if sub is None:
+            return None
+        number = next(self._probe_numbers)
+        arrived = self._driver.event()
+        self._probes[number] = arrived
+        received = self._received
+        try:
+            send(number)
+            ok = arrived.wait(timeout) or self._received != received
+            why = f"did not come back within {timeout:.1f}s"
+        except BackendError as exc:
+            ok, why = False, f"could not be sent ({exc})"
+        finally:
+            self._probes.pop(number, None)
+        if ok or self._stop.is_set():
+            return True
+        with self._lock:
+            if self._sub is not sub or not self._connected:
+                return None  # the listener noticed on its own meanwhile
+            self._connected = False
+            sub.close()  # wakes the listener, which rebuilds the subscription
+        logger.warning("subscription probe %s; rebuilding the subscription", why)
+        return False
+
+    def probe_returned(self, number: int) -> None:
+        arrived = self._probes.get(number)
+        if arrived is not None:
+            arrived.set()
+
     def _reconnect(self) -> None:
         with self._lock:
+            self._connected = False
             if self._sub is not None:
                 self._sub.close()
         failures = 0
@@ -141,12 +188,14 @@ class Listener:
                     sub.subscribe([self._server_channel, *("room:" + r for r in rooms)])
                     self._sub, self._rooms = sub, rooms
                 self._on_reconnect()
+                self._connected = True  # probes resume once the state is written back
             except Exception as exc:
                 if isinstance(exc, BackendError):
                     logger.info("reconnect attempt %d failed: %s", failures, exc)
                 else:
                     logger.exception("restoring state after reconnect failed; retrying")
                 with self._lock:
+                    self._connected = False
                     sub.close()
                 continue
             self.reconnects += 1
@@ -155,6 +204,7 @@ class Listener:
 
     def close(self) -> None:
         with self._lock:
+            self._connected = False
             if self._sub is not None:
                 self._sub.close()
                 self._sub = None

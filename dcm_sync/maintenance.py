@@ -19,8 +19,9 @@ from .backends import Backend, ConnectionRecord
 from .concurrency import StopFlag
 from .config import Config
 from .errors import BackendError
+from .listener import Listener
 from .local import LocalConnectionManager
-from .messages import validate_id
+from .messages import encode_envelope, validate_id
 from .models import RemovedConnection, ServerInfo
 
 __all__ = ["ClusterMaintenance", "CLEANUP_BATCH"]
@@ -40,6 +41,7 @@ class ClusterMaintenance:
     _pending_lock: threading.Lock
     _pending_removals: dict[str, tuple[RemovedConnection, str]]
     _restored_at: float
+    _listener: Listener
 
     if TYPE_CHECKING:  # provided by the manager
         def _server_info(self) -> ServerInfo: ...
@@ -78,6 +80,7 @@ class ClusterMaintenance:
 
     def _heartbeat_loop(self) -> None:
         last_refresh = time.monotonic()
+        unreachable = False  # log an outage once, not at every heartbeat
         while not self._stop.wait(self.config.heartbeat_interval):
             try:
                 if not self._backend.heartbeat(self.server_id, len(self.local),
@@ -95,8 +98,29 @@ class ClusterMaintenance:
                     ids = [c.connection_id for c in self.local.connections()]
                     self._backend.refresh_connections(ids, self.config.connection_ttl)
                     last_refresh = time.monotonic()
+                if unreachable:
+                    logger.warning("heartbeats of %s resumed", self.server_id)
+                    unreachable = False
+            except BackendError as exc:
+                if not unreachable:
+                    logger.warning("heartbeat of %s failed (%s); retrying every %.1fs",
+                                   self.server_id, exc, self.config.heartbeat_interval)
+                    unreachable = True
             except Exception:
                 logger.exception("heartbeat of %s failed", self.server_id)
+
+    def _probe_loop(self) -> None:
+        channel = f"server:{self.server_id}"
+
+        def send(number: int) -> None:
+            self._backend.publish(channel, encode_envelope("probe", self.server_id, n=number))
+
+        while not self._stop.wait(self.config.probe_interval):
+            try:
+                if self._listener.probe(send, self.config.probe_timeout) is False:
+                    self._counters["probes_failed"] += 1
+            except Exception:
+                logger.exception("subscription probe failed")
 
     def _cleanup_loop(self) -> None:
         while not self._stop.wait(self.config.cleanup_interval):

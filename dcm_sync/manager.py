@@ -98,6 +98,8 @@ class DistributedConnectionManager(ClusterMaintenance):
             self._driver.spawn("dcm-heartbeat", self._heartbeat_loop),
             self._driver.spawn("dcm-cleanup", self._cleanup_loop),
         ]
+        if self.config.probe_interval > 0:
+            self._workers.append(self._driver.spawn("dcm-probe", self._probe_loop))
 
     def is_ready(self) -> bool:
         """True while registered, subscribed and running (until :meth:`shutdown`)."""
@@ -363,10 +365,10 @@ class DistributedConnectionManager(ClusterMaintenance):
         return self._backend.stats()[2]
 
     def metrics(self) -> dict[str, int]:
-        """Counters since start: reconnects, envelopes_dropped, send_errors, connections_cleaned,
-        stale_removed, restores."""
+        """Counters since start: reconnects, probes_failed, envelopes_dropped, send_errors,
+        connections_cleaned, stale_removed, restores."""
         out = dict.fromkeys(("envelopes_dropped", "send_errors", "connections_cleaned",
-                             "stale_removed", "restores"), 0)
+                             "stale_removed", "restores", "probes_failed"), 0)
         out.update(self._counters)
         out["reconnects"] = self._listener.reconnects
         return out
@@ -406,3 +408,6 @@ class DistributedConnectionManager(ClusterMaintenance):
             self._drop_local(f["c"])
         elif env.kind == "touch":
             self.local.touch(f["c"])
+        elif env.kind == "probe":
+            if env.origin == self.server_id:
+                self._listener.probe_returned(f["n"])

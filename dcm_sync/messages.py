@@ -15,6 +15,7 @@ Kinds and their fields:
     leave   c: connection id, r: room id
     evict   c: connection id                  (already removed from shared state; close it)
     touch   c: connection id
+    probe   n: a number                       (a server to itself: proves its subscription works)
 
 An envelope that is not valid JSON, not an object, of another version, of an unknown kind or
 missing a field raises :class:`EnvelopeError`; the listener logs and drops it.
@@ -58,6 +59,7 @@ _REQUIRED: dict[str, tuple[tuple[str, type], ...]] = {
     "leave": (("c", str), ("r", str)),
     "evict": (("c", str),),
     "touch": (("c", str),),
+    "probe": (("n", int),),
 }
 KINDS = frozenset(_REQUIRED)
 

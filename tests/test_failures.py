@@ -126,7 +126,7 @@ def test_shutdown_tells_other_servers_and_stops_quickly(make_manager: Make) -> N
 def test_threads_are_named_and_gone_after_shutdown(make_manager: Make) -> None:
     a = make_manager()
     names = {w.name for w in a._workers}
-    assert names == {"dcm-listener", "dcm-heartbeat", "dcm-cleanup"}
+    assert names == {"dcm-listener", "dcm-heartbeat", "dcm-cleanup", "dcm-probe"}
     a.shutdown()
     alive = [t for t in threading.enumerate() if t.name.startswith("dcm-") and t in a._workers]
     assert alive == []

@@ -127,20 +127,24 @@ class RedisBackend:
     def __init__(self, url: str, key_prefix: str, timeout: float = 2.0) -> None:
         self.url = url
         self.key_prefix = key_prefix
-        common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        # A command gets two attempts (the second on a fresh connection, so that a connection
+        # left stale by a Redis restart costs no error) of timeout/2 each: an unreachable or
+        # stalled Redis fails the call with BackendUnavailableError within about ``timeout``.
+        attempt = timeout / 2
+        common: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt}
         try:
             # A burst of connects must wait for a pooled connection (up to ``timeout``), not
             # fail with "Too many connections" as redis-py's default pool does when full.
             pool = redis.BlockingConnectionPool.from_url(
                 url, max_connections=POOL_SIZE, timeout=timeout,
-                retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1), **common,
+                retry=Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1), **common,
             )
             self._r = redis.Redis(connection_pool=pool)
             # PUBLISH and routing (the per-message commands) go over one dedicated connection:
             # a pool checkout polls the socket first, which costs more than the command itself
             # under gevent. Connected on first use.
             self._hot_pool = redis.ConnectionPool.from_url(
-                url, max_connections=1, retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1),
+                url, max_connections=1, retry=Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1),
                 **common,
             )
             # The subscriber reports every failure at once and never reconnects by itself
@@ -150,6 +154,7 @@ class RedisBackend:
         except ValueError as exc:
             raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from exc
         self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
+        self._timeout = timeout
         self._hot_client: redis.Redis | None = None
         self._hot_lock = threading.Lock()
         p = key_prefix
@@ -164,16 +169,21 @@ class RedisBackend:
         self._heartbeat = self._r.register_script(lua.HEARTBEAT)
         self._to_server = self._r.register_script(lua.TO_LIVE_SERVER)
 
-    @property
-    def _hot(self) -> redis.Redis:
-        client = self._hot_client
-        if client is None:
-            with self._hot_lock:
-                if self._hot_client is None:
+    @contextlib.contextmanager
+    def _hot(self, what: str) -> Iterator[redis.Redis]:
+        """The dedicated connection, for one command at a time. Waiting for it is bounded too:
+        behind a stalled command, callers give up after ``timeout`` instead of queueing."""
+        with translate_errors(what):
+            if not self._hot_lock.acquire(timeout=self._timeout):
+                raise BackendUnavailableError(
+                    f"Redis did not answer within {self._timeout:.1f}s during {what}")
+            try:
+                if self._hot_client is None:  # connected on first use
                     self._hot_client = redis.Redis(connection_pool=self._hot_pool,
                                                    single_connection_client=True)
-                client = self._hot_client
-        return client
+                yield self._hot_client
+            finally:
+                self._hot_lock.release()
 
     def _k_server(self, sid: str) -> str:
         return f"{self.key_prefix}servers:{sid}"
@@ -214,10 +224,10 @@ class RedisBackend:
             pipe.execute()
 
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
-        with translate_errors("publishing to a server"):
+        with self._hot("publishing to a server") as hot:
             return bool(self._to_server(keys=[self._k_server(server_id)],
                                         args=[f"{self.key_prefix}server:{server_id}", data],
-                                        client=self._hot))
+                                        client=hot))
 
     def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
         names = sorted(rooms)
@@ -309,9 +319,9 @@ class RedisBackend:
         return self._room_op(self._leave, connection_id, room_id, caller, route)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
-        with translate_errors("routing to a connection's server"):
+        with self._hot("routing to a connection's server") as hot:
             owner = self._route(keys=[self._k_conn(connection_id)],
-                                args=[self.key_prefix, "", caller, data], client=self._hot)
+                                args=[self.key_prefix, "", caller, data], client=hot)
         return None if owner is None else _s(owner)
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
@@ -324,8 +334,8 @@ class RedisBackend:
 
     # bus
     def publish(self, channel: str, data: bytes) -> None:
-        with translate_errors("PUBLISH"):
-            self._hot.publish(self.key_prefix + channel, data)
+        with self._hot("PUBLISH") as hot:
+            hot.publish(self.key_prefix + channel, data)
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         with translate_errors("PUBLISH"):

@@ -50,8 +50,9 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                if self.client().ping():
-                    return
+                with self.client() as probe:  # closed: tests count Redis's clients
+                    if probe.ping():
+                        return
             except redis.RedisError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING")

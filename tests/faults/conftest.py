@@ -1,0 +1,53 @@
+"""A Redis of the test's own, a proxy in front of it, and in-process managers made on either."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
+from tests.conftest import FAST
+from tests.helpers.proxy import TcpProxy
+from tests.helpers.redis_server import RedisServer
+
+Make = Callable[..., DistributedConnectionManager]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis for this test alone (CLIENT KILL and cleanups touch no other test)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def proxy(own_redis: RedisServer) -> Iterator[TcpProxy]:
+    """A proxy in front of ``own_redis``; closed (every thread joined) at teardown."""
+    with TcpProxy(("127.0.0.1", own_redis.port)) as p:
+        yield p
+    assert p.threads() == [], "proxy threads left running"
+
+
+@pytest.fixture
+def make(own_redis: RedisServer, proxy: TcpProxy, prefix: str) -> Iterator[Make]:
+    """``make(url, **overrides)``: a started manager on ``url`` (the proxy's or Redis's own),
+    FAST timings and the test's key prefix; shut down at teardown, before the proxy closes."""
+    made: list[DistributedConnectionManager] = []
+
+    def make(url: str, **overrides: Any) -> DistributedConnectionManager:
+        settings: dict[str, Any] = dict(redis_url=url, key_prefix=prefix, **FAST)
+        settings.update(overrides)
+        mgr = create_distributed_connection_manager(None, Config(**settings))
+        made.append(mgr)
+        return mgr
+
+    yield make
+    proxy.resume()
+    proxy.restore()
+    proxy.latency(0)
+    for mgr in made:
+        mgr.shutdown()

@@ -1,0 +1,147 @@
+"""Redis stalled or gone under in-process managers (a real redis-server of the test's own):
+calls that need Redis fail fast with BackendUnavailableError, local delivery goes on, and
+everything comes back (once, without leaking threads or Redis connections) when Redis does."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dcm_sync import BackendUnavailableError, Config, DistributedConnectionManager
+from dcm_sync import create_distributed_connection_manager as create
+from tests.conftest import FAST
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.sockets import RecordingSocket, connect, wait_until
+
+REDIS_TIMEOUT = 1.0
+BOUND = REDIS_TIMEOUT + 1.0
+RESTARTS = 5  # what "within about redis_timeout" allows for scheduling
+
+Make = Callable[..., DistributedConnectionManager]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGCONT)
+    server.cleanup()
+
+
+@pytest.fixture
+def make(own_redis: RedisServer, prefix: str) -> Iterator[Make]:
+    made: list[DistributedConnectionManager] = []
+
+    def make(**overrides: Any) -> DistributedConnectionManager:
+        settings: dict[str, Any] = dict(redis_url=own_redis.url, key_prefix=prefix, **FAST,
+                                        redis_timeout=REDIS_TIMEOUT, probe_interval=0.2,
+                                        probe_timeout=0.5)
+        settings.update(overrides)
+        mgr = create(None, Config(**settings))
+        made.append(mgr)
+        return mgr
+
+    yield make
+    for mgr in made:
+        mgr.shutdown()
+
+
+def timed(call: Callable[[], object]) -> float:
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailableError):
+        call()
+    return time.monotonic() - start
+
+
+def deliver_until(sender: DistributedConnectionManager, room: str, ws: RecordingSocket,
+                  timeout: float = 15.0) -> None:
+    """Broadcast numbered messages until one reaches ``ws`` (the bus may still be reconnecting)."""
+    deadline = time.monotonic() + timeout
+    for n in range(10_000):
+        try:
+            sender.broadcast_to_room(room, {"probe": n})
+        except BackendUnavailableError:
+            pass
+        if any(f.startswith('{"probe":') for f in list(ws.frames)):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no broadcast reached the socket within {timeout}s")
+
+
+def test_stalled_redis_fails_calls_fast_and_local_delivery_goes_on(own_redis: RedisServer,
+                                                                   make: Make) -> None:
+    a, b = make(), make()
+    ca, wa = connect(a, "alice", "lobby")
+    ca2, wa2 = connect(a, "ann", "lobby")
+    cb, wb = connect(b, "bob", "lobby")
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)  # Redis accepts nothing, answers nothing
+    try:
+        assert timed(lambda: a.broadcast_to_room("lobby", {"n": 1})) < BOUND
+        assert {"n": 1} in wa.messages() and {"n": 1} in wa2.messages()  # local members have it
+        assert a.send_to_connection(ca2, "local direct") is True  # no Redis needed
+        assert wa2.frames[-1] == "local direct"
+        assert timed(lambda: a.send_to_connection(cb, "remote direct")) < BOUND
+        # many callers at once: each gives up within the bound, none queues behind the others
+        times: list[float] = []
+        threads = [threading.Thread(target=lambda: times.append(
+            timed(lambda: a.broadcast_to_room("lobby", "x"))), daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10 * BOUND)
+        assert len(times) == 8 and max(times) < BOUND, times
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+    deliver_until(b, "lobby", wa)
+    deliver_until(a, "lobby", wb)
+    assert wb.frames.count("remote direct") == 0  # a failed call sent nothing later
+
+
+def test_redis_restarts_empty_five_times_without_duplicates_or_leaks(own_redis: RedisServer,
+                                                                      prefix: str, make: Make) -> None:
+    a, b = make(), make()
+    ca, wa = connect(a, "alice", "lobby", "games")
+    cb, wb = connect(b, "bob", "lobby")
+    deliver_until(a, "lobby", wb)
+    deliver_until(b, "lobby", wa)
+    time.sleep(0.3)  # a few heartbeats, probes and cleanups: every loop has used its connection
+    threads_before = threading.active_count()
+    clients_before = _clients(own_redis)
+    for _ in range(RESTARTS):
+        own_redis.restart()
+        r = own_redis.client()
+        wait_until(lambda: own_redis.client().scard(f"{prefix}rooms:lobby") == 2, timeout=15)
+        wb.frames.clear()
+        wa.frames.clear()
+        deliver_until(a, "lobby", wb)
+        deliver_until(b, "lobby", wa)
+        assert {s.server_id for s in a.get_active_servers()} == {a.server_id, b.server_id}
+        assert {x.decode() for x in r.smembers(f"{prefix}index:servers")} == {a.server_id, b.server_id}
+        assert r.smembers(f"{prefix}rooms:games") == {ca.encode()}
+        assert r.hget(f"{prefix}connections:{cb}", "serverId") == b.server_id.encode()
+    assert a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1
+    r.close()  # the test's own connection
+    time.sleep(0.3)
+    assert threading.active_count() == threads_before
+    # the same connections as before the restarts (subscription, publish connection, the
+    # pooled ones the loops use), none left behind by the reconnects; none after shutdown
+    assert _clients(own_redis) <= clients_before
+    a.shutdown()
+    b.shutdown()
+    assert _clients(own_redis) == 0
+
+
+def _clients(server: RedisServer) -> int:
+    """Connections to Redis other than the test's own."""
+    with server.client() as r:
+        return sum(1 for c in r.client_list() if c["cmd"] != "client|list")
