@@ -46,6 +46,7 @@ class DistributedWebSockets:
         self._authenticate: Authenticator | None = None
         self._states: dict[Flask, AppState] = {}
         self._health: Blueprint | None = None
+        self._metrics: Blueprint | None = None
         if app is not None:
             self.init_app(app)
 
@@ -136,6 +137,16 @@ class DistributedWebSockets:
 
             self._health = bp
         return self._health
+
+    @property
+    def metrics_blueprint(self) -> Blueprint:
+        """``GET <prefix>/metrics``: this process's manager in the Prometheus text format.
+        Needs the ``metrics`` extra (``ImportError`` without it)."""
+        if self._metrics is None:
+            from .metrics import make_metrics_blueprint
+
+            self._metrics = make_metrics_blueprint(lambda: self.manager)
+        return self._metrics
 
     # ----------------------------------------------------------------- serving
     def _judge(self, state: AppState, environ: dict[str, Any]) -> Verdict:
