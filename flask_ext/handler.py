@@ -22,8 +22,22 @@ from .extension import PRECHECK_HEADER, PRECHECK_KEY
 
 __all__ = ["DCMWebSocketHandler"]
 
+#: pywsgi reads each connection through an 8 KiB buffer, which a WebSocket keeps for its whole
+#: life: most of what an idle socket costs. 1 KiB reads request lines and frames just as well
+#: (a read bigger than the buffer bypasses it).
+READ_BUFFER_BYTES = 1024
+
 
 class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
+    rfile: Any  # set by pywsgi's WSGIHandler
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        super().__init__(sock, address, server, rfile)
+        if rfile is None:
+            default = self.rfile
+            self.rfile = sock.makefile("rb", READ_BUFFER_BYTES)
+            default.close()  # nothing was read through it yet
+
     def run_application(self) -> Any:
         env = self.environ
         if (env.get("REQUEST_METHOD") == "GET"

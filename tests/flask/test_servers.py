@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -139,10 +140,11 @@ def _clients_on_distinct_workers(server: Server, count: int = 2) -> list[Client]
     """Connect until ``count`` clients sit on different worker processes (bounded tries)."""
     by_server: dict[str, Client] = {}
     extra: list[Client] = []
-    for i in range(40):
+    for i in range(100):
         c = Client(server.ws_url(), f"user{i}")
         if c.server_id in by_server:
             extra.append(c)
+            time.sleep(0.02)  # a busy machine may keep the other worker from accepting first
         else:
             by_server[c.server_id] = c
         if len(by_server) == count:
