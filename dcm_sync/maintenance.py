@@ -29,6 +29,7 @@ __all__ = ["ClusterMaintenance", "CLEANUP_BATCH"]
 logger = logging.getLogger(__name__)
 
 CLEANUP_BATCH = 1000
+IDLE_CLOSE_SECONDS = 10.0  # how often pooled Redis connections that nothing uses are closed
 
 
 class ClusterMaintenance:
@@ -79,7 +80,7 @@ class ClusterMaintenance:
         return count
 
     def _heartbeat_loop(self) -> None:
-        last_refresh = time.monotonic()
+        last_refresh = last_idle_close = time.monotonic()
         unreachable = False  # log an outage once, not at every heartbeat
         while not self._stop.wait(self.config.heartbeat_interval):
             try:
@@ -98,6 +99,10 @@ class ClusterMaintenance:
                     ids = [c.connection_id for c in self.local.connections()]
                     self._backend.refresh_connections(ids, self.config.connection_ttl)
                     last_refresh = time.monotonic()
+                if time.monotonic() - last_idle_close >= IDLE_CLOSE_SECONDS:
+                    # a burst of calls grew the pool; do not keep its connections for good
+                    self._backend.close_idle()
+                    last_idle_close = time.monotonic()
                 if unreachable:
                     logger.warning("heartbeats of %s resumed", self.server_id)
                     unreachable = False

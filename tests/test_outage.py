@@ -145,3 +145,29 @@ def _clients(server: RedisServer) -> int:
     """Connections to Redis other than the test's own."""
     with server.client() as r:
         return sum(1 for c in r.client_list() if c["cmd"] != "client|list")
+
+
+def test_a_burst_of_calls_does_not_keep_its_redis_connections(
+        own_redis: RedisServer, make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dcm_sync.maintenance.IDLE_CLOSE_SECONDS", 0.5)
+    a = make()
+    ids = [connect(a, f"u{i}")[0] for i in range(20)]
+    time.sleep(1.0)  # an idle close has run
+    baseline = _clients(own_redis)
+    start = threading.Barrier(len(ids))
+    peak: list[int] = []
+
+    def churn(cid: str) -> None:
+        start.wait(5)
+        for k in range(30):
+            a.join_room(cid, f"room-{k % 3}")
+            a.leave_room(cid, f"room-{k % 3}")
+        peak.append(_clients(own_redis))
+
+    threads = [threading.Thread(target=churn, args=(cid,), daemon=True) for cid in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert max(peak) > baseline  # the burst did open more connections
+    wait_until(lambda: _clients(own_redis) <= baseline, timeout=5)

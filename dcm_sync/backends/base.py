@@ -122,6 +122,11 @@ class Backend(Protocol):
         """Seconds to wait before reconnect attempt number ``failures`` (jittered, capped)."""
         ...
 
+    def close_idle(self) -> None:
+        """Close pooled connections that no call is using (they reopen on demand), so that a
+        burst does not keep its connections open for good."""
+        ...
+
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
         """Publish to a live server's channel in one step; False (nothing sent) if it is not live."""
         ...

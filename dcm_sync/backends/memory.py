@@ -289,6 +289,9 @@ class MemoryBackend:
     def retry_delay(self, failures: int) -> float:
         return min(1.0, 0.05 * failures)
 
+    def close_idle(self) -> None:
+        pass  # nothing pooled
+
     def subscription(self) -> _MemorySubscription:
         return _MemorySubscription(self._s)
 

@@ -348,6 +348,12 @@ class RedisBackend:
     def retry_delay(self, failures: int) -> float:
         return self._backoff.compute(failures)
 
+    def close_idle(self) -> None:
+        try:
+            self._r.connection_pool.disconnect(inuse_connections=False)
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("closing idle Redis connections: %s", exc)
+
     def subscription(self) -> _RedisSubscription:
         return _RedisSubscription(self._sub_client, self.key_prefix)
 
