@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +37,37 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis for this test alone: it may be restarted, paused (SIGSTOP) or have its clients
+    killed without touching any other test."""
+    server = RedisServer()
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGCONT)  # a test that failed while it was paused
+    server.cleanup()
+
+
+class Managers:
+    """Started managers with the FAST timings, the test's key prefix and ``defaults``;
+    ``managers(**overrides)`` makes one, :meth:`shutdown_all` stops every one made."""
+
+    def __init__(self, prefix: str, **defaults: Any) -> None:
+        self.settings: dict[str, Any] = dict(key_prefix=prefix, **FAST)
+        self.settings.update(defaults)
+        self.made: list[DistributedConnectionManager] = []
+
+    def __call__(self, **overrides: Any) -> DistributedConnectionManager:
+        mgr = create_distributed_connection_manager(None, Config(**{**self.settings, **overrides}))
+        self.made.append(mgr)
+        return mgr
+
+    def shutdown_all(self) -> None:
+        for mgr in self.made:
+            mgr.shutdown()
+
+
+@pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
 
@@ -50,15 +82,6 @@ def backend_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_manager(backend_url: str, prefix: str) -> Iterator[Callable[..., DistributedConnectionManager]]:
-    made: list[DistributedConnectionManager] = []
-
-    def make(**overrides: Any) -> DistributedConnectionManager:
-        settings: dict[str, Any] = dict(redis_url=backend_url, key_prefix=prefix, **FAST)
-        settings.update(overrides)
-        mgr = create_distributed_connection_manager(None, Config(**settings))
-        made.append(mgr)
-        return mgr
-
-    yield make
-    for mgr in made:
-        mgr.shutdown()
+    managers = Managers(prefix, redis_url=backend_url)
+    yield managers
+    managers.shutdown_all()

@@ -8,49 +8,27 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from dcm_sync import BackendUnavailableError, Config, DistributedConnectionManager
-from dcm_sync import create_distributed_connection_manager as create
-from tests.conftest import FAST
+from dcm_sync import BackendUnavailableError, DistributedConnectionManager
+from tests.conftest import Managers
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import RecordingSocket, connect, wait_until
 
 REDIS_TIMEOUT = 1.0
-BOUND = REDIS_TIMEOUT + 1.0
-RESTARTS = 5  # what "within about redis_timeout" allows for scheduling
+BOUND = REDIS_TIMEOUT + 1.0  # what "within about redis_timeout" allows for scheduling
+RESTARTS = 5
 
 Make = Callable[..., DistributedConnectionManager]
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGCONT)
-    server.cleanup()
-
-
-@pytest.fixture
 def make(own_redis: RedisServer, prefix: str) -> Iterator[Make]:
-    made: list[DistributedConnectionManager] = []
-
-    def make(**overrides: Any) -> DistributedConnectionManager:
-        settings: dict[str, Any] = dict(redis_url=own_redis.url, key_prefix=prefix, **FAST,
-                                        redis_timeout=REDIS_TIMEOUT, probe_interval=0.2,
-                                        probe_timeout=0.5)
-        settings.update(overrides)
-        mgr = create(None, Config(**settings))
-        made.append(mgr)
-        return mgr
-
-    yield make
-    for mgr in made:
-        mgr.shutdown()
+    managers = Managers(prefix, redis_url=own_redis.url, redis_timeout=REDIS_TIMEOUT,
+                        probe_interval=0.2, probe_timeout=0.5)
+    yield managers
+    managers.shutdown_all()
 
 
 def timed(call: Callable[[], object]) -> float:

@@ -74,14 +74,6 @@ def test_new_counters_appear_without_code_changes(make_manager: Make,
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
 def on_own_redis(own_redis: RedisServer, prefix: str) -> Iterator[DistributedConnectionManager]:
     settings: dict[str, Any] = dict(redis_url=own_redis.url, key_prefix=prefix, redis_timeout=0.5,
                                     **FAST)

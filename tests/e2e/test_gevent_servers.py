@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import websocket
@@ -165,15 +165,6 @@ def test_sigterm_stops_a_server_gracefully(redis_server: RedisServer, prefix: st
     assert a.wait_stats(lambda s: s["active_servers"] == 1)["total_connections"] == 1
     flush(alice, "lobby")
     assert len(alice.matching(is_departure(bob.cid))) == 1
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis for this test alone: it gets restarted."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def test_servers_recover_after_redis_restart(own_redis: RedisServer, prefix: str, launch: Launch,

@@ -7,21 +7,12 @@ from typing import Any
 
 import pytest
 
-from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
-from tests.conftest import FAST
+from dcm_sync import DistributedConnectionManager
+from tests.conftest import Managers
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis_server import RedisServer
 
 Make = Callable[..., DistributedConnectionManager]
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis for this test alone (CLIENT KILL and cleanups touch no other test)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture
@@ -36,18 +27,13 @@ def proxy(own_redis: RedisServer) -> Iterator[TcpProxy]:
 def make(own_redis: RedisServer, proxy: TcpProxy, prefix: str) -> Iterator[Make]:
     """``make(url, **overrides)``: a started manager on ``url`` (the proxy's or Redis's own),
     FAST timings and the test's key prefix; shut down at teardown, before the proxy closes."""
-    made: list[DistributedConnectionManager] = []
+    managers = Managers(prefix)
 
     def make(url: str, **overrides: Any) -> DistributedConnectionManager:
-        settings: dict[str, Any] = dict(redis_url=url, key_prefix=prefix, **FAST)
-        settings.update(overrides)
-        mgr = create_distributed_connection_manager(None, Config(**settings))
-        made.append(mgr)
-        return mgr
+        return managers(redis_url=url, **overrides)
 
     yield make
     proxy.resume()
     proxy.restore()
     proxy.latency(0)
-    for mgr in made:
-        mgr.shutdown()
+    managers.shutdown_all()
