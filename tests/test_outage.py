@@ -17,7 +17,7 @@ from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import RecordingSocket, connect, wait_until
 
 REDIS_TIMEOUT = 1.0
-BOUND = REDIS_TIMEOUT + 1.0  # what "within about redis_timeout" allows for scheduling
+BOUND = REDIS_TIMEOUT + 0.5  # what "within about redis_timeout" allows for scheduling
 RESTARTS = 5
 
 Make = Callable[..., DistributedConnectionManager]

@@ -133,10 +133,10 @@ class RedisBackend:
         attempt = timeout / 2
         common: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt}
         try:
-            # A burst of connects must wait for a pooled connection (up to ``timeout``), not
+            # A burst of calls must wait for a pooled connection (up to ``timeout``/2), not
             # fail with "Too many connections" as redis-py's default pool does when full.
             pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=POOL_SIZE, timeout=timeout,
+                url, max_connections=POOL_SIZE, timeout=attempt,
                 retry=Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1), **common,
             )
             self._r = redis.Redis(connection_pool=pool)
@@ -157,6 +157,7 @@ class RedisBackend:
         self._timeout = timeout
         self._hot_client: redis.Redis | None = None
         self._hot_lock = threading.Lock()
+        self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         p = key_prefix
         self._k_servers_index = p + "index:servers"
         self._k_rooms_index = p + "index:rooms"
@@ -171,19 +172,27 @@ class RedisBackend:
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:
-        """The dedicated connection, for one command at a time. Waiting for it is bounded too:
-        behind a stalled command, callers give up after ``timeout`` instead of queueing."""
-        with translate_errors(what):
-            if not self._hot_lock.acquire(timeout=self._timeout):
+        """The dedicated connection, for one command at a time. A caller that waited for it
+        while the command before failed for want of Redis fails at once: behind a stalled
+        Redis no caller takes longer than about ``timeout``, however many wait."""
+        start = time.monotonic()
+        if not self._hot_lock.acquire(timeout=self._timeout):
+            raise BackendUnavailableError(
+                f"Redis did not answer within {self._timeout:.1f}s during {what}")
+        try:
+            if self._hot_failed_at > start:
                 raise BackendUnavailableError(
-                    f"Redis did not answer within {self._timeout:.1f}s during {what}")
-            try:
+                    f"Redis unreachable during {what}: the call before this one failed")
+            with translate_errors(what):
                 if self._hot_client is None:  # connected on first use
                     self._hot_client = redis.Redis(connection_pool=self._hot_pool,
                                                    single_connection_client=True)
                 yield self._hot_client
-            finally:
-                self._hot_lock.release()
+        except BackendUnavailableError:
+            self._hot_failed_at = time.monotonic()
+            raise
+        finally:
+            self._hot_lock.release()
 
     def _k_server(self, sid: str) -> str:
         return f"{self.key_prefix}servers:{sid}"
