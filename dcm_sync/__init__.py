@@ -10,6 +10,7 @@ from .config import Config
 from .emitter import Emitter
 from .errors import (
     AuthenticationError,
+    BackendAuthenticationError,
     BackendError,
     BackendUnavailableError,
     ConfigError,
@@ -41,5 +42,6 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BackendUnavailableError",
+    "BackendAuthenticationError",
     "__version__",
 ]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .errors import ConfigError
+from .messages import signing_key_bytes
 
-__all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES"]
+__all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES", "redact_url"]
 
 AuthenticateFn = Callable[[Any, str], Any]
 """``authenticate(auth_token, user_id)``: a falsy result refuses the connection."""
@@ -37,6 +38,7 @@ class Config:
     """
 
     redis_url: str = "memory://"
+    redis_ca_file: str | None = None
     server_host: str = "127.0.0.1"
     server_port: int = 3000
     server_id: str | None = None
@@ -48,23 +50,32 @@ class Config:
     connection_ttl: float = 3600.0
     max_connections: int = 10_000
     max_message_bytes: int = 1024 * 1024
+    send_queue_max_messages: int = 1000
+    send_queue_max_bytes: int = 1024 * 1024
     notify_on_disconnect: bool = True
     redis_timeout: float = 2.0
     subscribe_timeout: float = 2.0
     probe_interval: float = 5.0
     probe_timeout: float = 2.0
+    signing_keys: Sequence[str | bytes] = field(default=(), repr=False)
     authenticate: AuthenticateFn | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if f.name != "authenticate":
+            if f.repr:  # secrets and callables are checked below, never echoed in an error
                 _check_type(f.name, getattr(self, f.name), f.type)
         scheme = urlsplit(self.redis_url).scheme
         if scheme not in SUPPORTED_SCHEMES:
             raise ConfigError(
-                f"redis_url {self.redis_url!r}: scheme must be one of "
+                f"redis_url {redact_url(self.redis_url)!r}: scheme must be one of "
                 f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
             )
+        if self.redis_ca_file is not None:
+            if scheme != "rediss":
+                raise ConfigError("redis_ca_file is set but redis_url is not rediss://, "
+                                  "so the connection to Redis would not use TLS")
+            if not (os.path.isfile(self.redis_ca_file) and os.access(self.redis_ca_file, os.R_OK)):
+                raise ConfigError(f"redis_ca_file {self.redis_ca_file!r}: no such readable file")
         if not self.server_host:
             raise ConfigError("server_host must not be empty")
         if not 0 <= self.server_port <= 65535:
@@ -80,6 +91,8 @@ class Config:
                      "probe_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.send_queue_max_messages < 1 or self.send_queue_max_bytes < 1:
+            raise ConfigError("send_queue_max_messages and send_queue_max_bytes must be >= 1")
         if self.probe_interval < 0:
             raise ConfigError(f"probe_interval must be >= 0 (0 turns probes off), "
                               f"got {self.probe_interval!r}")
@@ -97,6 +110,12 @@ class Config:
             raise ConfigError("max_message_bytes must be >= 64")
         if self.authenticate is not None and not callable(self.authenticate):
             raise ConfigError("authenticate must be callable or None")
+        object.__setattr__(self, "signing_keys", _signing_keys(self.signing_keys))
+
+    def __repr__(self) -> str:  # the dataclass's, but never with the URL's password
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        shown["redis_url"] = redact_url(self.redis_url)
+        return f"Config({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError`."""
@@ -131,6 +150,22 @@ class Config:
         return (base or cls()).replace(**parsed)
 
 
+def redact_url(url: str) -> str:
+    """``url`` for messages and logs: its password (``user:PASSWORD@``, ``?password=``) as ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}" if at and ":" in userinfo else None
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(k, "***" if "password" in k.lower() else v) for k, v in pairs]
+    if netloc is None and hidden == pairs:
+        return url
+    query = urlencode(hidden, safe="*/") if hidden != pairs else parts.query
+    return f"{parts.scheme}://{netloc or parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
 def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config))
 
@@ -146,6 +181,8 @@ def parse_value(name: str, text: str) -> Any:
     """Parse the text form of field ``name`` (from the environment or a config file)."""
     kind = _field_type(name)
     text = text.strip()
+    if kind.startswith("Sequence["):  # comma-separated
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     try:
         if kind.startswith("bool"):
             low = text.lower()
@@ -181,3 +218,17 @@ def _check_type(name: str, value: Any, kind: Any) -> None:
     }.get(base, True)
     if not ok:
         raise ConfigError(f"{name} must be {base}, got {type(value).__name__} {value!r}")
+
+
+def _signing_keys(keys: object) -> tuple[str | bytes, ...]:
+    """``keys`` as a tuple of str/bytes, each long enough; the keys never appear in errors."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)) or not isinstance(keys, (list, tuple)):
+        raise ConfigError(f"signing_keys must be a list or tuple of keys, got {type(keys).__name__}")
+    out: list[str | bytes] = []
+    for i, key in enumerate(keys):
+        try:
+            raw = signing_key_bytes(key)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"signing_keys[{i}]: {exc}") from None
+        out.append(key if isinstance(key, str) else raw)
+    return tuple(out)

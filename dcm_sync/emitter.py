@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .backends import open_backend
 from .config import Config
 from .errors import DCMError
-from .messages import encode_envelope, encode_message, exclusions, new_id, validate_id
+from .messages import (
+    EnvelopeSigner,
+    encode_envelope,
+    encode_message,
+    exclusions,
+    new_id,
+    validate_id,
+)
 from .models import DistributedStats
 
 __all__ = ["Emitter"]
@@ -18,15 +25,22 @@ class Emitter:
     """Publishes to rooms and connections; registers no server and runs no background loop.
 
     ``Emitter("redis://127.0.0.1:6379/0", key_prefix="dcm:")`` must use the servers' URL and
-    prefix. Use it as a context manager, or call :meth:`close`.
+    prefix, and their ``signing_keys`` when they sign (only the first key is used here);
+    ``ca_file`` is their ``redis_ca_file``.
+    Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, redis_url: str, key_prefix: str = "dcm:",
-                 max_message_bytes: int = 1024 * 1024, timeout: float = 2.0) -> None:
+                 max_message_bytes: int = 1024 * 1024, timeout: float = 2.0,
+                 signing_keys: Sequence[str | bytes] = (), ca_file: str | None = None) -> None:
         cfg = Config(redis_url=redis_url, key_prefix=key_prefix,
-                     max_message_bytes=max_message_bytes, redis_timeout=timeout)
+                     max_message_bytes=max_message_bytes, redis_timeout=timeout,
+                     signing_keys=signing_keys, redis_ca_file=ca_file)
         self._max = cfg.max_message_bytes
-        self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout)
+        self._signer = (EnvelopeSigner(cfg.signing_keys, cfg.key_prefix)
+                        if cfg.signing_keys else None)
+        self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout,
+                                     ca_file=cfg.redis_ca_file)
         self.origin = f"emitter:{new_id()}"
         self._closed = False
 
@@ -37,15 +51,14 @@ class Emitter:
         validate_id(room_id, "room_id")
         text = encode_message(message, self._max)
         skip = sorted(exclusions(exclude))
-        self._backend.publish(f"room:{room_id}",
-                              encode_envelope("room", self.origin, r=room_id, m=text, x=skip))
+        self._backend.publish(f"room:{room_id}", self._envelope("room", r=room_id, m=text, x=skip))
 
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection; False if no server knows it."""
         self._check_open()
         validate_id(connection_id, "connection_id")
         text = encode_message(message, self._max)
-        data = encode_envelope("direct", self.origin, c=connection_id, m=text)
+        data = self._envelope("direct", c=connection_id, m=text)
         return self._backend.route(connection_id, self.origin, data) is not None
 
     def get_distributed_stats(self) -> DistributedStats:
@@ -58,6 +71,10 @@ class Emitter:
         if not self._closed:
             self._closed = True
             self._backend.close()
+
+    def _envelope(self, kind: str, **fields: Any) -> bytes:
+        data = encode_envelope(kind, self.origin, **fields)
+        return self._signer.sign(data) if self._signer else data
 
     def _check_open(self) -> None:
         if self._closed:

@@ -10,6 +10,7 @@ Every error the library raises on purpose derives from :class:`DCMError`::
      ├── AuthenticationError                    Config.authenticate refused a token
      └── BackendError                           the coordinator (Redis) failed
           └── BackendUnavailableError           it could not be reached in time
+               └── BackendAuthenticationError   it refused the credentials (Redis ACL / password)
 
 Wrong argument types raise the builtin ``TypeError``; malformed ids raise ``ValueError``.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BackendUnavailableError",
+    "BackendAuthenticationError",
 ]
 
 
@@ -61,3 +63,9 @@ class BackendError(DCMError):
 
 class BackendUnavailableError(BackendError):
     """The coordination backend could not be reached within the configured time."""
+
+
+class BackendAuthenticationError(BackendUnavailableError):
+    """The coordination backend refused the credentials (wrong Redis user or password).
+
+    Not :class:`AuthenticationError`, which is about a client's token."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import ConnectionLimitError
+from .outbox import FrameSocket, Outbox, SendPolicy
 
 __all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike", "text_frame"]
 
@@ -32,9 +33,9 @@ class WebSocketLike(Protocol):
 def text_frame(text: str) -> bytes:
     """The RFC 6455 frame a server sends for ``text`` (one final, unmasked text frame).
 
-    A room broadcast builds it once for all local members whose socket has
-    ``send_frame_bytes(frame)`` (the Flask extension's gevent-websocket transport does);
-    other sockets get ``send(text)``.
+    A room broadcast builds it once for all local members whose socket shares frames
+    (:class:`~dcm_sync.outbox.FrameSocket` with ``shares_frames``: the Flask extension's
+    gevent-websocket transport); other sockets encode ``text`` themselves.
     """
     payload = text.encode("utf-8")
     n = len(payload)
@@ -58,29 +59,46 @@ class LocalConnection:
     last_activity: float = field(default_factory=time.monotonic)
     rooms: set[str] = field(default_factory=set)
     send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    policy: SendPolicy = field(default_factory=SendPolicy, repr=False)
 
     def __post_init__(self) -> None:
-        self.takes_frames = callable(getattr(self.ws, "send_frame_bytes", None))
+        ws = self.ws
+        self.outbox = (Outbox(ws, self.policy, self.connection_id, self.send_lock)
+                       if isinstance(ws, FrameSocket) else None)
+        self.takes_frames = self.outbox is not None and self.outbox.shares_frames
 
-    def send(self, text: str, frame: bytes | None = None) -> None:
-        """Send one text frame; concurrent senders to one socket take turns. ``frame`` is
-        :func:`text_frame` of ``text`` when the caller built it already (a room broadcast)."""
-        with self.send_lock:
-            if frame is not None and self.takes_frames:
-                self.ws.send_frame_bytes(frame)  # type: ignore[attr-defined]
-            else:
+    def send(self, text: str, frame: bytes | None = None) -> bool:
+        """Send one text message; False if the socket's outbox is full (a slow consumer: the
+        caller cuts it). ``frame`` is :func:`text_frame` of ``text`` when the caller built it
+        already (a room broadcast). Sockets without an outbox are written here, in turn."""
+        outbox = self.outbox
+        if outbox is None:
+            with self.send_lock:
                 self.ws.send(text)
+            return True
+        return outbox.put(text, frame)
+
+    def close(self, code: int = 1000, reason: str = "", slow: bool = False) -> None:
+        """Close the socket after what its outbox holds (``slow``: dropping it), without
+        waiting for the client; sockets without an outbox get ``ws.close()``."""
+        if self.outbox is not None:
+            self.outbox.close(code, reason, drop=slow)
+        else:
+            self.ws.close()
 
 
 class LocalConnectionManager:
     """Sockets of this process, their rooms, and their last activity, behind one lock."""
 
-    def __init__(self, max_connections: int = 10_000) -> None:
+    def __init__(self, max_connections: int = 10_000, send_policy: SendPolicy | None = None) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise TypeError("max_connections must be int")
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.max_connections = max_connections
+        #: outbox limits and hooks of the sockets added from now on (the distributed manager
+        #: sets them from its Config)
+        self.send_policy = send_policy or SendPolicy()
         self._lock = threading.RLock()
         self._conns: dict[str, LocalConnection] = {}
         self._rooms: dict[str, set[str]] = {}
@@ -101,7 +119,7 @@ class LocalConnectionManager:
                 )
             if connection_id in self._conns:
                 raise ValueError(f"connection {connection_id!r} is already registered")
-            conn = LocalConnection(connection_id, ws, user_id)
+            conn = LocalConnection(connection_id, ws, user_id, policy=self.send_policy)
             self._conns[connection_id] = conn
             return conn
 

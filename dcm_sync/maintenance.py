@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .backends import Backend, ConnectionRecord
 from .concurrency import StopFlag
@@ -21,7 +21,7 @@ from .config import Config
 from .errors import BackendError
 from .listener import Listener
 from .local import LocalConnectionManager
-from .messages import encode_envelope, validate_id
+from .messages import validate_id
 from .models import RemovedConnection, ServerInfo
 
 __all__ = ["ClusterMaintenance", "CLEANUP_BATCH"]
@@ -53,6 +53,8 @@ class ClusterMaintenance:
                            local: bool = True) -> list[tuple[str, bytes]]: ...
 
         def _publish_quietly(self, items: list[tuple[str, bytes]]) -> None: ...
+
+        def _envelope(self, kind: str, **fields: Any) -> bytes: ...
 
     def handle_server_failure(self, server_id: str) -> int:
         """Clean up a dead server's connections and tell their rooms (reason ``server-failure``).
@@ -118,7 +120,7 @@ class ClusterMaintenance:
         channel = f"server:{self.server_id}"
 
         def send(number: int) -> None:
-            self._backend.publish(channel, encode_envelope("probe", self.server_id, n=number))
+            self._backend.publish(channel, self._envelope("probe", n=number))
 
         while not self._stop.wait(self.config.probe_interval):
             try:

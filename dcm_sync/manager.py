@@ -23,8 +23,11 @@ from .listener import Listener
 from .local import LocalConnection, LocalConnectionManager, WebSocketLike, text_frame
 from .maintenance import ClusterMaintenance
 from .messages import (
+    SIGNED_HEADER_LENGTH,
     Envelope,
     EnvelopeError,
+    EnvelopeSigner,
+    SignatureError,
     decode_envelope,
     disconnect_notice,
     encode_envelope,
@@ -35,6 +38,7 @@ from .messages import (
     validate_id,
 )
 from .models import DistributedStats, RemovedConnection, ServerInfo
+from .outbox import SendPolicy
 
 __all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
 
@@ -42,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ServerMessageHandler = Callable[[str, Any], None]
 STOP_SECONDS = 1.0
+SLOW_CONSUMER_CODE = 1013  # "try again later": the client fell too far behind
 ID_ATTEMPTS = 5
 
 
@@ -63,8 +68,11 @@ class DistributedConnectionManager(ClusterMaintenance):
         self.server_id: str = config.server_id or default_server_id(config.server_host,
                                                                     config.server_port)
         self._backend = backend or open_backend(config.redis_url, config.key_prefix,
-                                                timeout=config.redis_timeout)
+                                                timeout=config.redis_timeout,
+                                                ca_file=config.redis_ca_file)
         self._driver: Driver = get_driver()
+        local.send_policy = SendPolicy(config.send_queue_max_messages, config.send_queue_max_bytes,
+                                       spawn=self._driver.spawn, on_error=self._write_failed)
         self._stop: StopFlag = self._driver.event()
         self._handlers: list[ServerMessageHandler] = []
         self._workers: list[Worker] = []
@@ -77,6 +85,9 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._restored_at = 0.0
         self._counters: Counter[str] = Counter()
         self._own_room_prefix = envelope_prefix("room", self.server_id)
+        self._signer = (EnvelopeSigner(config.signing_keys, config.key_prefix)
+                        if config.signing_keys else None)
+        self._body_at = SIGNED_HEADER_LENGTH if self._signer else 0  # where the JSON body starts
         self._listener = Listener(
             self._backend, self._driver, self._stop, f"server:{self.server_id}",
             has_local_members=self.local.has_members,
@@ -146,6 +157,11 @@ class DistributedConnectionManager(ClusterMaintenance):
         if self._closed:
             raise DCMError("this manager is shut down")
 
+    def _envelope(self, kind: str, **fields: Any) -> bytes:
+        """An envelope from this server, signed when ``config.signing_keys`` is set."""
+        data = encode_envelope(kind, self.server_id, **fields)
+        return self._signer.sign(data) if self._signer else data
+
     def _server_info(self) -> ServerInfo:
         return ServerInfo(self.server_id, self.config.server_host, self.config.server_port,
                           os.getpid(), time.time(), len(self.local))
@@ -192,7 +208,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         validate_id(room_id, "room_id")
         kind = "join" if join else "leave"
         local = connection_id in self.local
-        route = b"" if local else encode_envelope(kind, self.server_id, c=connection_id, r=room_id)
+        route = b"" if local else self._envelope(kind, c=connection_id, r=room_id)
         op = self._backend.join_room if join else self._backend.leave_room
         owner = op(connection_id, room_id, self.server_id, route)
         if owner is None:
@@ -213,7 +229,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         validate_id(connection_id, "connection_id")
         if self.local.touch(connection_id):
             return
-        data = encode_envelope("touch", self.server_id, c=connection_id)
+        data = self._envelope("touch", c=connection_id)
         if self._backend.route(connection_id, self.server_id, data) is None:
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
 
@@ -229,7 +245,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         items = []
         if removed.server_id != self.server_id:  # evict first: the owner closes it before notices
             items.append((f"server:{removed.server_id}",
-                          encode_envelope("evict", self.server_id, c=connection_id)))
+                          self._envelope("evict", c=connection_id)))
         self._backend.publish_many(items + self._notifications([removed], "removed"))
 
     def _remove_local(self, connection_id: str, reason: str) -> bool:
@@ -265,7 +281,7 @@ class DistributedConnectionManager(ClusterMaintenance):
     @staticmethod
     def _close_socket(conn: LocalConnection) -> None:
         try:
-            conn.ws.close()
+            conn.close()
         except Exception as exc:  # the peer may already be gone
             logger.debug("closing socket of %s: %s", conn.connection_id, exc)
 
@@ -280,8 +296,8 @@ class DistributedConnectionManager(ClusterMaintenance):
         # Publish first so that other servers see this message before any departure it causes
         # here; local members get it even when the bus is unreachable (the error is then raised).
         try:
-            self._backend.publish(f"room:{room_id}", encode_envelope(
-                "room", self.server_id, r=room_id, m=text, x=sorted(skip)))
+            self._backend.publish(f"room:{room_id}", self._envelope(
+                "room", r=room_id, m=text, x=sorted(skip)))
         finally:
             self._deliver_room(room_id, text, skip)
 
@@ -294,7 +310,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         conn = self.local.get(connection_id)
         if conn is not None:
             return self._send(conn, text)
-        data = encode_envelope("direct", self.server_id, c=connection_id, m=text)
+        data = self._envelope("direct", c=connection_id, m=text)
         return self._backend.route(connection_id, self.server_id, data) is not None
 
     def send_to_server(self, server_id: str, message: Any) -> bool:
@@ -304,7 +320,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         validate_id(server_id, "server_id")
         encode_message(message, self.config.max_message_bytes)  # type and size checks
         return self._backend.publish_to_server(
-            server_id, encode_envelope("server", self.server_id, p=message))
+            server_id, self._envelope("server", p=message))
 
     def on_server_message(self, handler: ServerMessageHandler) -> ServerMessageHandler:
         """Call ``handler(origin_server_id, message)`` for each control message to this server."""
@@ -315,13 +331,26 @@ class DistributedConnectionManager(ClusterMaintenance):
 
     def _send(self, conn: LocalConnection, text: str, frame: bytes | None = None) -> bool:
         try:
-            conn.send(text, frame)
-            return True
+            if conn.send(text, frame):
+                return True
         except Exception as exc:
-            self._counters["send_errors"] += 1
-            logger.info("send to %s failed (%s); removing it", conn.connection_id, exc)
-            self._remove_local(conn.connection_id, "removed")
+            self._write_failed(conn.connection_id, exc)
             return False
+        # its outbox is full: a client that does not read. Cut it, never wait for it.
+        self._counters["slow_consumers"] += 1
+        logger.warning("cutting slow consumer %s (user %s): its outbox is full",
+                       conn.connection_id, conn.user_id)
+        conn.close(SLOW_CONSUMER_CODE, "slow consumer", slow=True)
+        self._remove_local(conn.connection_id, "removed")
+        return False
+
+    def _write_failed(self, connection_id: str, exc: BaseException) -> None:
+        self._counters["send_errors"] += 1
+        logger.info("send to %s failed (%s); removing it", connection_id, exc)
+        try:
+            self._remove_local(connection_id, "removed")
+        except DCMError as err:  # called from a socket's writer: nobody to raise to
+            logger.warning("could not remove %s after a failed send: %s", connection_id, err)
 
     def _deliver_room(self, room_id: str, text: str, exclude: Iterable[str] = ()) -> None:
         members = self.local.members(room_id, exclude)
@@ -344,8 +373,8 @@ class DistributedConnectionManager(ClusterMaintenance):
                                       self.config.max_message_bytes)
                 if local:
                     self._deliver_room(room, text)
-                items.append((f"room:{room}", encode_envelope(
-                    "room", self.server_id, r=room, m=text, x=[r.connection_id])))
+                items.append((f"room:{room}", self._envelope(
+                    "room", r=room, m=text, x=[r.connection_id])))
         return items
 
     def _publish_quietly(self, items: list[tuple[str, bytes]]) -> None:
@@ -365,24 +394,29 @@ class DistributedConnectionManager(ClusterMaintenance):
         return self._backend.stats()[2]
 
     def metrics(self) -> dict[str, int]:
-        """Counters since start: reconnects, probes_failed, envelopes_dropped, send_errors,
-        connections_cleaned, stale_removed, restores."""
-        out = dict.fromkeys(("envelopes_dropped", "send_errors", "connections_cleaned",
-                             "stale_removed", "restores", "probes_failed"), 0)
+        """Counters since start: reconnects, probes_failed, envelopes_dropped (of which
+        signature_failures), send_errors, connections_cleaned, stale_removed, restores."""
+        out = dict.fromkeys(("envelopes_dropped", "signature_failures", "send_errors",
+                             "connections_cleaned", "stale_removed", "restores", "probes_failed",
+                             "slow_consumers"), 0)
         out.update(self._counters)
         out["reconnects"] = self._listener.reconnects
         return out
 
     # ----------------------------------------------------------------- dispatch
     def _dispatch(self, channel: str, data: bytes) -> None:
-        if data.startswith(self._own_room_prefix):
-            return  # this server's own broadcast, delivered here when it was sent
+        if data.startswith(self._own_room_prefix, self._body_at):
+            # this server's own broadcast, delivered here when it was sent (with signing on, a
+            # forgery that looks like one is dropped here too, unchecked: nothing is delivered)
+            return
         try:
-            env = decode_envelope(data)
+            env = decode_envelope(data, self._signer)
             if env.kind == "room" and channel != f"room:{env.fields['r']}":
                 raise EnvelopeError(f"room envelope for {env.fields['r']!r} arrived on {channel!r}")
         except EnvelopeError as exc:
             self._counters["envelopes_dropped"] += 1
+            if isinstance(exc, SignatureError):
+                self._counters["signature_failures"] += 1
             logger.warning("dropped a message on %s: %s", channel, exc)
             return
         self._handle(env)

@@ -41,6 +41,7 @@ COUNTER_HELP: dict[str, str] = {
     "reconnects": "Times the message listener subscribed again after losing the backend.",
     "probes_failed": "Probes of this server's own subscription that did not return in time.",
     "envelopes_dropped": "Malformed cross-server messages dropped on receipt.",
+    "signature_failures": "Cross-server messages dropped for a missing or wrong signature.",
     "send_errors": "Sends to a local socket that failed (the connection was removed).",
     "connections_cleaned": "Connections of dead servers removed by this server's cleanup.",
     "stale_removed": "Local connections removed for inactivity.",

@@ -32,7 +32,8 @@ def print_stats(stats: DistributedStats) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Broadcast a chat message to a room on every server sharing REDIS_URL.",
-        epilog="Environment: REDIS_URL (required), DCM_KEY_PREFIX (default 'dcm:').")
+        epilog="Environment: REDIS_URL (required), DCM_KEY_PREFIX (default 'dcm:'), "
+               "DCM_SIGNING_KEYS (the servers' keys, when they sign).")
     parser.add_argument("room", help="room to speak in, e.g. lobby")
     parser.add_argument("text", help="the message")
     args = parser.parse_args(argv)
@@ -44,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
               "e.g. REDIS_URL=redis://127.0.0.1:6379/0", file=sys.stderr)
         return 2
     prefix = os.environ.get("DCM_KEY_PREFIX", "dcm:")
+    keys = [k.strip() for k in os.environ.get("DCM_SIGNING_KEYS", "").split(",") if k.strip()]
     message = {"type": "message", "room": args.room, "from": "cron", "text": args.text}
     try:
-        with Emitter(url, key_prefix=prefix) as emitter:
+        with Emitter(url, key_prefix=prefix, signing_keys=keys) as emitter:
             emitter.broadcast_to_room(args.room, message)
             stats = emitter.get_distributed_stats()
     except (DCMError, ValueError) as exc:  # Redis unreachable, message too large, bad room id

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from dcm_sync import DistributedConnectionManager
 
+from .limits import Violation
 from .transports import Transport
 
 __all__ = ["WebSocketConnection"]
+
+logger = logging.getLogger(__name__)
 
 
 class WebSocketConnection:
@@ -17,7 +21,8 @@ class WebSocketConnection:
 
     ``receive()`` returns ``str | bytes`` and ``None`` once the peer is gone; with ``timeout``
     it raises ``TimeoutError`` when nothing arrives in time. Every message received counts as
-    activity for stale cleanup.
+    activity for stale cleanup. A client that breaks an inbound limit (``flask_ext.limits``) is
+    closed with that limit's code, and ``receive()`` returns None.
     """
 
     def __init__(self, manager: DistributedConnectionManager, connection_id: str, user_id: str,
@@ -26,6 +31,7 @@ class WebSocketConnection:
         self.id = connection_id
         self.user_id = user_id
         self._transport = transport
+        self._refused = False
 
     @property
     def rooms(self) -> frozenset[str]:
@@ -38,8 +44,21 @@ class WebSocketConnection:
         """``gevent-websocket``, or simple-websocket's mode (``werkzeug``, ``gunicorn``, ...)."""
         return self._transport.mode
 
+    @property
+    def dropped_messages(self) -> int:
+        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
+        return int(getattr(self._transport, "dropped", 0))
+
     def receive(self, timeout: float | None = None) -> str | bytes | None:
-        message = self._transport.receive(timeout)
+        if self._refused:
+            return None
+        try:
+            message = self._transport.receive(timeout)
+        except Violation as exc:
+            logger.info("closing %s (user %r): %s", self.id, self.user_id, exc)
+            self._refused = True
+            self.close(exc.code, exc.reason)
+            return None
         if message is not None and self.id in self._manager.local:
             self._manager.local.touch(self.id)
         return message
@@ -60,8 +79,13 @@ class WebSocketConnection:
         self._manager.leave_room(self.id, room_id)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the socket with ``code``; the view's ``receive()`` then returns None."""
-        self._transport.close(code, reason)
+        """Close the socket with ``code`` (after what its outbox still holds, never waiting
+        for the client); the view's ``receive()`` then returns None."""
+        local = self._manager.local.get(self.id)
+        if local is not None:
+            local.close(code, reason)
+        else:
+            self._transport.close(code, reason)
 
     def __repr__(self) -> str:
         return f"<WebSocketConnection {self.id} user={self.user_id!r}>"

@@ -22,6 +22,7 @@ from dcm_sync import (
 
 from .connection import WebSocketConnection
 from .gate import REFUSE_ORIGIN, REFUSE_TOKEN, extract_token, origin_allowed
+from .limits import CLOSE_TOO_MANY, InboundLimits
 from .state import AppState
 from .transports import Transport, open_transport
 
@@ -72,7 +73,8 @@ class DistributedWebSockets:
         return fn
 
     def route(self, rule: str, **options: Any) -> Callable[[View], View]:
-        """Decorator for a WebSocket view ``view(conn, **url_args)`` that runs while the socket lives."""
+        """Decorator for a WebSocket view ``view(conn, **url_args)`` that runs while the socket lives.
+        ``binary=True`` accepts binary messages (otherwise they close the socket with 1003)."""
         def decorator(view: View) -> View:
             endpoint = options.pop("endpoint", view.__name__)
             self._routes.append((rule, endpoint, view, options))
@@ -83,8 +85,11 @@ class DistributedWebSockets:
 
     def _add_route(self, app: Flask, state: AppState, rule: str, endpoint: str, view: View,
                    options: dict[str, Any]) -> None:
+        options = dict(options)
+        limits = state.limits.for_route(options.pop("binary", False))
+
         def websocket_view(**url_args: Any) -> Response:
-            return self._serve(view, url_args)
+            return self._serve(view, url_args, limits)
 
         websocket_view.__name__ = endpoint
         app.add_url_rule(rule, endpoint, websocket_view, websocket=True, **options)
@@ -167,7 +172,7 @@ class DistributedWebSockets:
                 return Response(status=204, headers={PRECHECK_HEADER: "pass"})
         return None
 
-    def _serve(self, view: View, url_args: dict[str, Any]) -> Response:
+    def _serve(self, view: View, url_args: dict[str, Any], limits: InboundLimits) -> Response:
         state = self._state()
         environ = request.environ
         user_id, refusal = environ.get(_VERDICT_KEY) or self._judge(state, environ)
@@ -176,7 +181,7 @@ class DistributedWebSockets:
             if refusal is not None:
                 return Response(refusal[2] + "\n", status=refusal[0], mimetype="text/plain")
             return Response(status=204, headers={PRECHECK_HEADER: "accepted"})
-        transport = open_transport(environ)
+        transport = open_transport(environ, limits)
         if refusal is not None or user_id is None:
             code, reason = (refusal or REFUSE_TOKEN)[1:]
             transport.close(code, reason)
@@ -187,6 +192,16 @@ class DistributedWebSockets:
     def _run(self, state: AppState, view: View, url_args: dict[str, Any], transport: Transport,
              user_id: str) -> None:
         mgr = state.manager()
+        if not state.user_slots.take(user_id):
+            transport.close(*CLOSE_TOO_MANY)
+            return
+        try:
+            self._run_registered(mgr, view, url_args, transport, user_id)
+        finally:
+            state.user_slots.give_back(user_id)
+
+    def _run_registered(self, mgr: DistributedConnectionManager, view: View, url_args: dict[str, Any],
+                        transport: Transport, user_id: str) -> None:
         try:
             conn_id = mgr.register_connection(transport, user_id)
         except ConnectionLimitError:
@@ -195,11 +210,16 @@ class DistributedWebSockets:
         except AuthenticationError:
             transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])
             return
+        held = mgr.local.get(conn_id)
         try:
             view(WebSocketConnection(mgr, conn_id, user_id, transport), **url_args)
         except Exception:
             logger.exception("WebSocket view %s failed", getattr(view, "__name__", view))
-            transport.close(1011, "internal error")
+            local = mgr.local.get(conn_id)  # through its outbox: never mid-frame
+            if local is not None:
+                local.close(1011, "internal error")
+            else:
+                transport.close(1011, "internal error")
         finally:
             try:
                 mgr.remove_connection(conn_id)
@@ -208,6 +228,10 @@ class DistributedWebSockets:
             except DCMError as exc:
                 if mgr.is_ready():  # after shutdown() the connection is gone already
                     logger.warning("could not remove connection %s: %s", conn_id, exc)
+            if held is not None and held.outbox is not None:
+                # the server closes the socket when this returns: let its writer finish first
+                # (what was queued, or a slow consumer's close frame), bounded by its grace
+                held.outbox.wait_idle(held.policy.abort_grace)
             transport.close()
 
 

@@ -10,17 +10,29 @@ checks origin and token without registering anything and answers ``204`` with
     from gevent import pywsgi
     from flask_ext.handler import DCMWebSocketHandler
     pywsgi.WSGIServer(("127.0.0.1", 8000), app, handler_class=DCMWebSocketHandler).serve_forever()
+
+It also gives each request ``DCM_HANDSHAKE_TIMEOUT`` seconds (the app's config; default 10; 0 for
+none) to send its request line and headers, then drops the connection: a client that opens TCP
+and never finishes its request (slowloris) holds a greenlet and a descriptor only that long.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
+import gevent
 from geventwebsocket.handler import WebSocketHandler
 
+from dcm_sync import ConfigError
+
 from .extension import PRECHECK_HEADER, PRECHECK_KEY
+from .limits import DEFAULTS, handshake_timeout
 
 __all__ = ["DCMWebSocketHandler"]
+
+logger = logging.getLogger(__name__)
 
 #: pywsgi reads each connection through an 8 KiB buffer, which a WebSocket keeps for its whole
 #: life: most of what an idle socket costs. 1 KiB reads request lines and frames just as well
@@ -28,8 +40,17 @@ __all__ = ["DCMWebSocketHandler"]
 READ_BUFFER_BYTES = 1024
 
 
+class _RequestTimeout(TimeoutError):
+    """A request line and headers not received within ``DCM_HANDSHAKE_TIMEOUT``."""
+
+
 class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
     rfile: Any  # set by pywsgi's WSGIHandler
+    server: Any
+
+    #: seconds to read a request's line and headers when the app has no ``DCM_HANDSHAKE_TIMEOUT``
+    #: (e.g. a middleware wraps the Flask app); None: no limit
+    handshake_timeout: float | None = DEFAULTS["DCM_HANDSHAKE_TIMEOUT"]
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile)
@@ -37,6 +58,50 @@ class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
             default = self.rfile
             self.rfile = sock.makefile("rb", READ_BUFFER_BYTES)
             default.close()  # nothing was read through it yet
+        self._request_timer: Any = None
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        finally:
+            self._stop_request_timer()
+
+    def read_requestline(self) -> str:
+        # the clock starts when the handler waits for a request (a new connection, or the
+        # next request on a kept-alive one) and stops once its headers are read
+        self._stop_request_timer()
+        seconds = self._handshake_timeout()
+        if seconds is not None:
+            self._request_timer = gevent.Timeout(
+                seconds, _RequestTimeout(f"request not received within {seconds}s"))
+            self._request_timer.start()
+        return super().read_requestline()  # type: ignore[no-any-return]
+
+    def read_request(self, raw_requestline: str) -> Any:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._stop_request_timer()
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        if isinstance(ex, _RequestTimeout):  # pywsgi would print a traceback and answer 400
+            logger.debug("dropping %s: %s", self.client_address, ex)
+            return None  # close the connection
+        return super()._handle_client_error(ex)
+
+    def _stop_request_timer(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.close()
+            self._request_timer = None
+
+    def _handshake_timeout(self) -> float | None:
+        config = getattr(getattr(self.server, "application", None), "config", None)
+        if isinstance(config, Mapping) and "DCM_HANDSHAKE_TIMEOUT" in config:
+            try:
+                return handshake_timeout(config)
+            except ConfigError:
+                return self.handshake_timeout  # checked at init_app, so changed since
+        return self.handshake_timeout
 
     def run_application(self) -> Any:
         env = self.environ

@@ -22,13 +22,15 @@ from dcm_sync import (
 from dcm_sync.config import field_names
 
 from .gate import parse_origins
+from .limits import InboundLimits, UserSlots, handshake_timeout, max_connections_per_user, setdefault_limits
 
 __all__ = ["AppState", "build_config", "FLASK_ONLY_KEYS"]
 
 logger = logging.getLogger(__name__)
 
 #: DCM_* keys that belong to the extension, not to dcm_sync.Config.
-FLASK_ONLY_KEYS = frozenset({"allowed_origins"})
+FLASK_ONLY_KEYS = frozenset({"allowed_origins", "rate_limit", "rate_burst", "rate_limit_action",
+                             "max_connections_per_user", "handshake_timeout"})
 
 
 def build_config(app: Flask) -> Config:
@@ -45,6 +47,10 @@ class AppState:
     def __init__(self, app: Flask) -> None:
         self.config = build_config(app)
         self.allowed_origins = parse_origins(app.config.get("DCM_ALLOWED_ORIGINS"))
+        setdefault_limits(app.config)  # inbound limits: flask_ext.limits
+        self.limits = InboundLimits.from_config(app.config, self.config.max_message_bytes)
+        self.user_slots = UserSlots(max_connections_per_user(app.config))
+        handshake_timeout(app.config)  # checked here, read by flask_ext.handler
         self.endpoints: set[str] = set()
         self._manager: DistributedConnectionManager | None = None
         self._pid = 0

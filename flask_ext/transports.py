@@ -1,15 +1,23 @@
 """The socket under a connection: gevent-websocket or simple-websocket, behind one interface.
 
 ``receive(timeout)`` returns ``str | bytes``, ``None`` once the peer is gone, and raises the
-builtin ``TimeoutError`` when ``timeout`` seconds pass without a message.
+builtin ``TimeoutError`` when ``timeout`` seconds pass without a message, and
+:class:`flask_ext.limits.Violation` when the client broke an inbound limit (the caller closes
+the socket with its code; see :mod:`flask_ext.limits`).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 import threading
+import time
 from typing import Any, Protocol
+
+from dcm_sync.local import text_frame
+
+from .limits import InboundGuard, InboundLimits
 
 __all__ = ["Transport", "open_transport", "GeventTransport", "SimpleTransport"]
 
@@ -35,11 +43,15 @@ class GeventTransport:
 
     mode = "gevent-websocket"
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, limits: InboundLimits | None = None) -> None:
         from gevent import socket as gsocket
         from geventwebsocket.exceptions import WebSocketError
 
+        from .frames import FrameReader
+
         self._ws = ws
+        self._guard = InboundGuard(limits or InboundLimits())
+        self._reader = FrameReader(ws, self._guard)
         self._closed = False
         self._error = WebSocketError
         # A plain (not TLS) gevent socket: a frame is first written with one non-blocking
@@ -56,38 +68,64 @@ class GeventTransport:
     def send(self, message: str) -> None:
         self._ws.send(message)  # a str goes out as a text frame
 
-    def send_frame_bytes(self, frame: bytes) -> None:
-        """Write a frame built once for many sockets (:func:`dcm_sync.local.text_frame`).
-        Callers serialize writes to one socket (``LocalConnection.send_lock``)."""
-        ws = self._ws
-        if ws.closed:
+    # -- dcm_sync.outbox.FrameSocket: the manager's bounded outbox writes through these;
+    #    callers serialize them per socket (the connection's send lock)
+    shares_frames = True  # no compression: a room's prebuilt frame is written as is
+
+    def encode_text(self, text: str) -> bytes:
+        return text_frame(text)
+
+    def write_nowait(self, data: bytes) -> int:
+        if self._ws.closed:
             raise self._error("socket is already closed")
+        if self._os_sock is None:
+            return 0  # TLS or another socket type: the outbox's writer does it all
         try:
-            if self._os_sock is not None:
-                try:
-                    sent = self._os_sock.send(frame)
-                except BlockingIOError:
-                    sent = 0
-                if sent == len(frame):
-                    return
-                frame = frame[sent:]
-            ws.raw_write(frame)
+            return int(self._os_sock.send(data))
+        except BlockingIOError:
+            return 0
         except OSError as exc:
             raise self._error(f"socket is dead: {exc}") from exc
 
+    def write(self, data: bytes) -> None:
+        if self._ws.closed:
+            raise self._error("socket is already closed")
+        try:
+            self._ws.raw_write(data)
+        except OSError as exc:
+            raise self._error(f"socket is dead: {exc}") from exc
+
+    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+        self._closed = True  # close() is now a no-op; receive() returns None
+        sock = getattr(self._ws.raw_write, "__self__", None)
+        if sock is not None:
+            sock.settimeout(grace)  # a write blocked on a client that does not read gives up
+        header = struct.pack("!BB", 0x88, len(_close_payload(code, reason)))
+        return header + _close_payload(code, reason)
+
+    def finish(self) -> None:
+        ws = self._ws
+        sock = getattr(ws.raw_write, "__self__", None) if not ws.closed else None
+        ws.closed = True
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError as exc:
+                logger.debug("shutdown: %s", exc)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
+        return self._guard.dropped
+
     def receive(self, timeout: float | None = None) -> str | bytes | None:
-        from geventwebsocket.exceptions import WebSocketError
+        from .frames import PeerGone
 
         if self._closed or self._ws.closed:
             return None
         try:
-            if timeout is None:
-                return self._ws.receive()  # type: ignore[no-any-return]
-            import gevent
-
-            with gevent.Timeout(timeout, TimeoutError(f"no message within {timeout}s")):
-                return self._ws.receive()  # type: ignore[no-any-return]
-        except WebSocketError:
+            return self._reader.read(timeout)  # frames read here: gevent-websocket's reader has no limits
+        except (PeerGone, self._error):
             return None
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -127,30 +165,94 @@ def _close_fixed_class(base: type) -> type:
     return _FIXED[base]
 
 
+#: seconds to let simple-websocket's reader thread write its close frame and exit
+READER_EXIT_WAIT = 1.0
+
+
 class SimpleTransport:
     """simple-websocket's ``Server`` (Werkzeug's threaded server, gunicorn's gthread worker)."""
 
-    def __init__(self, environ: dict[str, Any]) -> None:
+    def __init__(self, environ: dict[str, Any], limits: InboundLimits | None = None) -> None:
         import simple_websocket
 
         self._closed_exc = simple_websocket.ConnectionClosed
-        self._ws = simple_websocket.Server(environ)
+        self._guard = InboundGuard(limits or InboundLimits())
+        self._ws = simple_websocket.Server(environ, max_message_size=self._guard.limits.max_message_bytes)
         self.mode = str(self._ws.mode)
         self._lock = threading.Lock()
 
     def send(self, message: str) -> None:
         self._ws.send(message)
 
-    def receive(self, timeout: float | None = None) -> str | bytes | None:
+    # -- dcm_sync.outbox.FrameSocket (see GeventTransport)
+    shares_frames = False  # wsproto may compress per socket (permessage-deflate)
+
+    def encode_text(self, text: str) -> bytes:
+        from wsproto.events import TextMessage
+
+        if not self._ws.connected:
+            raise self._closed_exc(1006, "socket is closed")
+        return bytes(self._ws.ws.send(TextMessage(data=text)))
+
+    def write_nowait(self, data: bytes) -> int:
         try:
-            msg = self._ws.receive(timeout)
-        except self._closed_exc:
-            return None
-        if msg is None:
-            if not self._ws.connected:
+            return int(self._ws.sock.send(data, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return 0
+
+    def write(self, data: bytes) -> None:
+        self._ws.sock.sendall(data)
+
+    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+        from wsproto.events import CloseConnection
+
+        with self._lock:
+            self._ws.sock.settimeout(grace)
+            try:
+                frame = bytes(self._ws.ws.send(CloseConnection(code=code, reason=reason)))
+            except Exception as exc:  # wsproto refuses in a state where closing is done
+                logger.debug("no close frame: %s", exc)
+                frame = b""
+            self._ws.connected = False
+            return frame
+
+    def finish(self) -> None:
+        try:
+            self._ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            logger.debug("shutdown: %s", exc)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
+        return self._guard.dropped
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        # simple-websocket closes with 1009 itself (max_message_size), wsproto with 1007
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:  # ends with a message admitted, the socket closed, a violation or the deadline
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                msg = self._ws.receive(left)
+            except self._closed_exc:
+                self._await_reader()
                 return None
-            raise TimeoutError(f"no message within {timeout}s")
-        return msg  # type: ignore[no-any-return]
+            if msg is None:
+                if not self._ws.connected:
+                    self._await_reader()
+                    return None
+                raise TimeoutError(f"no message within {timeout}s")
+            self._guard.check_kind(msg)
+            if self._guard.admit():
+                return msg  # type: ignore[no-any-return]
+
+    def _await_reader(self) -> None:
+        # simple-websocket's reader thread marks the socket closed before it writes its own close
+        # frame (1009 over max_message_size, wsproto's 1007/1002): let it finish, so that the
+        # socket is not shut down under it
+        thread = getattr(self._ws, "thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(READER_EXIT_WAIT)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         with self._lock:
@@ -161,8 +263,8 @@ class SimpleTransport:
                     logger.debug("socket already closed by the peer")
 
 
-def open_transport(environ: dict[str, Any]) -> Transport:
+def open_transport(environ: dict[str, Any], limits: InboundLimits | None = None) -> Transport:
     ws = environ.get("wsgi.websocket")
     if ws is not None:
-        return GeventTransport(ws)
-    return SimpleTransport(environ)
+        return GeventTransport(ws, limits)
+    return SimpleTransport(environ, limits)

@@ -44,6 +44,9 @@ def test_envelope_round_trip() -> None:
 @pytest.mark.parametrize("data", [
     b"", b"not json", b"\xff\xfe", b"[]", b'"str"', b"{}",
     b'{"v":2,"k":"room","o":"a","id":"1","r":"x","m":"y","x":[]}',
+    b'{"v":true,"k":"touch","o":"a","id":"1","c":"x"}',
+    b'{"v":1.0,"k":"touch","o":"a","id":"1","c":"x"}',
+    b'{"v":"1","k":"touch","o":"a","id":"1","c":"x"}',
     b'{"v":1,"k":"nope","o":"a","id":"1"}',
     b'{"v":1,"k":"room","o":"a","id":"1","r":"x","m":"y"}',
     b'{"v":1,"k":"room","o":"a","id":"1","r":"x","m":"y","x":[1]}',

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ..config import redact_url
 from ..errors import ConfigError
 from .base import Backend, ConnectionRecord, Subscription
 
 __all__ = ["Backend", "ConnectionRecord", "Subscription", "open_backend"]
 
 
-def open_backend(url: str, key_prefix: str, timeout: float = 2.0) -> Backend:
-    """The backend for ``url``; only this function picks an implementation."""
+def open_backend(url: str, key_prefix: str, timeout: float = 2.0,
+                 ca_file: str | None = None) -> Backend:
+    """The backend for ``url``; only this function picks an implementation.
+    ``ca_file``: the CA certificates (PEM) that verify a ``rediss://`` server."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryBackend
@@ -20,5 +23,5 @@ def open_backend(url: str, key_prefix: str, timeout: float = 2.0) -> Backend:
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisBackend
 
-        return RedisBackend(url, key_prefix, timeout=timeout)
-    raise ConfigError(f"no backend for URL scheme {scheme!r} in {url!r}")
+        return RedisBackend(url, key_prefix, timeout=timeout, ca_file=ca_file)
+    raise ConfigError(f"no backend for URL scheme {scheme!r} in {redact_url(url)!r}")

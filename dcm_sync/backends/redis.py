@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +28,8 @@ import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from ..errors import BackendError, BackendUnavailableError, ConfigError
+from ..config import redact_url
+from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError, ConfigError
 from ..models import RemovedConnection, ServerInfo
 from . import redis_scripts as lua
 from .base import ConnectionRecord
@@ -49,7 +51,16 @@ def translate_errors(what: str) -> Iterator[None]:
     """Turn redis-py's errors into the library's, keeping the cause."""
     try:
         yield
+    except redis.AuthenticationError as exc:  # wrong user or password, or none given
+        raise BackendAuthenticationError(
+            f"Redis authentication failed during {what}: {exc} "
+            "(check the user and password in redis_url)") from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        if isinstance(exc.__context__, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+            raise BackendUnavailableError(
+                f"TLS connection to Redis failed during {what}: {exc} (is the server's "
+                "certificate for the host in redis_url, and signed by a CA in redis_ca_file "
+                "or the system's?)") from exc
         raise BackendUnavailableError(f"Redis unreachable during {what}: {exc}") from exc
     except redis.RedisError as exc:
         raise BackendError(f"Redis error during {what}: {exc}") from exc
@@ -124,14 +135,21 @@ class _RedisSubscription:
 
 
 class RedisBackend:
-    def __init__(self, url: str, key_prefix: str, timeout: float = 2.0) -> None:
-        self.url = url
+    def __init__(self, url: str, key_prefix: str, timeout: float = 2.0,
+                 ca_file: str | None = None) -> None:
+        self.url = redact_url(url)  # for messages: never the password
         self.key_prefix = key_prefix
         # A command gets two attempts (the second on a fresh connection, so that a connection
         # left stale by a Redis restart costs no error) of timeout/2 each: an unreachable or
         # stalled Redis fails the call with BackendUnavailableError within about ``timeout``.
         attempt = timeout / 2
         common: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt}
+        if url.startswith("rediss://"):
+            # Verify the server's certificate and name; only ?ssl_cert_reqs=none in the URL
+            # (whose query wins over these) turns that off.
+            common.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+            if ca_file is not None:
+                common["ssl_ca_certs"] = ca_file
         try:
             # A burst of calls must wait for a pooled connection (up to ``timeout``/2), not
             # fail with "Too many connections" as redis-py's default pool does when full.
@@ -152,7 +170,7 @@ class RedisBackend:
             self._sub_client = redis.Redis.from_url(
                 url, retry=Retry(NoBackoff(), 0, supported_errors=()), **common)
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from exc
+            raise ConfigError(f"invalid Redis URL {self.url!r}: {exc}") from exc
         self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
         self._timeout = timeout
         self._hot_client: redis.Redis | None = None

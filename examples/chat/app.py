@@ -32,6 +32,7 @@ from flask import Flask, send_from_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
+from dcm_sync.messages import validate_id  # noqa: E402
 from flask_ext import DistributedWebSockets, WebSocketConnection  # noqa: E402
 
 NAME = re.compile(r"^[\w .-]{1,32}$")
@@ -66,9 +67,14 @@ def chat(conn: WebSocketConnection) -> None:
     while (text := conn.receive()) is not None:
         try:
             data = json.loads(text)
-            op, room = data["op"], str(data["room"])
+            op, room = data["op"], data["room"]
         except (ValueError, KeyError, TypeError):
             conn.send({"type": "error", "error": "expected {\"op\": ..., \"room\": ...}"})
+            continue
+        try:
+            validate_id(room, "room")  # what the manager would refuse, refused here with a reply
+        except (TypeError, ValueError) as exc:
+            conn.send({"type": "error", "error": str(exc)})
             continue
         if op == "join":
             conn.join(room)

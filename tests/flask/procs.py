@@ -40,11 +40,12 @@ class Servers:
         self.redis_url, self.prefix, self.log_dir = redis_url, prefix, log_dir
         self.started: list[Server] = []
 
-    def chat(self, mode: str) -> Server:
-        """``python -m tests.flask.serve MODE PORT`` (see tests/flask/serve.py), once ready."""
+    def chat(self, mode: str, **env: str) -> Server:
+        """``python -m tests.flask.serve MODE PORT`` (see tests/flask/serve.py), once ready;
+        ``env``: more DCM_* settings for it."""
         port = free_port()
         return self._start(f"{mode}-{port}", [sys.executable, "-m", "tests.flask.serve", mode, str(port)],
-                           port)
+                           port, env)
 
     def gunicorn(self, worker: str, workers: int = 2) -> Server:
         """gunicorn with ``workers`` workers of class ``worker`` serving the chat app, once ready."""
@@ -54,9 +55,10 @@ class Servers:
                 "examples.chat.app:app"]
         return self._start(f"gunicorn-{port}", argv, port)
 
-    def _start(self, name: str, argv: list[str], port: int) -> Server:
+    def _start(self, name: str, argv: list[str], port: int,
+               env: dict[str, str] | None = None) -> Server:
         server = Server(name, argv, self.log_dir, redis_url=self.redis_url, prefix=self.prefix,
-                        fast=FAST_ENV, port=port)
+                        fast={**FAST_ENV, **(env or {})}, port=port)
         self.started.append(server)
         server.wait_ready(HEALTH_PATH, is_ready)
         return server

@@ -33,11 +33,17 @@ def _read(sock: gsocket.socket, n: int) -> bytes:
 
 @pytest.mark.parametrize("size", [10, 300, 4 * 1024 * 1024])
 def test_prebuilt_frames_arrive_whole_and_in_order(size: int) -> None:
-    # 4 MiB does not fit the socket buffer: the first send is partial, sendall finishes it
+    # 4 MiB does not fit the socket buffer: the non-blocking write is partial, write() ends it
     transport, client = _pair()
     frames = [text_frame("a" * size), text_frame("é" * 5), text_frame("b" * size)]
     expected = b"".join(frames)
-    writer = gevent.spawn(lambda: [transport.send_frame_bytes(f) for f in frames])
+    def write_all() -> None:
+        for f in frames:
+            sent = transport.write_nowait(f)
+            if sent < len(f):
+                transport.write(f[sent:])
+
+    writer = gevent.spawn(write_all)
     try:
         assert gevent.spawn(_read, client, len(expected)).get(timeout=30) == expected
         writer.get(timeout=30)
@@ -49,9 +55,21 @@ def test_prebuilt_frame_to_a_closed_or_dead_socket_raises() -> None:
     transport, client = _pair()
     transport.close(1000, "bye")
     with pytest.raises(WebSocketError):
-        transport.send_frame_bytes(text_frame("late"))
+        transport.write_nowait(text_frame("late"))
     transport, client = _pair()
     client.close()
     with pytest.raises(WebSocketError):
         for _ in range(100):  # the first writes may still land in the buffer
-            transport.send_frame_bytes(text_frame("x" * 65536))
+            transport.write(text_frame("x" * 65536))
+
+
+def test_abort_hands_over_the_close_frame_then_shuts_down() -> None:
+    transport, client = _pair()
+    frame = transport.begin_abort(1013, "slow consumer", grace=1.0)
+    assert transport.receive() is None  # the view's loop ends
+    transport.close()  # a no-op now: nothing written twice
+    assert transport.write_nowait(frame) == len(frame)
+    transport.finish()
+    got = gevent.spawn(_read, client, len(frame)).get(timeout=5)
+    assert got == b"\x88" + bytes([len(frame) - 2]) + (1013).to_bytes(2, "big") + b"slow consumer"
+    assert client.recv(10) == b""  # shut down

@@ -66,3 +66,83 @@ def connect(mgr: Any, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
     for room in rooms:
         mgr.join_room(cid, room)
     return cid, ws
+
+
+class PairSocket:
+    """The server end of a real socket pair speaking WebSocket frames, with the outbox
+    interface (:class:`dcm_sync.outbox.FrameSocket`); the test reads the other end with
+    :meth:`read_frames`. ``shares_frames`` as given."""
+
+    def __init__(self, shares_frames: bool = True) -> None:
+        import socket as _socket
+
+        from dcm_sync.local import text_frame
+
+        self.server, self.client = _socket.socketpair()
+        self.shares_frames = shares_frames
+        self._frame = text_frame
+        self.aborted: tuple[int, str] | None = None
+        self._buf = b""
+
+    # WebSocketLike
+    def send(self, message: str) -> None:
+        self.server.sendall(self._frame(message))
+
+    def close(self) -> None:
+        self.server.close()
+
+    # FrameSocket
+    def encode_text(self, text: str) -> bytes:
+        return self._frame(text)
+
+    def write_nowait(self, data: bytes) -> int:
+        import socket as _socket
+
+        try:
+            return self.server.send(data, _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    def write(self, data: bytes) -> None:
+        self.server.sendall(data)
+
+    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+        self.aborted = (code, reason)
+        self.server.settimeout(grace)
+        payload = code.to_bytes(2, "big") + reason.encode()
+        return bytes([0x88, len(payload)]) + payload
+
+    def finish(self) -> None:
+        import socket as _socket
+
+        try:
+            self.server.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # the client side
+    def read_frames(self, timeout: float = 5.0) -> list[tuple[int, bytes]]:
+        """Every whole frame that arrives until the server side shuts down or ``timeout``
+        passes with nothing new: ``(opcode, payload)`` pairs."""
+        self.client.settimeout(timeout)
+        while True:
+            try:
+                chunk = self.client.recv(1 << 20)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            self._buf += chunk
+        frames, buf = [], self._buf
+        while len(buf) >= 2:
+            n, at = buf[1] & 0x7F, 2
+            if n == 126:
+                n, at = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                n, at = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < at + n:
+                break
+            frames.append((buf[0] & 0x0F, buf[at:at + n]))
+            buf = buf[at + n:]
+        self._buf = buf
+        return frames

@@ -1,0 +1,204 @@
+"""Bounded outgoing queues: what keeps one slow client from holding up the others.
+
+A socket object that can write without blocking (the Flask extension's transports can: see
+:class:`FrameSocket`) gets an :class:`Outbox`. A message is written at once when the socket
+takes it whole; what does not fit waits in the outbox, in order, and a writer of the socket's
+own (a greenlet or thread, started on demand, gone when the outbox is empty) writes it. The
+delivering thread never waits for a client. When an outbox would hold more than
+``max_messages`` messages or ``max_bytes`` bytes, it refuses the message (``put`` returns
+False): the caller cuts the client (:meth:`Outbox.cut`).
+
+Sockets that only have ``send(str)`` are written by the delivering thread, as they always were.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["FrameSocket", "SendPolicy", "Outbox"]
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class FrameSocket(Protocol):
+    """What a socket needs for a bounded outbox (all methods; ``shares_frames`` is an attribute)."""
+
+    #: whether :func:`dcm_sync.local.text_frame` can be written to it as is (no per-socket
+    #: compression): a room broadcast then builds its frame once for every such socket.
+    shares_frames: bool
+
+    def encode_text(self, text: str) -> bytes:
+        """The bytes to write for one text message."""
+        ...
+
+    def write_nowait(self, data: bytes) -> int:
+        """Write what fits without blocking; how many bytes were written (0 when none)."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data``, waiting as needed; raise when the peer is gone."""
+        ...
+
+    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+        """Stop normal use and return the close frame to write last; from now on a blocked
+        :meth:`write` gives up within ``grace`` seconds and ``close()`` does nothing."""
+        ...
+
+    def finish(self) -> None:
+        """Shut the connection down (after the close frame, or when it could not be written)."""
+        ...
+
+
+def _thread_spawn(name: str, target: Callable[[], None]) -> object:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _log_error(connection_id: str, exc: BaseException) -> None:
+    logger.info("writing to %s failed: %s", connection_id, exc)
+
+
+@dataclass
+class SendPolicy:
+    """Limits and hooks shared by the outboxes of one :class:`LocalConnectionManager`."""
+
+    max_messages: int = 1000
+    max_bytes: int = 1024 * 1024
+    #: how long a cut client's writer may still try to hand over the close frame
+    abort_grace: float = 5.0
+    spawn: Callable[[str, Callable[[], None]], object] = field(default=_thread_spawn, repr=False)
+    #: called (from the writer) when a queued write failed: the peer is gone
+    on_error: Callable[[str, BaseException], None] = field(default=_log_error, repr=False)
+
+
+class Outbox:
+    __slots__ = ("_ws", "_policy", "_cid", "_lock", "_pending", "_bytes", "_writing", "_closed",
+                 "_shares", "_idle", "_partial")
+
+    def __init__(self, ws: FrameSocket, policy: SendPolicy, connection_id: str,
+                 lock: threading.Lock) -> None:
+        self._ws = ws
+        self._policy = policy
+        self._cid = connection_id
+        self._lock = lock
+        self._pending: deque[bytes] | None = None  # made on first need: most never queue
+        self._bytes = 0
+        self._writing = False  # a writer owns the socket's write side
+        self._closed = False
+        self._shares = bool(getattr(ws, "shares_frames", False))
+        self._idle: threading.Event | None = None  # made by wait_idle, set when the writer ends
+        self._partial = False  # the first item waiting is the rest of a frame partly written
+
+    @property
+    def shares_frames(self) -> bool:
+        return self._shares
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Messages and bytes waiting."""
+        return (len(self._pending) if self._pending else 0), self._bytes
+
+    def put(self, text: str, frame: bytes | None = None) -> bool:
+        """Write ``text`` now or queue it; False (nothing queued) if the outbox is full. After
+        :meth:`close` (or a failed write) messages are dropped (True: nothing to do).
+        ``frame``: :func:`~dcm_sync.local.text_frame` of ``text``, used where frames are shared.
+        Encoding happens under the lock: per-socket compression needs frames in write order."""
+        start_writer = False
+        with self._lock:
+            if self._closed:
+                return True
+            data = frame if frame is not None and self._shares else self._ws.encode_text(text)
+            if not self._writing:
+                sent = self._ws.write_nowait(data)
+                if sent == len(data):
+                    return True
+                data = data[sent:]
+                self._writing = start_writer = True
+                self._idle = None
+                self._partial = sent > 0
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = deque()
+            elif pending and (len(pending) >= self._policy.max_messages
+                              or self._bytes + len(data) > self._policy.max_bytes):
+                return False  # an empty outbox takes any one message, however big
+            pending.append(data)
+            self._bytes += len(data)
+        if start_writer:
+            self._policy.spawn(f"dcm-writer-{self._cid}", self._drain)
+        return True
+
+    def close(self, code: int, reason: str, drop: bool = False) -> None:
+        """Close with ``code``/``reason`` after what waits (``drop``: instead of it; a slow
+        consumer), then shut the connection down. Never blocks the caller; a writer still
+        busy gives up after the policy's ``abort_grace``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if drop:  # but never the rest of a frame already begun: the stream stays whole
+                rest = self._pending[0] if self._partial and self._pending else None
+                self._pending = deque([rest]) if rest is not None else None
+                self._bytes = len(rest) if rest is not None else 0
+            close_frame = self._ws.begin_abort(code, reason, self._policy.abort_grace)
+            if self._writing:  # the writer sends it after what it has, then finishes
+                if self._pending is None:
+                    self._pending = deque()
+                self._pending.append(close_frame)
+                return
+            self._writing = True
+        try:
+            self._ws.write_nowait(close_frame)
+        except OSError as exc:
+            logger.debug("close frame to %s not written: %s", self._cid, exc)
+        self._ws.finish()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no writer is busy (what was queued is written, or given up); whoever owns
+        the connection calls this before closing it under the writer (the WSGI handler)."""
+        with self._lock:
+            if not self._writing:
+                return True
+            if self._idle is None:
+                self._idle = threading.Event()
+            idle = self._idle
+        return idle.wait(timeout)
+
+    def _drain(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            idle = self._idle
+            if idle is not None:
+                idle.set()
+
+    def _write_all(self) -> None:
+        while True:
+            with self._lock:
+                pending = self._pending
+                if not pending:
+                    self._writing = False
+                    closed = self._closed
+                    break
+                data = pending.popleft()
+                self._bytes -= len(data)
+                self._partial = False
+            try:
+                self._ws.write(data)
+            except Exception as exc:
+                with self._lock:
+                    self._pending, self._bytes, self._writing = None, 0, False
+                    closed, self._closed = self._closed, True
+                if not closed:
+                    self._policy.on_error(self._cid, exc)
+                self._ws.finish()
+                return
+        if closed:
+            self._ws.finish()
