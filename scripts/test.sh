@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh Debian machine with Python 3.10+.
-# Installs redis-server, chromium and chromium-driver (apt) if missing, makes .venv, installs the project with its test extra,
+# Installs redis-server, openssl, chromium and chromium-driver (apt) if missing, makes .venv, installs the project with its test extra,
 # runs ruff and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests make their certificates
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 
