@@ -53,6 +53,14 @@ def _tag_of(frame: bytes | str) -> str | None:
 # ---------------------------------------------------------------------------- observers
 
 
+def _report_crash(pipe: Conn) -> None:
+    """Tell the parent what went wrong in this worker (it may be gone already)."""
+    try:
+        pipe.send(("error", traceback.format_exc(limit=6)))
+    except OSError:
+        pass
+
+
 def observer_main(pipe: Conn, urls: Sequence[str], rooms: Sequence[str]) -> None:
     """Connect one client per url, join every room, say ``("ready", ids)``; then count tagged
     messages until ``("finish", expected, idle, limit)``: read on until each has ``expected``
@@ -124,10 +132,7 @@ def observer_main(pipe: Conn, urls: Sequence[str], rooms: Sequence[str]) -> None
     except (EOFError, KeyboardInterrupt):
         return
     except Exception:
-        try:
-            pipe.send(("error", traceback.format_exc(limit=6)))
-        except OSError:
-            pass
+        _report_crash(pipe)
     finally:
         for c in clients:
             c.close()
@@ -292,7 +297,4 @@ def churn_main(pipe: Conn, plans: Sequence[ChurnPlan], end: float, max_threads: 
     except (EOFError, KeyboardInterrupt):
         return
     except Exception:
-        try:
-            pipe.send(("error", traceback.format_exc(limit=6)))
-        except OSError:
-            pass
+        _report_crash(pipe)

@@ -38,7 +38,25 @@ def _close_payload(code: int, reason: str) -> bytes:
     return struct.pack("!H", code) + reason.encode("utf-8")[:123]
 
 
-class GeventTransport:
+def _shutdown(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:
+        logger.debug("shutdown: %s", exc)
+
+
+class _Guarded:
+    """What both transports share: the inbound limits' guard and its drop count."""
+
+    _guard: InboundGuard
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
+        return self._guard.dropped
+
+
+class GeventTransport(_Guarded):
     """``environ["wsgi.websocket"]`` from gevent-websocket's handler (pywsgi or gunicorn)."""
 
     mode = "gevent-websocket"
@@ -108,15 +126,7 @@ class GeventTransport:
         sock = getattr(ws.raw_write, "__self__", None) if not ws.closed else None
         ws.closed = True
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError as exc:
-                logger.debug("shutdown: %s", exc)
-
-    @property
-    def dropped(self) -> int:
-        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
-        return self._guard.dropped
+            _shutdown(sock)
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         from .frames import PeerGone
@@ -169,7 +179,7 @@ def _close_fixed_class(base: type) -> type:
 READER_EXIT_WAIT = 1.0
 
 
-class SimpleTransport:
+class SimpleTransport(_Guarded):
     """simple-websocket's ``Server`` (Werkzeug's threaded server, gunicorn's gthread worker)."""
 
     def __init__(self, environ: dict[str, Any], limits: InboundLimits | None = None) -> None:
@@ -217,15 +227,7 @@ class SimpleTransport:
             return frame
 
     def finish(self) -> None:
-        try:
-            self._ws.sock.shutdown(socket.SHUT_RDWR)
-        except OSError as exc:
-            logger.debug("shutdown: %s", exc)
-
-    @property
-    def dropped(self) -> int:
-        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
-        return self._guard.dropped
+        _shutdown(self._ws.sock)
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         # simple-websocket closes with 1009 itself (max_message_size), wsproto with 1007
