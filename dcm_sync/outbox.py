@@ -95,6 +95,9 @@ class Outbox:
         self._shares = bool(getattr(ws, "shares_frames", False))
         self._idle: threading.Event | None = None  # made by wait_idle, set when the writer ends
         self._partial = False  # the first item waiting is the rest of a frame partly written
+        attach = getattr(ws, "attach_outbox", None)
+        if callable(attach):  # the socket then sends its control frames (pongs) through here
+            attach(self)
 
     @property
     def shares_frames(self) -> bool:
@@ -134,6 +137,27 @@ class Outbox:
         if start_writer:
             self._policy.spawn(f"dcm-writer-{self._cid}", self._drain)
         return True
+
+    def put_control(self, frame: bytes) -> None:
+        """A control frame (a pong): in order with the messages, never inside one; not
+        counted against the bounds (tiny, and the client asked for it); dropped once closed."""
+        start_writer = False
+        with self._lock:
+            if self._closed:
+                return
+            if not self._writing:
+                sent = self._ws.write_nowait(frame)
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
+                self._writing = start_writer = True
+                self._idle = None
+                self._partial = sent > 0
+            if self._pending is None:
+                self._pending = deque()
+            self._pending.append(frame)
+        if start_writer:
+            self._policy.spawn(f"dcm-writer-{self._cid}", self._drain)
 
     def close(self, code: int, reason: str, drop: bool = False) -> None:
         """Close with ``code``/``reason`` after what waits (``drop``: instead of it; a slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -43,9 +44,12 @@ def unmask(data: bytes, mask: bytes) -> bytes:
 
 
 class FrameReader:
-    def __init__(self, ws: Any, guard: InboundGuard) -> None:
+    def __init__(self, ws: Any, guard: InboundGuard,
+                 control: Callable[[bytes, int], None] | None = None) -> None:
         self._ws = ws
         self._guard = guard
+        #: how a pong goes out (the transport's, through the socket's outbox)
+        self._control = control or ws.send_frame
         rfile = getattr(getattr(ws, "handler", None), "rfile", None)
         self._peek = getattr(rfile, "peek", None)
         self._idle = True
@@ -119,7 +123,7 @@ class FrameReader:
                     raise PeerGone("close frame")
                 if op == PING:
                     if guard.admit():
-                        ws.send_frame(payload, PONG)
+                        self._control(payload, PONG)
                 elif op != PONG:
                     raise Violation(CLOSE_PROTOCOL, f"unknown opcode {op}")
                 continue

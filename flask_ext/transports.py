@@ -69,7 +69,8 @@ class GeventTransport(_Guarded):
 
         self._ws = ws
         self._guard = InboundGuard(limits or InboundLimits())
-        self._reader = FrameReader(ws, self._guard)
+        self._outbox: Any = None  # set by dcm_sync's Outbox once the socket is registered
+        self._reader = FrameReader(ws, self._guard, control=self._control)
         self._closed = False
         self._error = WebSocketError
         # A plain (not TLS) gevent socket: a frame is first written with one non-blocking
@@ -112,6 +113,18 @@ class GeventTransport(_Guarded):
             self._ws.raw_write(data)
         except OSError as exc:
             raise self._error(f"socket is dead: {exc}") from exc
+
+    def attach_outbox(self, outbox: Any) -> None:
+        self._outbox = outbox
+
+    def _control(self, payload: bytes, opcode: int) -> None:
+        """A control frame from the receiving side (a pong): through the outbox once there is
+        one, so that it never lands inside a message a writer is still writing."""
+        outbox = self._outbox
+        if outbox is None:
+            self._ws.send_frame(payload, opcode)
+        else:
+            outbox.put_control(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
 
     def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
         self._closed = True  # close() is now a no-op; receive() returns None

@@ -140,3 +140,31 @@ def rss_kb(server: Server) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def test_pongs_go_out_between_messages_never_inside_one(servers: Servers) -> None:
+    # a client that reads slowly has an outbox with a writer busy on big frames; the pongs to
+    # its pings must not land in the middle of one
+    port = free_port()
+    a = servers._start(f"stream-{port}", [sys.executable, "-m", "tests.flask.stream_app", str(port)],
+                       port)
+    sender, pinger = (websocket.create_connection(a.ws_url(f"?token={u}"), timeout=10,
+                                                  origin=f"http://127.0.0.1:{a.port}",
+                                                  skip_utf8_validation=True) for u in ("s", "p"))
+    for c in (sender, pinger):
+        c.send(json.dumps({"op": "join"}))
+        assert c.recv() == "joined"
+    sender.send(json.dumps({"op": "blast", "n": 60, "size": SIZE}))
+    texts, pongs = [], 0
+    for k in range(20):
+        pinger.ping(f"p{k}")
+    deadline = time.monotonic() + 30
+    while len(texts) < 60 and time.monotonic() < deadline:
+        frame = pinger.recv_data_frame(control_frame=True)[1]
+        if frame.opcode == websocket.ABNF.OPCODE_PONG:
+            pongs += 1
+        elif frame.opcode == websocket.ABNF.OPCODE_TEXT:
+            texts.append(frame.data[:6])
+            time.sleep(0.005)  # read slowly: the server's writer stays busy
+    assert texts == [f"{i:06d}".encode() for i in range(60)]
+    assert pongs == 20
