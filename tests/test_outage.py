@@ -112,8 +112,10 @@ def test_redis_restarts_empty_five_times_without_duplicates_or_leaks(own_redis: 
     time.sleep(0.3)
     assert threading.active_count() == threads_before
     # the same connections as before the restarts (subscription, publish connection, the
-    # pooled ones the loops use), none left behind by the reconnects; none after shutdown
-    assert _clients(own_redis) <= clients_before
+    # pooled ones the loops use: one or two more when the heartbeat, cleanup and probe loops
+    # of a manager happen to overlap), none left behind by the reconnects (a leak of one per
+    # restart would be 5 or 10 more); none at all after shutdown
+    assert _clients(own_redis) <= clients_before + 2
     a.shutdown()
     b.shutdown()
     assert _clients(own_redis) == 0
