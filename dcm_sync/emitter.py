@@ -8,14 +8,7 @@ from typing import Any
 from .backends import open_backend
 from .config import Config
 from .errors import DCMError
-from .messages import (
-    EnvelopeSigner,
-    encode_envelope,
-    encode_message,
-    exclusions,
-    new_id,
-    validate_id,
-)
+from .messages import EnvelopeWriter, encode_message, exclusions, new_id, validate_id
 from .models import DistributedStats
 
 __all__ = ["Emitter"]
@@ -37,11 +30,10 @@ class Emitter:
                      max_message_bytes=max_message_bytes, redis_timeout=timeout,
                      signing_keys=signing_keys, redis_ca_file=ca_file)
         self._max = cfg.max_message_bytes
-        self._signer = (EnvelopeSigner(cfg.signing_keys, cfg.key_prefix)
-                        if cfg.signing_keys else None)
+        self.origin = f"emitter:{new_id()}"
+        self._envelope = EnvelopeWriter(self.origin, cfg.signing_keys, cfg.key_prefix)
         self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout,
                                      ca_file=cfg.redis_ca_file)
-        self.origin = f"emitter:{new_id()}"
         self._closed = False
 
     def broadcast_to_room(self, room_id: str, message: Any,
@@ -71,10 +63,6 @@ class Emitter:
         if not self._closed:
             self._closed = True
             self._backend.close()
-
-    def _envelope(self, kind: str, **fields: Any) -> bytes:
-        data = encode_envelope(kind, self.origin, **fields)
-        return self._signer.sign(data) if self._signer else data
 
     def _check_open(self) -> None:
         if self._closed:

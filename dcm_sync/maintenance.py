@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .backends import Backend, ConnectionRecord
 from .concurrency import StopFlag
@@ -21,7 +21,7 @@ from .config import Config
 from .errors import BackendError
 from .listener import Listener
 from .local import LocalConnectionManager
-from .messages import validate_id
+from .messages import EnvelopeWriter, validate_id
 from .models import RemovedConnection, ServerInfo
 
 __all__ = ["ClusterMaintenance", "CLEANUP_BATCH"]
@@ -43,6 +43,7 @@ class ClusterMaintenance:
     _pending_removals: dict[str, tuple[RemovedConnection, str]]
     _restored_at: float
     _listener: Listener
+    _envelope: EnvelopeWriter
 
     if TYPE_CHECKING:  # provided by the manager
         def _server_info(self) -> ServerInfo: ...
@@ -53,8 +54,6 @@ class ClusterMaintenance:
                            local: bool = True) -> list[tuple[str, bytes]]: ...
 
         def _publish_quietly(self, items: list[tuple[str, bytes]]) -> None: ...
-
-        def _envelope(self, kind: str, **fields: Any) -> bytes: ...
 
     def handle_server_failure(self, server_id: str) -> int:
         """Clean up a dead server's connections and tell their rooms (reason ``server-failure``).

@@ -26,11 +26,10 @@ from .messages import (
     SIGNED_HEADER_LENGTH,
     Envelope,
     EnvelopeError,
-    EnvelopeSigner,
+    EnvelopeWriter,
     SignatureError,
     decode_envelope,
     disconnect_notice,
-    encode_envelope,
     encode_message,
     envelope_prefix,
     exclusions,
@@ -85,9 +84,8 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._restored_at = 0.0
         self._counters: Counter[str] = Counter()
         self._own_room_prefix = envelope_prefix("room", self.server_id)
-        self._signer = (EnvelopeSigner(config.signing_keys, config.key_prefix)
-                        if config.signing_keys else None)
-        self._body_at = SIGNED_HEADER_LENGTH if self._signer else 0  # where the JSON body starts
+        self._envelope = EnvelopeWriter(self.server_id, config.signing_keys, config.key_prefix)
+        self._body_at = SIGNED_HEADER_LENGTH if self._envelope.signer else 0  # where the JSON body starts
         self._listener = Listener(
             self._backend, self._driver, self._stop, f"server:{self.server_id}",
             has_local_members=self.local.has_members,
@@ -156,11 +154,6 @@ class DistributedConnectionManager(ClusterMaintenance):
     def _check_open(self) -> None:
         if self._closed:
             raise DCMError("this manager is shut down")
-
-    def _envelope(self, kind: str, **fields: Any) -> bytes:
-        """An envelope from this server, signed when ``config.signing_keys`` is set."""
-        data = encode_envelope(kind, self.server_id, **fields)
-        return self._signer.sign(data) if self._signer else data
 
     def _server_info(self) -> ServerInfo:
         return ServerInfo(self.server_id, self.config.server_host, self.config.server_port,
@@ -410,7 +403,7 @@ class DistributedConnectionManager(ClusterMaintenance):
             # forgery that looks like one is dropped here too, unchecked: nothing is delivered)
             return
         try:
-            env = decode_envelope(data, self._signer)
+            env = decode_envelope(data, self._envelope.signer)
             if env.kind == "room" and channel != f"room:{env.fields['r']}":
                 raise EnvelopeError(f"room envelope for {env.fields['r']!r} arrived on {channel!r}")
         except EnvelopeError as exc:

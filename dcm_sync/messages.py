@@ -66,6 +66,7 @@ __all__ = [
     "signing_key_bytes",
     "encode_message",
     "encode_envelope",
+    "EnvelopeWriter",
     "envelope_prefix",
     "decode_envelope",
     "validate_id",
@@ -230,6 +231,19 @@ class EnvelopeSigner:
             if hmac.compare_digest(self._mac(base, body), given):
                 return body
         raise SignatureError("bad signature (another key or another key_prefix)")
+
+
+class EnvelopeWriter:
+    """Encodes the envelopes of one origin (a server, an emitter), signed with the first of
+    ``signing_keys`` when there are any; ``signer`` is None otherwise."""
+
+    def __init__(self, origin: str, signing_keys: Sequence[str | bytes], key_prefix: str) -> None:
+        self.origin = origin
+        self.signer = EnvelopeSigner(signing_keys, key_prefix) if signing_keys else None
+
+    def __call__(self, kind: str, **fields: Any) -> bytes:
+        data = encode_envelope(kind, self.origin, **fields)
+        return self.signer.sign(data) if self.signer is not None else data
 
 
 def _strip_unchecked(data: bytes | str) -> bytes | str:
