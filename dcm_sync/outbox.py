@@ -113,51 +113,40 @@ class Outbox:
         :meth:`close` (or a failed write) messages are dropped (True: nothing to do).
         ``frame``: :func:`~dcm_sync.local.text_frame` of ``text``, used where frames are shared.
         Encoding happens under the lock: per-socket compression needs frames in write order."""
-        start_writer = False
         with self._lock:
             if self._closed:
                 return True
             data = frame if frame is not None and self._shares else self._ws.encode_text(text)
-            if not self._writing:
-                sent = self._ws.write_nowait(data)
-                if sent == len(data):
-                    return True
-                data = data[sent:]
-                self._writing = start_writer = True
-                self._idle = None
-                self._partial = sent > 0
-            pending = self._pending
-            if pending is None:
-                pending = self._pending = deque()
-            elif pending and (len(pending) >= self._policy.max_messages
-                              or self._bytes + len(data) > self._policy.max_bytes):
-                return False  # an empty outbox takes any one message, however big
-            pending.append(data)
-            self._bytes += len(data)
-        if start_writer:
-            self._policy.spawn(f"dcm-writer-{self._cid}", self._drain)
-        return True
+            return self._push(data, bounded=True)
 
     def put_control(self, frame: bytes) -> None:
-        """A control frame (a pong): in order with the messages, never inside one; not
-        counted against the bounds (tiny, and the client asked for it); dropped once closed."""
-        start_writer = False
+        """A control frame (a pong): in order with the messages, never inside one; not held to
+        the bounds (tiny, and the client asked for it); dropped once closed."""
         with self._lock:
-            if self._closed:
-                return
-            if not self._writing:
-                sent = self._ws.write_nowait(frame)
-                if sent == len(frame):
-                    return
-                frame = frame[sent:]
-                self._writing = start_writer = True
-                self._idle = None
-                self._partial = sent > 0
-            if self._pending is None:
-                self._pending = deque()
-            self._pending.append(frame)
-        if start_writer:
-            self._policy.spawn(f"dcm-writer-{self._cid}", self._drain)
+            if not self._closed:
+                self._push(frame, bounded=False)
+
+    def _push(self, data: bytes, bounded: bool) -> bool:
+        """With the lock held: write what the socket takes now, queue the rest (starting a
+        writer if none runs); False, queueing nothing, if ``bounded`` and the outbox is full."""
+        if not self._writing:
+            sent = self._ws.write_nowait(data)
+            if sent == len(data):
+                return True
+            self._pending = deque([data[sent:]])
+            self._bytes = len(data) - sent
+            self._writing, self._idle, self._partial = True, None, sent > 0
+            self._policy.spawn(f"dcm-writer-{self._cid}", self._drain)  # it waits for the lock
+            return True
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        elif bounded and pending and (len(pending) >= self._policy.max_messages
+                                      or self._bytes + len(data) > self._policy.max_bytes):
+            return False  # an empty outbox takes any one message, however big
+        pending.append(data)
+        self._bytes += len(data)
+        return True
 
     def close(self, code: int, reason: str, drop: bool = False) -> None:
         """Close with ``code``/``reason`` after what waits (``drop``: instead of it; a slow
@@ -176,6 +165,7 @@ class Outbox:
                 if self._pending is None:
                     self._pending = deque()
                 self._pending.append(close_frame)
+                self._bytes += len(close_frame)
                 return
             self._writing = True
         try:
