@@ -164,8 +164,7 @@ class Outbox:
             if self._writing:  # the writer sends it after what it has, then finishes
                 if self._pending is None:
                     self._pending = deque()
-                self._pending.append(close_frame)
-                self._bytes += len(close_frame)
+                self._pending.append(close_frame)  # not counted: nothing is bounded any more
                 return
             self._writing = True
         try:
@@ -202,7 +201,7 @@ class Outbox:
                     closed = self._closed
                     break
                 data = pending.popleft()
-                self._bytes -= len(data)
+                self._bytes = max(0, self._bytes - len(data))
                 self._partial = False
             try:
                 self._ws.write(data)
