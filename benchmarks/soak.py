@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dcm_sync.maintenance import IDLE_CLOSE_SECONDS
-from tests.helpers.processes import ServerProcess
+from tests.helpers.processes import ServerProcess, rss_kb
 from tests.helpers.redis_server import RedisServer
 
 from .soak_clients import MODES, ChurnPlan, ClientReport, churn_main, observer_main
@@ -61,10 +61,7 @@ class SoakError(RuntimeError):
 def proc_figures(pid: int, ws_port: int, redis_port: int) -> dict[str, int]:
     """A server process's RSS (KB), open file descriptors, and of these its TCP connections to
     Redis (``redis``), its accepted client sockets (``ws``) and the rest (``other``)."""
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
+    rss = rss_kb(pid)
     fds = os.listdir(f"/proc/{pid}/fd")
     sockets = set()
     for fd in fds:

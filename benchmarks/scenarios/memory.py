@@ -179,6 +179,7 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- RSS
 def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) -> dict[str, float]:
     """One server of ``side`` with ``m`` idle sockets: its RSS and Redis deltas per socket."""
+    from tests.helpers.processes import rss_kb
     from tests.helpers.redis_server import env_for_subprocess, free_port
 
     env = env_for_subprocess()
@@ -198,7 +199,7 @@ def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) ->
             _warm_up(side, port)
             _wait_count(port, 0, 10.0)
             time.sleep(0.2)
-            rss_before = _rss_kb(server.pid)
+            rss_before = rss_kb(server.pid)
             redis_before = _redis_used(r)
             for start in range(0, m, SOCKETS_PER_CLIENT):
                 count = min(SOCKETS_PER_CLIENT, m - start)
@@ -212,7 +213,7 @@ def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) ->
                 read_line(proc, deadline, "connected")
             _wait_count(port, m, 10.0)
             time.sleep(0.3)
-            rss_after = _rss_kb(server.pid)
+            rss_after = rss_kb(server.pid)
             redis_after = _redis_used(r)
         finally:
             _kill(server)
@@ -229,13 +230,6 @@ def _redis_used(r: Any) -> int:
     (tens of KB per client connection, changing between two reads)."""
     info = r.info("memory")
     return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:

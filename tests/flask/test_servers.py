@@ -6,8 +6,6 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import websocket
@@ -18,14 +16,6 @@ from tests.helpers.sockets import wait_until
 
 DCM_WORKER = "flask_ext.gunicorn_worker.DCMGeventWebSocketWorker"
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
-
-
-@pytest.fixture
-def servers(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[Servers]:
-    """Starts this test's servers on the shared Redis; stops them all (and prints their logs) after."""
-    made = Servers(redis_server.url, prefix, tmp_path)
-    yield made
-    made.stop_all()
 
 
 def open_raw(url: str, token: str | None, origin: str | None = None) -> websocket.WebSocket:

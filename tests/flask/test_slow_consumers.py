@@ -12,25 +12,16 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import websocket
 
 from tests.flask.procs import Server, Servers
-from tests.helpers.redis_server import RedisServer, free_port
+from tests.helpers.processes import rss_kb
+from tests.helpers.redis_server import free_port
 
 READERS = 200
 MESSAGES = 150
 SIZE = 32 * 1024
-
-
-@pytest.fixture
-def servers(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[Servers]:
-    made = Servers(redis_server.url, prefix, tmp_path)
-    yield made
-    made.stop_all()
 
 
 def stalled_client(server: Server) -> socket.socket:
@@ -96,7 +87,7 @@ def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(server
         assert r.recv() == "joined"
     slow = stalled_client(a)
     time.sleep(0.3)
-    rss_before = rss_kb(a)
+    rss_before = rss_kb(a.proc.pid)
     got = {id(r): 0 for r in readers}
     notices: list[dict[str, str]] = []
     codes: list[int] = []
@@ -132,14 +123,7 @@ def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(server
         ("user-disconnected", "slow", "removed")}
     assert a.health()["stats"]["local_connections"] == READERS
     # the slow client's backlog (MESSAGES x SIZE = 4.8 MB) was not kept
-    assert rss_kb(a) - rss_before < 3_000
-
-
-def rss_kb(server: Server) -> int:
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    assert rss_kb(a.proc.pid) - rss_before < 3_000
 
 
 def test_pongs_go_out_between_messages_never_inside_one(servers: Servers) -> None:

@@ -35,6 +35,14 @@ POLL_INTERVAL = 0.05  # seconds between polls: a polling interval, not a readine
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident memory (``VmRSS``) in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def is_ready(health: Json) -> bool:
     """Whether a :data:`HEALTH_PATH` answer says ready."""
     return health.get("ready") is True

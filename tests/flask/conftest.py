@@ -1,0 +1,19 @@
+"""Fixtures of the Flask server tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.flask.procs import Servers
+from tests.helpers.redis_server import RedisServer
+
+
+@pytest.fixture
+def servers(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[Servers]:
+    """Starts this test's servers on the shared Redis; stops them all (and prints their logs) after."""
+    made = Servers(redis_server.url, prefix, tmp_path)
+    yield made
+    made.stop_all()
