@@ -139,3 +139,21 @@ def read_line(proc: subprocess.Popen[bytes], deadline: float, expect: str) -> st
         if proc.poll() is not None:
             raise RuntimeError(f"child exited with {proc.returncode}")
     raise RuntimeError(f"child did not say {expect!r} in time")
+
+
+def pipe_reply(conn: Any, want: str, timeout: float, who: str,
+               error: type[Exception]) -> tuple[Any, ...]:
+    """The next message from a worker process's pipe, which must be a ``(want, ...)`` tuple;
+    ``error`` (naming ``who``) when it does not come in time, the worker died, or it reported
+    ``("error", traceback)``."""
+    try:
+        if not conn.poll(timeout):
+            raise error(f"{who}: no answer within {timeout:.0f} s")
+        msg = conn.recv()
+    except (EOFError, OSError) as exc:
+        raise error(f"{who} died ({exc!r})") from exc
+    if msg[0] == "error":
+        raise error(f"{who}: {msg[1].strip().splitlines()[-1]}\n{msg[1]}")
+    if msg[0] != want:
+        raise error(f"{who}: expected {want!r}, got {msg[0]!r}: {str(msg[1:])[-2000:]}")
+    return tuple(msg)

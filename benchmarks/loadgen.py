@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .harness import pipe_reply
+
 __all__ = ["PAYLOAD_BYTES", "PLAIN", "SIO", "LoadError", "ClientGroup", "Records", "SendReport",
            "payload", "data_command", "percentile"]
 
@@ -399,17 +401,7 @@ class ClientGroup:
         child.close()
 
     def _reply(self, timeout: float, want: str) -> tuple[Any, ...]:
-        try:
-            if not self._pipe.poll(timeout):
-                raise LoadError(f"client group {self.name}: no answer within {timeout:.0f} s")
-            msg = self._pipe.recv()
-        except (EOFError, OSError) as exc:
-            raise LoadError(f"client group {self.name} died ({exc!r})") from exc
-        if msg[0] == "error":
-            raise LoadError(f"client group {self.name}: {msg[1].strip().splitlines()[-1]}\n{msg[1]}")
-        if msg[0] != want:
-            raise LoadError(f"client group {self.name}: expected {want!r}, got {msg[0]!r}")
-        return tuple(msg)
+        return pipe_reply(self._pipe, want, timeout, f"client group {self.name}", LoadError)
 
     def wait_ready(self) -> list[str]:
         self.ids = list(self._reply(self.timeout + 5, "ready")[1])

@@ -42,6 +42,7 @@ from dcm_sync.maintenance import IDLE_CLOSE_SECONDS
 from tests.helpers.processes import ServerProcess, rss_kb
 from tests.helpers.redis_server import RedisServer
 
+from .harness import pipe_reply
 from .soak_clients import MODES, ChurnPlan, ClientReport, churn_main, observer_main
 from .soak_report import Observed, evaluate, print_figures
 
@@ -118,15 +119,7 @@ class Pipe:
         self.conn.send(msg)
 
     def reply(self, want: str, timeout: float) -> tuple[Any, ...]:
-        try:
-            if not self.conn.poll(timeout):
-                raise SoakError(f"{self.name}: no answer within {timeout:.0f} s")
-            msg = self.conn.recv()
-        except (EOFError, OSError) as exc:
-            raise SoakError(f"{self.name} died ({exc!r})") from exc
-        if msg[0] != want:
-            raise SoakError(f"{self.name}: expected {want!r}, got {msg[0]!r}: {str(msg[1:])[-2000:]}")
-        return tuple(msg)
+        return pipe_reply(self.conn, want, timeout, self.name, SoakError)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
