@@ -143,6 +143,7 @@ class RedisBackend:
         # left stale by a Redis restart costs no error) of timeout/2 each: an unreachable or
         # stalled Redis fails the call with BackendUnavailableError within about ``timeout``.
         attempt = timeout / 2
+        retry = Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1)  # policy only: shareable
         common: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt}
         if url.startswith("rediss://"):
             # Verify the server's certificate and name; only ?ssl_cert_reqs=none in the URL
@@ -154,16 +155,14 @@ class RedisBackend:
             # A burst of calls must wait for a pooled connection (up to ``timeout``/2), not
             # fail with "Too many connections" as redis-py's default pool does when full.
             pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=POOL_SIZE, timeout=attempt,
-                retry=Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1), **common,
+                url, max_connections=POOL_SIZE, timeout=attempt, retry=retry, **common,
             )
             self._r = redis.Redis(connection_pool=pool)
             # PUBLISH and routing (the per-message commands) go over one dedicated connection:
             # a pool checkout polls the socket first, which costs more than the command itself
             # under gevent. Connected on first use.
             self._hot_pool = redis.ConnectionPool.from_url(
-                url, max_connections=1, retry=Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1),
-                **common,
+                url, max_connections=1, retry=retry, **common,
             )
             # The subscriber reports every failure at once and never reconnects by itself
             # (no error is retryable): the listener owns reconnection.
