@@ -32,6 +32,7 @@ from dcm_sync import (
     DistributedConnectionManager,
     create_distributed_connection_manager,
 )
+from dcm_sync.backends.redis_keys import KeyLayout
 from tests.e2e.chat import EXAMPLE, ChatClient, ChatServer
 from tests.helpers.processes import ServerProcess
 from tests.helpers.redis_server import RedisServer
@@ -191,15 +192,16 @@ def _text(value: Any) -> str:
 def state_present(r: redis.Redis, prefix: str, server_id: str, conns: Rooms) -> bool:
     """Redis holds the server's record (indexed), exactly its connections, each connection's hash
     naming it, and each connection in its rooms."""
+    keys = KeyLayout(prefix)
     try:
         pipe = r.pipeline(transaction=False)
-        pipe.exists(f"{prefix}servers:{server_id}")
-        pipe.sismember(f"{prefix}index:servers", server_id)
-        pipe.smembers(f"{prefix}server-connections:{server_id}")
+        pipe.exists(keys.server(server_id))
+        pipe.sismember(keys.servers_index, server_id)
+        pipe.smembers(keys.server_connections(server_id))
         for cid, rooms in conns.items():
-            pipe.hget(f"{prefix}connections:{cid}", "serverId")
+            pipe.hget(keys.connection(cid), "serverId")
             for room in sorted(rooms):
-                pipe.sismember(f"{prefix}rooms:{room}", cid)
+                pipe.sismember(keys.room(room), cid)
         res = pipe.execute()
     except redis.RedisError:
         return False
@@ -219,14 +221,15 @@ def state_present(r: redis.Redis, prefix: str, server_id: str, conns: Rooms) -> 
 def state_gone(r: redis.Redis, prefix: str, server_id: str, conns: Rooms) -> bool:
     """No trace of the server in Redis: record, index entry, connection set, connection hashes,
     room memberships."""
+    keys = KeyLayout(prefix)
     try:
         pipe = r.pipeline(transaction=False)
-        pipe.exists(f"{prefix}servers:{server_id}", f"{prefix}server-connections:{server_id}",
-                    *(f"{prefix}connections:{cid}" for cid in conns))
-        pipe.sismember(f"{prefix}index:servers", server_id)
+        pipe.exists(keys.server(server_id), keys.server_connections(server_id),
+                    *(keys.connection(cid) for cid in conns))
+        pipe.sismember(keys.servers_index, server_id)
         for cid, rooms in conns.items():
             for room in sorted(rooms):
-                pipe.sismember(f"{prefix}rooms:{room}", cid)
+                pipe.sismember(keys.room(room), cid)
         res = pipe.execute()
     except redis.RedisError:
         return False

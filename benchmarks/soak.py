@@ -12,7 +12,7 @@ their rooms, with a close frame, with a bare TCP FIN, or with a reset; see
 * delivery: every tagged message whose send call succeeded reached every observer and its sender
   exactly once (no loss, no duplicates; no churn client got any message twice);
 * Redis: ``connected_clients`` back to its value before any client (with only the observers
-  left, and with nobody left); no key but the live servers' own (``servers:<sid>``,
+  left, and with nobody left); no key but the live servers' own (``servers:{T}<sid>``,
   ``index:servers``) once everyone has gone, and with only the observers left exactly theirs;
 * servers: open file descriptors and RSS (sampled every 2 s from /proc) flat after warm-up and
   back where they started; each server's own count of local connections back to 0;
@@ -38,7 +38,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.maintenance import IDLE_CLOSE_SECONDS
+from tests.helpers.keys import indexed_rooms
 from tests.helpers.processes import ServerProcess, rss_kb
 from tests.helpers.redis_server import RedisServer
 
@@ -47,6 +49,7 @@ from .soak_clients import MODES, ChurnPlan, ClientReport, churn_main, observer_m
 from .soak_report import Observed, evaluate, print_figures
 
 PREFIX = "soak:"
+KEYS = KeyLayout(PREFIX)
 HEARTBEAT_S = 2.0
 # the heartbeat loop runs (and closes idle pooled Redis connections) during the soak
 SERVER_ENV = {"DCM_HEARTBEAT_INTERVAL": str(HEARTBEAT_S), "DCM_HEARTBEAT_TTL": "10"}
@@ -132,7 +135,8 @@ class Pipe:
 
 def classify_keys(redis: Any) -> dict[str, list[str]]:
     """Every key of the database (this soak's own redis-server) by kind: ``servers``,
-    ``connections``, ``rooms``... for keys under the prefix, ``foreign`` for others."""
+    ``connections``, ``rooms``, ``index:rooms`` (its 256 buckets)... for keys under the prefix
+    (listed without it), ``foreign`` for others."""
     out: dict[str, list[str]] = {}
     for raw in redis.scan_iter(count=1000):
         key = raw.decode()
@@ -140,13 +144,13 @@ def classify_keys(redis: Any) -> dict[str, list[str]]:
             out.setdefault("foreign", []).append(key)
             continue
         rest = key[len(PREFIX):]
-        kind = rest if rest.startswith("index:") else rest.split(":", 1)[0]
+        kind = rest.split(":{", 1)[0] if rest.startswith("index:") else rest.split(":", 1)[0]
         out.setdefault(kind, []).append(rest)
     return {k: sorted(v) for k, v in out.items()}
 
 
 def smembers(redis: Any, key: str) -> set[str]:
-    return {m.decode() for m in redis.smembers(PREFIX + key)}
+    return {m.decode() for m in redis.smembers(key)}
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> float:
@@ -285,9 +289,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         back_mid = settle_clients(clients_of, base["redis_clients"])
         mid = {"settle_s": back_mid, "redis_clients": clients_of(), "keys": classify_keys(r),
                "servers": [proc_figures(*p) for p in procs], "stats": [stats_of(s) for s in servers],
-               "rooms": {room: smembers(r, f"rooms:{room}") for room in rooms},
-               "server_conns": set().union(*(smembers(r, f"server-connections:{sid}") for sid in sids)),
-               "index_rooms": smembers(r, "index:rooms"), "index_servers": smembers(r, "index:servers")}
+               "rooms": {room: smembers(r, KEYS.room(room)) for room in rooms},
+               "server_conns": set().union(*(smembers(r, KEYS.server_connections(sid)) for sid in sids)),
+               "index_rooms": indexed_rooms(r, PREFIX), "index_servers": smembers(r, KEYS.servers_index)}
 
         # ---- nobody left
         obs.send("close")
@@ -298,7 +302,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         back_after = settle_clients(clients_of, base["redis_clients"])
         after = {"settle_s": back_after, "redis_clients": clients_of(), "keys": classify_keys(r),
                  "servers": [proc_figures(*p) for p in procs], "stats": [stats_of(s) for s in servers],
-                 "index_servers": smembers(r, "index:servers")}
+                 "index_servers": smembers(r, KEYS.servers_index)}
         sampler.stopped.set()
         sampler.join(5)
         samples = sampler.samples

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dcm_sync.backends.redis_keys import KeyLayout, room_bucket
+
 from .soak_clients import MODES, ClientReport
 
 __all__ = ["Observed", "evaluate", "print_figures", "WARM", "FD_SLACK", "RSS_SLACK_KB"]
@@ -13,6 +15,7 @@ __all__ = ["Observed", "evaluate", "print_figures", "WARM", "FD_SLACK", "RSS_SLA
 WARM = 10.0         # seconds of churn before the "warm" sample
 FD_SLACK = 2        # open files a server may hold beyond its earlier figure
 RSS_SLACK_KB = 6 * 1024  # RSS growth from warm-up to the end of the churn allowed per server
+KEYS = KeyLayout("")  # key names without the prefix, as the soak's classify_keys lists them
 
 
 @dataclass
@@ -123,7 +126,7 @@ def evaluate(o: Observed) -> dict[str, Any]:
           "idle pooled connections close every 10 s); each server's own: "
           + ", ".join(f"{b} -> {j} (observers joined, before the churn) -> {a}"
                       for (b, a), j in zip(held, joined["servers_redis"], strict=True)))
-    own = {"servers": sorted(f"servers:{s}" for s in sids), "index:servers": ["index:servers"]}
+    own = {"servers": sorted(KEYS.server(s) for s in sids), "index:servers": [KEYS.servers_index]}
     extra_after = differ(after["keys"], own)
     figures["keys"] = {"baseline": base["keys"], "nobody": after["keys"], "after_shutdown": final["keys"],
                        "observers_only": {k: len(v) for k, v in mid["keys"].items()}}
@@ -132,9 +135,10 @@ def evaluate(o: Observed) -> dict[str, Any]:
           "; ".join(f"{k}: {v[:5]} ({len(v)})" for k, v in extra_after.items()))
     ids = set(obs_ids)
     want_mid = {"servers": own["servers"], "index:servers": own["index:servers"],
-                "connections": sorted(f"connections:{c}" for c in ids),
-                "rooms": sorted(f"rooms:{room}" for room in rooms), "index:rooms": ["index:rooms"],
-                "server-connections": sorted(f"server-connections:{s}" for s in sids)}
+                "connections": sorted(KEYS.connection(c) for c in ids),
+                "rooms": sorted(KEYS.room(room) for room in rooms),
+                "index:rooms": sorted({KEYS.rooms_index(room_bucket(room)) for room in rooms}),
+                "server-connections": sorted(KEYS.server_connections(s) for s in sids)}
     bad_rooms = [room for room, members in mid["rooms"].items() if members != ids]
     extra_mid = differ(mid["keys"], want_mid)
     check("with only the observers left, exactly their keys and memberships",

@@ -18,13 +18,14 @@ __all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES", "redact_url"]
 AuthenticateFn = Callable[[Any, str], Any]
 """``authenticate(auth_token, user_id)``: a falsy result refuses the connection."""
 
-SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix")
+SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster",
+                     "rediss+cluster")
 
 #: Environment variables the seed design used, mapped to Config fields.
 _SEED_ENV = {"redis_url": "REDIS_URL", "server_host": "SERVER_HOST", "server_port": "PORT"}
 #: Fields that cannot come from text (environment, Flask config strings).
 _NOT_FROM_ENV = frozenset({"authenticate"})
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}\-]{1,64}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -71,8 +72,9 @@ class Config:
                 f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
             )
         if self.redis_ca_file is not None:
-            if scheme != "rediss":
-                raise ConfigError("redis_ca_file is set but redis_url is not rediss://, "
+            if scheme not in ("rediss", "rediss+cluster"):
+                raise ConfigError("redis_ca_file is set but redis_url is not rediss:// or "
+                                  "rediss+cluster://, "
                                   "so the connection to Redis would not use TLS")
             if not (os.path.isfile(self.redis_ca_file) and os.access(self.redis_ca_file, os.R_OK)):
                 raise ConfigError(f"redis_ca_file {self.redis_ca_file!r}: no such readable file")
@@ -84,7 +86,8 @@ class Config:
             raise ConfigError("server_id must be 1..128 characters")
         if not _PREFIX_RE.match(self.key_prefix):
             raise ConfigError(
-                f"key_prefix {self.key_prefix!r} must be 1..64 characters of A-Z a-z 0-9 _ . : - {{ }}"
+                f"key_prefix {self.key_prefix!r} must be 1..64 characters of A-Z a-z 0-9 _ . : - "
+                "(no braces: they would decide every key's Redis Cluster slot)"
             )
         for name in ("heartbeat_interval", "heartbeat_ttl", "stale_connection_timeout",
                      "cleanup_interval", "connection_ttl", "redis_timeout", "subscribe_timeout",

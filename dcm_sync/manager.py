@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .backends import Backend, ConnectionRecord, open_backend
+from .backends.redis_keys import server_tag
 from .concurrency import Driver, StopFlag, Worker, get_driver
 from .config import Config
 from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
@@ -83,6 +84,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._pending_lock = threading.Lock()
         self._restored_at = 0.0
         self._counters: Counter[str] = Counter()
+        self._tag = server_tag(self.server_id)  # the first 4 digits of its connection ids
         self._own_room_prefix = envelope_prefix("room", self.server_id)
         self._envelope = EnvelopeWriter(self.server_id, config.signing_keys, config.key_prefix)
         self._body_at = SIGNED_HEADER_LENGTH if self._envelope.signer else 0  # where the JSON body starts
@@ -171,7 +173,7 @@ class DistributedConnectionManager(ClusterMaintenance):
         if auth is not None and not auth(auth_token, user_id):
             raise AuthenticationError(f"authentication refused for user {user_id!r}")
         for _ in range(ID_ATTEMPTS):  # a random id is taken once in ~10**18 draws: try again
-            cid = new_connection_id()
+            cid = new_connection_id(self._tag)
             if cid in self.local:
                 continue
             conn = self.local.add(cid, ws, user_id)

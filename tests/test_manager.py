@@ -17,6 +17,7 @@ from dcm_sync import (
     MessageTooLargeError,
     UnknownConnectionError,
 )
+from dcm_sync.backends.redis_keys import server_tag
 from tests.helpers.sockets import RecordingSocket, connect, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
@@ -36,17 +37,22 @@ def test_connection_ids_are_unique(make_manager: Make) -> None:
 
 
 def test_connection_ids_are_19_digit_integers(make_manager: Make) -> None:
-    cid, _ = connect(make_manager(), "u")
+    mgr = make_manager()
+    cid, _ = connect(mgr, "u")
     assert len(cid) == 19 and cid.isdigit() and int(cid) < 2**63
+    assert cid.startswith(server_tag(mgr.server_id))
 
 
 def test_a_taken_connection_id_is_never_reused(make_manager: Make,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    # the random draw repeats: first on the same server, then one another server holds
-    a, b = make_manager(), make_manager()
-    x, y, z = "1000000000000000001", "1000000000000000002", "1000000000000000003"
+    # the random draw repeats: first on the same server, then one another server holds (two
+    # servers whose ids give the same 4-digit tag, the only way their ids can collide)
+    tag = server_tag("server-a")
+    twin = next(f"server-b{i}" for i in range(100_000) if server_tag(f"server-b{i}") == tag)
+    a, b = make_manager(server_id="server-a"), make_manager(server_id=twin)
+    x, y, z = (f"{tag}00000000000000{n}" for n in range(1, 4))
     draws = iter([x, x, y, x, z])
-    monkeypatch.setattr("dcm_sync.manager.new_connection_id", lambda: next(draws))
+    monkeypatch.setattr("dcm_sync.manager.new_connection_id", lambda tag: next(draws))
     first, wa = connect(a, "alice")
     second, _ = connect(a, "bob")      # same draw taken locally -> next draw
     third, _ = connect(b, "carol")     # taken on server a -> next draw

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dcm_sync import BackendUnavailableError, DistributedConnectionManager
+from dcm_sync.backends.redis_keys import KeyLayout
 from tests.conftest import Managers
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import RecordingSocket, connect, wait_until
@@ -95,18 +96,19 @@ def test_redis_restarts_empty_five_times_without_duplicates_or_leaks(own_redis: 
     time.sleep(0.3)  # a few heartbeats, probes and cleanups: every loop has used its connection
     threads_before = threading.active_count()
     clients_before = _clients(own_redis)
+    keys = KeyLayout(prefix)
     for _ in range(RESTARTS):
         own_redis.restart()
         r = own_redis.client()
-        wait_until(lambda: own_redis.client().scard(f"{prefix}rooms:lobby") == 2, timeout=15)
+        wait_until(lambda: own_redis.client().scard(keys.room("lobby")) == 2, timeout=15)
         wb.frames.clear()
         wa.frames.clear()
         deliver_until(a, "lobby", wb)
         deliver_until(b, "lobby", wa)
         assert {s.server_id for s in a.get_active_servers()} == {a.server_id, b.server_id}
-        assert {x.decode() for x in r.smembers(f"{prefix}index:servers")} == {a.server_id, b.server_id}
-        assert r.smembers(f"{prefix}rooms:games") == {ca.encode()}
-        assert r.hget(f"{prefix}connections:{cb}", "serverId") == b.server_id.encode()
+        assert {x.decode() for x in r.smembers(keys.servers_index)} == {a.server_id, b.server_id}
+        assert r.smembers(keys.room("games")) == {ca.encode()}
+        assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()
     assert a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1
     r.close()  # the test's own connection
     time.sleep(0.3)

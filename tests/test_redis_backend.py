@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from dcm_sync import (
     DistributedConnectionManager,
     create_distributed_connection_manager,
 )
+from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from tests.conftest import FAST
+from tests.helpers.keys import indexed_rooms
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.sockets import RecordingSocket, wait_until
 
@@ -35,34 +38,64 @@ def keys(r: object, prefix: str) -> set[str]:
 
 def test_layout(redis_server: RedisServer, prefix: str,
                 managers: list[DistributedConnectionManager]) -> None:
+    # The names are written out here, not taken from KeyLayout, so that a layout change shows.
     a, b = managers
     r = redis_server.client()
     cid = a.register_connection(RecordingSocket(), "alice", auth_token="s3cret-token")
+    tag_a, tag_b = server_tag(a.server_id), server_tag(b.server_id)
+    assert len(cid) == 19 and cid.isdigit() and cid.startswith(tag_a)
     a.join_room(cid, "lobby")
     a.join_room(cid, "room:with:colons")
-    conn = {k.decode(): v.decode() for k, v in r.hgetall(f"{prefix}connections:{cid}").items()}
+    k_conn = f"{prefix}connections:{{{cid[:4]}}}{cid[4:]}"
+    lobby_bucket = "r" + hashlib.sha1(b"lobby").hexdigest()[:2]
+    colons_bucket = "r" + hashlib.sha1(b"room:with:colons").hexdigest()[:2]
+    k_lobby = f"{prefix}rooms:{{{lobby_bucket}}}lobby"
+    k_colons = f"{prefix}rooms:{{{colons_bucket}}}room:with:colons"
+    k_servers_a = f"{prefix}servers:{{{tag_a}}}{a.server_id}"
+    k_servers_b = f"{prefix}servers:{{{tag_b}}}{b.server_id}"
+    conn = {k.decode(): v.decode() for k, v in r.hgetall(k_conn).items()}
     assert conn["userId"] == "alice" and conn["serverId"] == a.server_id
     assert json.loads(conn["rooms"]) == ["lobby", "room:with:colons"]
     assert abs(float(conn["timestamp"]) - time.time()) < 60
-    assert 0 < r.pttl(f"{prefix}connections:{cid}") <= 3600_000
-    assert r.smembers(f"{prefix}rooms:lobby") == {cid.encode()}
-    assert r.smembers(f"{prefix}index:rooms") == {b"lobby", b"room:with:colons"}
-    assert r.smembers(f"{prefix}server-connections:{a.server_id}") == {cid.encode()}
-    server = {k.decode(): v.decode() for k, v in r.hgetall(f"{prefix}servers:{a.server_id}").items()}
+    assert 0 < r.pttl(k_conn) <= 3600_000
+    assert r.smembers(k_lobby) == {cid.encode()}
+    assert r.smembers(k_colons) == {cid.encode()}
+    # index:rooms is 256 buckets index:rooms:{rXX}: each room sits in its own room's bucket
+    assert r.smembers(f"{prefix}index:rooms:{{{lobby_bucket}}}") >= {b"lobby"}
+    assert r.smembers(f"{prefix}index:rooms:{{{colons_bucket}}}") >= {b"room:with:colons"}
+    assert not r.exists(f"{prefix}index:rooms")
+    buckets = [f"{prefix}index:rooms:{{r{i:02x}}}" for i in range(256)]
+    assert set().union(*(r.smembers(k) for k in buckets)) == {b"lobby", b"room:with:colons"}
+    assert indexed_rooms(r, prefix) == {"lobby", "room:with:colons"}
+    assert r.smembers(f"{prefix}server-connections:{{{tag_a}}}{a.server_id}") == {cid.encode()}
+    server = {k.decode(): v.decode() for k, v in r.hgetall(k_servers_a).items()}
     assert set(server) == {"serverId", "host", "port", "pid", "lastHeartbeat", "activeConnections"}
-    assert 0 < r.pttl(f"{prefix}servers:{a.server_id}") <= FAST["heartbeat_ttl"] * 1000
+    assert 0 < r.pttl(k_servers_a) <= FAST["heartbeat_ttl"] * 1000
     assert r.smembers(f"{prefix}index:servers") == {a.server_id.encode(), b.server_id.encode()}
+    assert set(keys(r, prefix)) == {k_conn, k_lobby, k_colons, k_servers_a, k_servers_b,
+                                    f"{prefix}index:rooms:{{{lobby_bucket}}}",
+                                    f"{prefix}index:rooms:{{{colons_bucket}}}",
+                                    f"{prefix}server-connections:{{{tag_a}}}{a.server_id}",
+                                    f"{prefix}index:servers"}
     # nothing anywhere holds the auth token
     for key in keys(r, prefix):
         assert b"s3cret-token" not in r.dump(key)
     a.leave_room(cid, "lobby")
-    assert not r.exists(f"{prefix}rooms:lobby")
-    assert json.loads(r.hget(f"{prefix}connections:{cid}", "rooms")) == ["room:with:colons"]
-    assert r.smembers(f"{prefix}index:rooms") == {b"room:with:colons"}
+    assert not r.exists(k_lobby)
+    assert json.loads(r.hget(k_conn, "rooms")) == ["room:with:colons"]
+    assert indexed_rooms(r, prefix) == {"room:with:colons"}
     a.remove_connection(cid)
     left = keys(r, prefix)
-    assert left == {f"{prefix}index:servers", f"{prefix}servers:{a.server_id}",
-                    f"{prefix}servers:{b.server_id}"}
+    assert left == {f"{prefix}index:servers", k_servers_a, k_servers_b}
+    # a server's bus channel and a dead server's cleanup lock carry the server's tag too
+    channels = {c.decode() for c in r.pubsub_channels(prefix + "server:*")}
+    assert channels == {f"{prefix}server:{{{tag_a}}}{a.server_id}",
+                        f"{prefix}server:{{{tag_b}}}{b.server_id}"}
+    dead = "dead-server-1"
+    assert a._backend.claim_cleanup(dead, a.server_id, 5.0)
+    k_lock = f"{prefix}lock:cleanup:{{{server_tag(dead)}}}{dead}"
+    assert r.get(k_lock) == a.server_id.encode()
+    r.delete(k_lock)
 
 
 def test_room_channel_subscribed_only_with_local_members(
@@ -73,18 +106,19 @@ def test_room_channel_subscribed_only_with_local_members(
     def channels() -> set[str]:
         return {c.decode() for c in r.pubsub_channels(prefix + "*")}
 
-    base = {f"{prefix}server:{a.server_id}", f"{prefix}server:{b.server_id}"}
+    layout = KeyLayout(prefix)
+    base = {layout.channel(f"server:{a.server_id}"), layout.channel(f"server:{b.server_id}")}
     assert channels() == base
     c1 = a.register_connection(RecordingSocket(), "u1")
     c2 = a.register_connection(RecordingSocket(), "u2")
     a.join_room(c1, "r")
-    assert channels() == base | {f"{prefix}room:r"}  # confirmed before join_room returned
+    assert channels() == base | {layout.channel("room:r")}  # confirmed before join_room returned
     a.join_room(c2, "r")
     a.leave_room(c1, "r")
-    assert channels() == base | {f"{prefix}room:r"}
+    assert channels() == base | {layout.channel("room:r")}
     a.remove_connection(c2)
     wait_until(lambda: channels() == base)
-    assert r.pubsub_numsub(f"{prefix}room:r") == [(f"{prefix}room:r".encode(), 0)]
+    assert r.pubsub_numsub(layout.channel("room:r")) == [(layout.channel("room:r").encode(), 0)]
 
 
 def test_shutdown_leaves_no_keys(redis_server: RedisServer, prefix: str) -> None:
@@ -133,9 +167,9 @@ def test_manager_recovers_after_redis_restart(prefix: str) -> None:
         assert wb.messages()[0]["attempt"] >= 0
         assert b.send_to_connection(ca, "direct after restart") is True
         wait_until(lambda: "direct after restart" in wa.frames)
-        r = server.client()
-        assert r.smembers(f"{prefix}rooms:r") == {ca.encode(), cb.encode()}
-        assert r.scard(f"{prefix}index:servers") == 2  # no duplicate server entry
+        r, layout = server.client(), KeyLayout(prefix)
+        assert r.smembers(layout.room("r")) == {ca.encode(), cb.encode()}
+        assert r.scard(layout.servers_index) == 2  # no duplicate server entry
         assert a.is_ready() and b.is_ready()
     finally:
         for m in made:

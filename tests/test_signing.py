@@ -12,6 +12,7 @@ import pytest
 import dcm_sync.manager
 from dcm_sync import Config, ConfigError, DistributedConnectionManager, Emitter
 from dcm_sync.backends.base import Subscription
+from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.messages import (
     SIGNED_HEADER_LENGTH,
     EnvelopeError,
@@ -289,18 +290,18 @@ def test_raw_publishes_on_redis_are_dropped_unless_validly_signed(
             (channel, good.sign(b'{"v":2,' + body[7:]), False),             # signed, other version
         ]
     bad.append((to_b, good.sign(b"not json"), False))
-    r = redis_server.client()
+    r, keys = redis_server.client(), KeyLayout(prefix)
     try:
         for channel, data, _ in bad:
-            r.publish(prefix + channel, data)
+            r.publish(keys.channel(channel), data)
         want_dropped, want_sig = len(bad), sum(sig for _, _, sig in bad)
         wait_until(lambda: b.metrics()["envelopes_dropped"] == want_dropped)
         assert b.metrics()["signature_failures"] == want_sig
         assert wb.frames == [] and received == []
         # the same bytes, validly signed for this deployment, are delivered
-        r.publish(f"{prefix}room:r", good.sign(room))
-        r.publish(prefix + to_b, good.sign(direct))
-        r.publish(prefix + to_b, good.sign(server))
+        r.publish(keys.channel("room:r"), good.sign(room))
+        r.publish(keys.channel(to_b), good.sign(direct))
+        r.publish(keys.channel(to_b), good.sign(server))
         wait_until(lambda: len(wb.frames) == 2 and received == ["control"])
         assert wb.frames == ["room", "direct"]
         assert b.metrics()["envelopes_dropped"] == want_dropped

@@ -2,11 +2,12 @@
 
 A server process registers ``N`` fake sockets through the core API (``register_connection`` and
 ``join_room``, ``N/100`` rooms of 100), prints ``ready`` and waits; the benchmark checks the state
-in Redis, kills it with SIGKILL, polls ``PTTL servers:<sid>`` every 10 ms until the record has
-expired, then polls until the state is gone: ``server-connections:<sid>`` empty, the id out of
+in Redis, kills it with SIGKILL, polls ``PTTL servers:{T}<sid>`` every 10 ms until the record has
+expired, then polls until the state is gone: ``server-connections:{T}<sid>`` empty, the id out of
 ``index:servers``, and every room set empty (the room sets are read only once the first two hold,
 so that polling does not load Redis during the cleanup). Afterwards (not timed) a ``SCAN`` checks
-that no ``connections:*`` key and no room is left.
+that no ``connections:*`` key is left and the 256 ``index:rooms:{rXX}`` buckets name no room.
+(Key names: :class:`dcm_sync.backends.redis_keys.KeyLayout`.)
 
 A second manager in another process (heartbeat every 0.25 s) detects the death and cleans up:
 the time includes its detection delay (up to one heartbeat interval; with the default 30 s
@@ -103,11 +104,15 @@ def run(ctx: Context) -> Result:
 def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n: int,
              run_no: int, detector: subprocess.Popen[bytes],
              problems: list[str]) -> dict[str, float]:
+    from dcm_sync.backends.redis_keys import KeyLayout
+    from tests.helpers.keys import indexed_room_count
+
+    keys = KeyLayout(prefix)
     victim = _spawn(ctx, env, "server", [url, prefix, str(n)], f"failover-server-{run_no}.log")
     try:
         line = read_line(victim, time.monotonic() + max(60.0, n / 300), "ready")
         sid = line.split()[1]
-        held, in_rooms = _state_counts(r, prefix, sid, n // ROOM_SIZE)
+        held, in_rooms = _state_counts(r, keys, sid, n // ROOM_SIZE)
         if held != n or in_rooms != n:
             raise RuntimeError(f"the server holds {held} connections, {in_rooms} memberships; "
                                f"expected {n}")
@@ -116,7 +121,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
     finally:
         _stop(victim)
 
-    k_server = f"{prefix}servers:{sid}"
+    k_server = keys.server(sid)
     deadline = time.monotonic() + DEAD_HEARTBEAT[1] + 10
     while r.pttl(k_server) != -2:
         if time.monotonic() > deadline:
@@ -124,8 +129,8 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
         time.sleep(POLL)
     expired = time.monotonic()
 
-    k_lock, k_conns = f"{prefix}lock:cleanup:{sid}", f"{prefix}server-connections:{sid}"
-    k_index = f"{prefix}index:servers"
+    k_lock, k_conns = keys.cleanup_lock(sid), keys.server_connections(sid)
+    k_index = keys.servers_index
     detected = gone = None
     deadline = expired + 120 + n / 1000
     while time.monotonic() < deadline:
@@ -139,7 +144,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
         now = time.monotonic()
         if detected is None and (locked or left < n):
             detected = now
-        if not left and not listed and _state_counts(r, prefix, sid, n // ROOM_SIZE)[1] == 0:
+        if not left and not listed and _state_counts(r, keys, sid, n // ROOM_SIZE)[1] == 0:
             gone = now
             break
         time.sleep(POLL)
@@ -152,7 +157,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
 
     # not timed: nothing of it may be left anywhere
     leftover = sum(1 for _ in r.scan_iter(match=f"{prefix}connections:*", count=1000))
-    rooms_left = r.scard(f"{prefix}index:rooms")
+    rooms_left = indexed_room_count(r, prefix)
     if leftover or rooms_left:
         problems.append(f"run {run_no + 1}: {leftover} connections:* keys and {rooms_left} rooms "
                         f"left after cleanup")
@@ -163,12 +168,12 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
             "numsub_s": parts["listeners_s"]}
 
 
-def _state_counts(r: Any, prefix: str, sid: str, rooms: int) -> tuple[int, int]:
-    """(connections the server holds, members of all its rooms)."""
+def _state_counts(r: Any, keys: Any, sid: str, rooms: int) -> tuple[int, int]:
+    """(connections the server holds, members of all its rooms); ``keys``: the KeyLayout."""
     pipe = r.pipeline(transaction=False)
-    pipe.scard(f"{prefix}server-connections:{sid}")
+    pipe.scard(keys.server_connections(sid))
     for i in range(rooms):
-        pipe.scard(f"{prefix}rooms:room-{i}")
+        pipe.scard(keys.room(f"room-{i}"))
     held, *members = pipe.execute()
     return int(held), int(sum(members))
 

@@ -3,7 +3,8 @@
 Redis: ``INFO memory`` ``used_memory`` before and after registering ``N`` connections through the
 core API (``register_connection`` + two ``join_room`` each, rooms of 200 members: ``a-<i // 200>``
 and ``b-<i % (N/200)>``), divided by ``N``. The breakdown comes from ``MEMORY USAGE`` (SAMPLES 0)
-of one ``connections:<id>`` hash, one room set and the server-connections set (per member);
+of one ``connections:{T}<id>`` hash, one room set, the server-connections set (per member) and
+the 256 ``index:rooms:{rXX}`` buckets (key names: :class:`dcm_sync.backends.redis_keys.KeyLayout`);
 ``other`` is what they do not explain (the key-expiry entry, hash-table buckets, the room
 channels' subscriptions, allocator rounding).
 
@@ -112,10 +113,11 @@ def run(ctx: Context) -> Result:
     if redis_runs:
         b = redis_runs[0]
         result.notes.append(
-            f"breakdown (MEMORY USAGE, run 1): connections:<id> hash {b['hash']:.0f} B "
+            f"breakdown (MEMORY USAGE, run 1): connections:{{T}}<id> hash {b['hash']:.0f} B "
             f"({b['hash_encoding']}; values: {b['hash_fields']}); room set {b['room_member']:.1f} B "
             f"per member ({b['room_encoding']}), x2; server-connections set "
-            f"{b['server_set_member']:.1f} B per member; index:rooms {b['index_rooms']:.2f} B per "
+            f"{b['server_set_member']:.1f} B per member; index:rooms:{{rXX}} (256 buckets) "
+            f"{b['index_rooms']:.2f} B per "
             f"connection; other {b['other']:.0f} B (key-expiry entry, hash-table buckets, room "
             f"channel subscriptions, allocator rounding)")
     rss = result.dcm["rss_kb_per_ws"]
@@ -135,10 +137,12 @@ def run(ctx: Context) -> Result:
 # ------------------------------------------------------------------------------- Redis bytes
 def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
     from dcm_sync import Config, LocalConnectionManager, create_distributed_connection_manager
+    from dcm_sync.backends.redis_keys import KeyLayout
 
     r = redis_server.client()
     r.flushall()
     prefix = f"bench-mem-{run_no}:"
+    keys = KeyLayout(prefix)
     mgr = create_distributed_connection_manager(
         LocalConnectionManager(n + 10), Config(redis_url=redis_server.url, key_prefix=prefix))
     try:
@@ -152,12 +156,12 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
         def usage(key: str) -> int:
             return int(r.memory_usage(key, samples=0) or 0)
 
-        k_hash = f"{prefix}connections:{ids[n // 2]}"
-        k_room = f"{prefix}rooms:a-0"
-        k_server = f"{prefix}server-connections:{mgr.server_id}"
+        k_hash = keys.connection(ids[n // 2])
+        k_room = keys.room("a-0")
+        k_server = keys.server_connections(mgr.server_id)
         room_member = usage(k_room) / r.scard(k_room)
         server_member = usage(k_server) / r.scard(k_server)
-        index_rooms = usage(f"{prefix}index:rooms") / n
+        index_rooms = sum(usage(k) for k in keys.all_rooms_indexes()) / n
         hash_bytes = usage(k_hash)
         fields = {k.decode(): len(v) for k, v in r.hgetall(k_hash).items()}
         out: dict[str, Any] = {

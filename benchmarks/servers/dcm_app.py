@@ -19,6 +19,7 @@ import redis.client
 from flask import Flask, jsonify, request
 
 from benchmarks.servers.common import BusCounter, serve
+from dcm_sync.backends.redis_keys import KeyLayout
 from flask_ext import DistributedWebSockets, WebSocketConnection
 from flask_ext.handler import DCMWebSocketHandler
 
@@ -27,7 +28,8 @@ app.config["DCM_RATE_LIMIT"] = 0  # load generators send far more than a person'
 sockets = DistributedWebSockets(app)
 bus = BusCounter()
 
-_ROOM_CHANNEL = (os.environ.get("DCM_KEY_PREFIX", "dcm:") + "room:").encode()
+# room channels are not hash-tagged: P room:<room>
+_ROOM_CHANNEL = KeyLayout(os.environ.get("DCM_KEY_PREFIX", "dcm:")).channel("room:").encode()
 _CUT = len(_ROOM_CHANNEL)
 _handle_message = redis.client.PubSub.handle_message
 

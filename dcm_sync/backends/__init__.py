@@ -1,4 +1,5 @@
-"""Coordination backends: ``memory://`` (in-process) and ``redis://`` / ``rediss://`` / ``unix://``."""
+"""Coordination backends: ``memory://`` (in-process); ``redis://``, ``rediss://``, ``unix://`` and
+``redis+sentinel://`` (one Redis master); ``redis+cluster://`` and ``rediss+cluster://``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ def open_backend(url: str, key_prefix: str, timeout: float = 2.0,
         from .memory import MemoryBackend
 
         return MemoryBackend(url, key_prefix)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from .redis_cluster import RedisClusterBackend
+
+        return RedisClusterBackend(url, key_prefix, timeout=timeout, ca_file=ca_file)
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         from .redis import RedisBackend
 
         return RedisBackend(url, key_prefix, timeout=timeout, ca_file=ca_file)

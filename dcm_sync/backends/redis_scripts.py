@@ -1,91 +1,168 @@
-"""Lua scripts run by the Redis backend: each multi-key change is one atomic script.
+"""Lua scripts run by the Redis backends; the key names follow :mod:`.redis_keys`.
 
-Every script that removes a connection shares ``REMOVE_ONE`` so that the rules (drop the
-hash, the server index entry, every room membership, the room from the room index when it
-empties) are written once.
+A script only touches keys of one Cluster slot: a server's slot (its record, its connection set,
+its connections' hashes, its channel) or a room bucket's slot (room sets and their index). On a
+single Redis (or Sentinel) a join, a leave and a removal are one script over both; in Cluster
+they are two, run in an order that never leaves a connection id in a room set without the room
+in the connection's list (see :mod:`.redis_cluster`).
+
+Scripts that publish say ``%PUBLISH%``: ``PUBLISH`` on a single Redis, ``SPUBLISH`` (sharded
+pub/sub, on the channel's own shard) in Cluster. :func:`for_publish` fills it in.
 """
 
 from __future__ import annotations
 
-# ARGV-independent helper: remove one connection, return {userId, serverId, {rooms left}} or nil.
-REMOVE_ONE = """
-local function remove_one(prefix, cid)
-  local ckey = prefix .. 'connections:' .. cid
-  local f = redis.call('HMGET', ckey, 'userId', 'serverId', 'rooms')
-  if not f[2] then return nil end
-  redis.call('DEL', ckey)
-  redis.call('SREM', prefix .. 'server-connections:' .. f[2], cid)
-  local left = {}
-  local ok, rooms = pcall(cjson.decode, f[3] or '[]')
-  if not ok or type(rooms) ~= 'table' then rooms = {} end
-  for _, room in ipairs(rooms) do
-    local rkey = prefix .. 'rooms:' .. room
-    redis.call('SREM', rkey, cid)
-    if redis.call('EXISTS', rkey) == 1 then
-      left[#left + 1] = room
-    else
-      redis.call('SREM', prefix .. 'index:rooms', room)
-    end
-  end
-  return {cid, f[1] or '', f[2], left}
+__all__ = ["Scripts", "for_publish"]
+
+_KEYS = """
+local function ckey(prefix, cid)
+  return prefix .. 'connections:{' .. string.sub(cid, 1, 4) .. '}' .. string.sub(cid, 5)
+end
+local function bucket(room) return 'r' .. string.sub(redis.sha1hex(room), 1, 2) end
+local function rkey(prefix, room) return prefix .. 'rooms:{' .. bucket(room) .. '}' .. room end
+local function ikey(prefix, room) return prefix .. 'index:rooms:{' .. bucket(room) .. '}' end
+local function rooms_of(ckey_)
+  local ok, rooms = pcall(cjson.decode, redis.call('HGET', ckey_, 'rooms') or '[]')
+  if not ok or type(rooms) ~= 'table' then return {} end
+  return rooms
 end
 """
 
-# KEYS: none. ARGV: prefix, cid...  -> list of {cid, user, server, {rooms left}} or false
-REMOVE = REMOVE_ONE + """
+# Room bucket slot. room_add -> 1 if the id was added; room_del -> 1 if the room still has members.
+_ROOM = """
+local function room_add(rk, ik, cid, room)
+  if redis.call('SADD', rk, cid) == 0 then return 0 end
+  if redis.call('SCARD', rk) == 1 then redis.call('SADD', ik, room) end
+  return 1
+end
+local function room_del(rk, ik, cid, room)
+  if redis.call('SREM', rk, cid) == 1 and redis.call('EXISTS', rk) == 0 then
+    redis.call('SREM', ik, room)
+  end
+  return redis.call('EXISTS', rk)
+end
+"""
+
+# Server slot: a connection's room list, the notice to its owner, its removal.
+_CONN = """
+local function list_edit(ck, room, add)
+  local kept = {}
+  for _, r in ipairs(rooms_of(ck)) do
+    if r ~= room then kept[#kept + 1] = r end
+  end
+  if add then kept[#kept + 1] = room end
+  redis.call('HSET', ck, 'rooms', #kept == 0 and '[]' or cjson.encode(kept))
+end
+local function notify(prefix, owner, caller, data, cid)
+  if owner ~= caller then
+    redis.call('%PUBLISH%', prefix .. 'server:{' .. string.sub(cid, 1, 4) .. '}' .. owner, data)
+  end
+end
+-- {cid, user, server, {every room}} or nil; the room sets are left to the caller
+local function conn_remove(prefix, cid)
+  local ck = ckey(prefix, cid)
+  local f = redis.call('HMGET', ck, 'userId', 'serverId')
+  if not f[2] then return nil end
+  local rooms = rooms_of(ck)
+  redis.call('DEL', ck)
+  redis.call('SREM', prefix .. 'server-connections:{' .. string.sub(cid, 1, 4) .. '}' .. f[2], cid)
+  return {cid, f[1] or '', f[2], rooms}
+end
+"""
+
+_HEAD = _KEYS + _ROOM + _CONN
+
+# ---------------------------------------------------------------- single Redis: one script each
+# ARGV: prefix, cid... -> per id {cid, user, server, {rooms left}} or false
+REMOVE = _HEAD + """
 local out = {}
 for i = 2, #ARGV do
-  out[#out + 1] = remove_one(ARGV[1], ARGV[i]) or false
+  local r = conn_remove(ARGV[1], ARGV[i])
+  if r then
+    local left = {}
+    for _, room in ipairs(r[4]) do
+      if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), r[1], room) == 1 then
+        left[#left + 1] = room
+      end
+    end
+    r[4] = left
+  end
+  out[#out + 1] = r or false
 end
 return out
 """
 
-# KEYS[1]: server-connections:<sid>. ARGV: prefix, count -> list of removed records
-POP_SERVER = REMOVE_ONE + """
-local out = {}
-local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))
-for _, cid in ipairs(ids) do
-  local r = remove_one(ARGV[1], cid)
-  if r then out[#out + 1] = r end
-end
-return out
-"""
-
-_OWNER = """
+# KEYS: connections:<cid>, rooms:<room>, its index bucket. ARGV: prefix, cid, caller, route, room
+JOIN = _HEAD + """
 local owner = redis.call('HGET', KEYS[1], 'serverId')
 if not owner then return false end
-"""
-_ROUTE = """
-if owner ~= ARGV[3] then redis.call('PUBLISH', ARGV[1] .. 'server:' .. owner, ARGV[4]) end
+if room_add(KEYS[2], KEYS[3], ARGV[2], ARGV[5]) == 1 then list_edit(KEYS[1], ARGV[5], true) end
+notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner
 """
 
-# KEYS: connections:<cid>, rooms:<room>, index:rooms. ARGV: prefix, cid/room, caller, route, room
-JOIN = _OWNER + """
-if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
-  local ok, rooms = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'rooms') or '[]')
-  if not ok or type(rooms) ~= 'table' then rooms = {} end
-  rooms[#rooms + 1] = ARGV[5]
-  redis.call('HSET', KEYS[1], 'rooms', cjson.encode(rooms))
-  redis.call('SADD', KEYS[3], ARGV[5])
+LEAVE = _HEAD + """
+local owner = redis.call('HGET', KEYS[1], 'serverId')
+if not owner then return false end
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
+  room_del(KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+  list_edit(KEYS[1], ARGV[5], false)
 end
-""" + _ROUTE
+notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
+return owner
+"""
 
-LEAVE = _OWNER + """
-if redis.call('SREM', KEYS[2], ARGV[2]) == 1 then
-  local ok, rooms = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'rooms') or '[]')
-  if not ok or type(rooms) ~= 'table' then rooms = {} end
-  local kept = {}
-  for _, room in ipairs(rooms) do
-    if room ~= ARGV[5] then kept[#kept + 1] = room end
+# ---------------------------------------------------------------- Cluster: one slot per script
+# KEYS: rooms:<room>, its index bucket. ARGV: cid, room
+ROOM_ADD = _ROOM + "return room_add(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
+ROOM_DEL = _ROOM + "return room_del(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
+
+# KEYS: connections:<cid>. ARGV: prefix, cid, caller, route, room, 1 join / 0 leave -> owner
+CONN_ROOM = _HEAD + """
+local owner = redis.call('HGET', KEYS[1], 'serverId')
+if not owner then return false end
+list_edit(KEYS[1], ARGV[5], ARGV[6] == '1')
+notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
+return owner
+"""
+
+# KEYS: the connections' hashes (one server slot). ARGV: prefix, cid... -> rows or false
+CONN_REMOVE = _HEAD + """
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = conn_remove(ARGV[1], ARGV[i]) or false end
+return out
+"""
+
+# ---------------------------------------------------------------- both
+# KEYS[1]: server-connections:<sid>. ARGV: prefix, count, 1 to also empty the room sets
+# (single Redis) -> rows {cid, user, server, {rooms left (single) or every room (Cluster)}}
+POP_SERVER = _HEAD + """
+local out = {}
+for _, cid in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))) do
+  local r = conn_remove(ARGV[1], cid)
+  if r then
+    if ARGV[3] == '1' then
+      local left = {}
+      for _, room in ipairs(r[4]) do
+        if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), cid, room) == 1 then
+          left[#left + 1] = room
+        end
+      end
+      r[4] = left
+    end
+    out[#out + 1] = r
   end
-  redis.call('HSET', KEYS[1], 'rooms', #kept == 0 and '[]' or cjson.encode(kept))
-  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
 end
-""" + _ROUTE
+return out
+"""
 
-# KEYS: connections:<cid>. ARGV: prefix, unused, caller, data
-ROUTE = _OWNER + _ROUTE
+# KEYS: connections:<cid>. ARGV: prefix, cid, caller, data -> owner or false
+ROUTE = _HEAD + """
+local owner = redis.call('HGET', KEYS[1], 'serverId')
+if not owner then return false end
+notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
+return owner
+"""
 
 # KEYS: connections:<cid>, server-connections:<sid>. ARGV: cid, user, sid, timestamp, ttl ms
 # -> 1 added, 0 the id is taken (nothing written)
@@ -109,6 +186,25 @@ return 1
 # KEYS: servers:<sid>. ARGV: its channel, data -> 1 published, 0 no such live server
 TO_LIVE_SERVER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call('%PUBLISH%', ARGV[1], ARGV[2])
 return 1
 """
+
+
+class Scripts:
+    """The scripts' texts with ``%PUBLISH%`` filled in."""
+
+    def __init__(self, publish: str) -> None:
+        def fill(text: str) -> str:
+            return text.replace("%PUBLISH%", publish)
+
+        self.remove, self.join, self.leave = fill(REMOVE), fill(JOIN), fill(LEAVE)
+        self.room_add, self.room_del = ROOM_ADD, ROOM_DEL
+        self.conn_room, self.conn_remove = fill(CONN_ROOM), fill(CONN_REMOVE)
+        self.pop_server, self.route, self.add = fill(POP_SERVER), fill(ROUTE), ADD
+        self.heartbeat, self.to_live_server = HEARTBEAT, fill(TO_LIVE_SERVER)
+
+
+def for_publish(publish: str) -> Scripts:
+    """``for_publish("PUBLISH")`` for a single Redis, ``for_publish("SPUBLISH")`` for Cluster."""
+    return Scripts(publish)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 import websocket
 
+from dcm_sync.backends.redis_keys import KeyLayout
 from tests.e2e.chat import ChatClient, ChatServer, Frame, Predicate, is_departure, is_message
 from tests.helpers.redis_server import RedisServer
 
@@ -65,7 +66,7 @@ def redis_rooms_naming(redis_server: RedisServer, prefix: str, cids: set[str]) -
 
 
 def index_servers(redis_server: RedisServer, prefix: str) -> set[str]:
-    return {text(s) for s in redis_server.client().smembers(f"{prefix}index:servers")}
+    return {text(s) for s in redis_server.client().smembers(KeyLayout(prefix).servers_index)}
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -134,12 +135,12 @@ def test_killed_server_is_cleaned_up_and_rooms_are_told(redis_server: RedisServe
     assert not alice.matching(lambda f: f.get("type") == "user-disconnected"
                               and f.get("connectionId") not in b_cids)
 
-    r = redis_server.client()
+    r, keys = redis_server.client(), KeyLayout(prefix)
     assert b_id not in index_servers(redis_server, prefix)
-    assert not r.exists(*(f"{prefix}connections:{cid}" for cid in b_cids))
-    assert not r.exists(f"{prefix}servers:{b_id}", f"{prefix}server-connections:{b_id}")
+    assert not r.exists(*(keys.connection(cid) for cid in b_cids))
+    assert not r.exists(keys.server(b_id), keys.server_connections(b_id))
     assert redis_rooms_naming(redis_server, prefix, b_cids) == {}
-    assert r.smembers(f"{prefix}rooms:lobby") == {alice.cid.encode()}
+    assert r.smembers(keys.room("lobby")) == {alice.cid.encode()}
     # A keeps working
     assert alice.direct(bob.cid, "still there?") is False
 
@@ -159,8 +160,8 @@ def test_sigterm_stops_a_server_gracefully(redis_server: RedisServer, prefix: st
                       "connectionId": bob.cid, "reason": "shutdown"}
     assert b.proc.wait(timeout=10) == 0, b.log()
     assert bob.closed.wait(5), "B did not close its client's socket"
-    r = redis_server.client()
-    assert not r.exists(f"{prefix}servers:{b_id}", f"{prefix}connections:{bob.cid}")
+    r, keys = redis_server.client(), KeyLayout(prefix)
+    assert not r.exists(keys.server(b_id), keys.connection(bob.cid))
     assert b_id not in index_servers(redis_server, prefix)
     assert a.wait_stats(lambda s: s["active_servers"] == 1)["total_connections"] == 1
     flush(alice, "lobby")
@@ -186,7 +187,8 @@ def test_servers_recover_after_redis_restart(own_redis: RedisServer, prefix: str
         server.wait_stats(recovered, timeout=15)
     say_until_received(alice, bob, "lobby")
     say_until_received(bob, alice, "lobby")
-    assert own_redis.client().smembers(f"{prefix}rooms:lobby") == {alice.cid.encode(), bob.cid.encode()}
+    lobby = KeyLayout(prefix).room("lobby")
+    assert own_redis.client().smembers(lobby) == {alice.cid.encode(), bob.cid.encode()}
 
 
 def test_example_on_memory_backend(launch: Launch, connect: Connect) -> None:

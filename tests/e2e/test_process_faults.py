@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from dcm_sync.backends.redis_keys import KeyLayout
 from tests.e2e.chat import ChatClient, ChatServer, is_departure
 from tests.e2e.test_gevent_servers import (
     index_servers,
@@ -15,6 +16,7 @@ from tests.e2e.test_gevent_servers import (
     say_until_received,
     text,
 )
+from tests.helpers.keys import indexed_rooms, room_of_key
 from tests.helpers.redis_server import RedisServer
 
 Launch = Callable[..., list[ChatServer]]
@@ -45,9 +47,9 @@ def test_paused_server_is_declared_dead_then_restores_its_open_connections(
     assert not bob.closed.is_set()
     say_until_received(alice, bob, "lobby")
     say_until_received(bob, alice, "lobby")
-    r = redis_server.client()
-    assert r.smembers(f"{prefix}rooms:lobby") == {alice.cid.encode(), bob.cid.encode()}
-    assert text(r.hget(f"{prefix}connections:{bob.cid}", "serverId") or b"") == b_id
+    r, keys = redis_server.client(), KeyLayout(prefix)
+    assert r.smembers(keys.room("lobby")) == {alice.cid.encode(), bob.cid.encode()}
+    assert text(r.hget(keys.connection(bob.cid), "serverId") or b"") == b_id
     assert alice.direct(bob.cid, "welcome back") is True
     assert index_servers(redis_server, prefix) == {alice.server_id, b_id}
 
@@ -90,11 +92,11 @@ def test_sigkill_during_heavy_traffic_leaves_no_trace(
         t.join(10)
 
     a.wait_stats(lambda s: s["active_servers"] == 2 and s["total_connections"] == 2, timeout=15)
-    r = redis_server.client()
+    r, keys = redis_server.client(), KeyLayout(prefix)
 
     def traces() -> list[object]:
-        found: list[object] = [k for k in (f"{prefix}servers:{b_id}", f"{prefix}server-connections:{b_id}",
-                                           *(f"{prefix}connections:{cid}" for cid in b_cids))
+        found: list[object] = [k for k in (keys.server(b_id), keys.server_connections(b_id),
+                                           *(keys.connection(cid) for cid in b_cids))
                                if r.exists(k)]
         found += list(redis_rooms_naming(redis_server, prefix, b_cids).items())
         return found + ([b_id] if b_id in index_servers(redis_server, prefix) else [])
@@ -104,8 +106,8 @@ def test_sigkill_during_heavy_traffic_leaves_no_trace(
         time.sleep(0.1)
     assert traces() == []
     # every room in the room index still has members and every room set is indexed
-    indexed = {text(x) for x in r.smembers(f"{prefix}index:rooms")}
-    existing = {text(k)[len(prefix) + len("rooms:"):] for k in r.scan_iter(match=f"{prefix}rooms:*")}
+    indexed = indexed_rooms(r, prefix)
+    existing = {room_of_key(k, prefix) for k in r.scan_iter(match=f"{prefix}rooms:*")}
     assert indexed == existing
     # the survivors still talk both ways
     say_until_received(alice, carol, "r0")

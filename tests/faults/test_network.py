@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from dcm_sync import BackendUnavailableError, DCMError, DistributedConnectionManager
+from dcm_sync.backends.redis_keys import KeyLayout
 from tests.faults.conftest import Make
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis_server import RedisServer
@@ -83,13 +84,14 @@ def text(value: bytes | str) -> str:
 def assert_registered(r: Any, prefix: str, mgr: DistributedConnectionManager,
                       rooms: dict[str, set[str]]) -> None:
     """Redis holds ``mgr`` and its connections with ``rooms`` ({connection id: rooms})."""
-    assert r.exists(f"{prefix}servers:{mgr.server_id}")
-    assert {text(c) for c in r.smembers(f"{prefix}server-connections:{mgr.server_id}")} == set(rooms)
+    keys = KeyLayout(prefix)
+    assert r.exists(keys.server(mgr.server_id))
+    assert {text(c) for c in r.smembers(keys.server_connections(mgr.server_id))} == set(rooms)
     for cid, joined in rooms.items():
-        record = {text(k): text(v) for k, v in r.hgetall(f"{prefix}connections:{cid}").items()}
+        record = {text(k): text(v) for k, v in r.hgetall(keys.connection(cid)).items()}
         assert record["serverId"] == mgr.server_id
         for room in joined:
-            assert r.sismember(f"{prefix}rooms:{room}", cid)
+            assert r.sismember(keys.room(room), cid)
 
 
 def wait_registered(a: DistributedConnectionManager, b: DistributedConnectionManager,
@@ -166,10 +168,10 @@ def test_cut_mid_stream_fails_fast_then_everything_comes_back(own_redis: RedisSe
     stats = b.get_distributed_stats()
     assert (stats.active_servers, stats.total_connections, stats.total_rooms) == (2, 3, 2)
     assert server_ids(b).count(a.server_id) == 1
-    r = own_redis.client()
-    assert {text(s) for s in r.smembers(f"{prefix}index:servers")} == {a.server_id, b.server_id}
+    r, keys = own_redis.client(), KeyLayout(prefix)
+    assert {text(s) for s in r.smembers(keys.servers_index)} == {a.server_id, b.server_id}
     assert_registered(r, prefix, a, {a1: {"stream"}, a2: {"stream", "side"}})
-    assert {text(c) for c in r.smembers(f"{prefix}rooms:stream")} == {a1, a2, b1}
+    assert {text(c) for c in r.smembers(keys.room("stream"))} == {a1, a2, b1}
     assert a.metrics()["reconnects"] >= 1
     got_a, got_b = seqs(wa1), seqs(wb1)
     assert got_a == sorted(set(got_a)), "A's member got a message twice or out of order"

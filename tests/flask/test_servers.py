@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 import websocket
 
+from dcm_sync.backends.redis_keys import KeyLayout
 from tests.flask.procs import Client, Server, Servers
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import wait_until
@@ -104,9 +105,9 @@ def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: st
     assert seen == {v.id for v in victims}
     wait_until(lambda: a.health()["stats"]["active_servers"] == 1, timeout=10)
     assert a.health()["stats"]["total_connections"] == 1
-    r = redis_server.client()
-    assert not any(r.exists(f"{prefix}connections:{v.id}") for v in victims)
-    assert r.smembers(f"{prefix}rooms:lobby") == {alice.id.encode()}
+    r, keys = redis_server.client(), KeyLayout(prefix)
+    assert not any(r.exists(keys.connection(v.id)) for v in victims)
+    assert r.smembers(keys.room("lobby")) == {alice.id.encode()}
 
 
 def test_werkzeug_threaded_server_uses_simple_websocket(servers: Servers) -> None:

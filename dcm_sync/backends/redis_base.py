@@ -1,0 +1,200 @@
+"""What the Redis backends share: error translation, and the operations that read or write the
+same keys the same way on a single Redis, under Sentinel and in Redis Cluster.
+
+The key layout is in :mod:`.redis_keys`. Every pipeline here is non-transactional and each of
+its commands touches one key (or one slot, for a script), so it runs unchanged in Cluster, where
+redis-py splits it by node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import EqualJitterBackoff
+
+from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError
+from ..models import RemovedConnection, ServerInfo
+from .base import ConnectionRecord
+from .redis_keys import KeyLayout, room_bucket
+
+__all__ = ["translate_errors", "RedisBase", "CHUNK", "as_str", "removed_row"]
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 500
+
+
+def as_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn redis-py's errors into the library's, keeping the cause."""
+    try:
+        yield
+    except redis.AuthenticationError as exc:  # wrong user or password, or none given
+        raise BackendAuthenticationError(
+            f"Redis authentication failed during {what}: {exc} "
+            "(check the user and password in redis_url)") from exc
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        if isinstance(exc.__context__, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+            raise BackendUnavailableError(
+                f"TLS connection to Redis failed during {what}: {exc} (is the server's "
+                "certificate for the host in redis_url, and signed by a CA in redis_ca_file "
+                "or the system's?)") from exc
+        raise BackendUnavailableError(f"Redis unreachable during {what}: {exc}") from exc
+    except redis.RedisError as exc:
+        text = str(exc)
+        if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING", "READONLY")):
+            # a Cluster shard or a Sentinel master between owners: transient
+            raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
+        raise BackendError(f"Redis error during {what}: {exc}") from exc
+
+
+def removed_row(row: Any) -> RemovedConnection | None:
+    """A script's ``{cid, user, server, {rooms}}`` (or false) as a RemovedConnection."""
+    if not row:
+        return None
+    cid, user, sid, rooms = row
+    return RemovedConnection(as_str(cid), as_str(user), as_str(sid),
+                             tuple(as_str(r) for r in rooms or ()))
+
+
+class RedisBase:
+    """Operations written once for every topology. Subclasses set ``_r`` (a ``Redis`` or a
+    ``RedisCluster``) and ``_scripts`` (the registered scripts by name) in ``__init__``."""
+
+    url: str
+    _r: Any
+
+    def __init__(self, key_prefix: str, timeout: float) -> None:
+        self.key_prefix = key_prefix
+        self._keys = KeyLayout(key_prefix)
+        self._timeout = timeout
+        self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
+        self._scripts: dict[str, Any] = {}
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any],
+                client: Any = None) -> Any:
+        return self._scripts[name](keys=keys, args=args, client=client)
+
+    # servers
+    def register_server(self, info: ServerInfo, ttl: float) -> None:
+        key = self._keys.server(info.server_id)
+        with translate_errors("server registration"):
+            # Indexed first: a record that exists is always indexed, so that its failure is
+            # found and its connections cleaned even if the second step never happens.
+            self._r.sadd(self._keys.servers_index, info.server_id)
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(key, mapping={
+                "serverId": info.server_id, "host": info.host, "port": info.port,
+                "pid": info.pid, "lastHeartbeat": repr(info.last_heartbeat),
+                "activeConnections": info.active_connections,
+            })
+            pipe.pexpire(key, int(ttl * 1000))
+            pipe.execute()
+
+    def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
+        with translate_errors("heartbeat"):
+            return bool(self._script("heartbeat", [self._keys.server(server_id)],
+                                     [int(ttl * 1000), repr(time.time()), active_connections]))
+
+    def deregister_server(self, server_id: str) -> None:
+        with translate_errors("server deregistration"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.delete(self._keys.server(server_id))
+            pipe.srem(self._keys.servers_index, server_id)
+            pipe.execute()
+
+    def dead_servers(self) -> list[str]:
+        with translate_errors("failure detection"):
+            ids = sorted(as_str(x) for x in self._r.smembers(self._keys.servers_index))
+            if not ids:
+                return []
+            pipe = self._r.pipeline(transaction=False)
+            for sid in ids:
+                pipe.exists(self._keys.server(sid))
+            return [sid for sid, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+
+    def claim_cleanup(self, server_id: str, claimer: str, ttl: float) -> bool:
+        with translate_errors("cleanup lock"):
+            return bool(self._r.set(self._keys.cleanup_lock(server_id), claimer,
+                                    nx=True, px=int(ttl * 1000)))
+
+    def forget_server(self, server_id: str) -> None:
+        with translate_errors("failure cleanup"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.delete(self._keys.server(server_id))
+            pipe.delete(self._keys.server_connections(server_id))
+            pipe.srem(self._keys.servers_index, server_id)
+            pipe.execute()
+
+    # connections
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
+        cid = record.connection_id
+        with translate_errors("connection registration"):
+            return bool(self._script(
+                "add", [self._keys.connection(cid), self._keys.server_connections(server_id)],
+                [cid, record.user_id, server_id, repr(record.connected_at), int(ttl * 1000)]))
+
+    def restore_connections(
+        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
+    ) -> None:
+        k = self._keys
+        with translate_errors("connection restore"):
+            for start in range(0, len(records), CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for rec in records[start:start + CHUNK]:
+                    key = k.connection(rec.connection_id)
+                    pipe.hset(key, mapping={"userId": rec.user_id, "serverId": server_id,
+                                            "timestamp": repr(rec.connected_at),
+                                            "rooms": json.dumps(list(rec.rooms))})
+                    pipe.pexpire(key, int(ttl * 1000))
+                    pipe.sadd(k.server_connections(server_id), rec.connection_id)
+                    for room in rec.rooms:
+                        pipe.sadd(k.room(room), rec.connection_id)
+                        pipe.sadd(k.rooms_index(room_bucket(room)), room)
+                pipe.execute()
+
+    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None:
+        with translate_errors("connection refresh"):
+            for start in range(0, len(connection_ids), CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for cid in connection_ids[start:start + CHUNK]:
+                    pipe.pexpire(self._keys.connection(cid), int(ttl * 1000))
+                pipe.execute()
+
+    # bus
+    def retry_delay(self, failures: int) -> float:
+        return self._backoff.compute(failures)
+
+    # reading
+    def stats(self) -> tuple[int, int, list[ServerInfo]]:
+        k = self._keys
+        with translate_errors("stats"):
+            ids = sorted(as_str(x) for x in self._r.smembers(k.servers_index))
+            pipe = self._r.pipeline(transaction=False)
+            for sid in ids:
+                pipe.hgetall(k.server(sid))
+                pipe.scard(k.server_connections(sid))
+            for index in k.all_rooms_indexes():
+                pipe.scard(index)
+            res = pipe.execute()
+        servers = []
+        for i, sid in enumerate(ids):
+            h = {as_str(a): as_str(b) for a, b in res[2 * i].items()}
+            if not h:
+                continue  # expired, not yet cleaned
+            servers.append(ServerInfo(sid, h.get("host", ""), int(h.get("port", 0)),
+                                      int(h.get("pid", 0)), float(h.get("lastHeartbeat", 0)),
+                                      int(res[2 * i + 1])))
+        rooms = sum(int(n) for n in res[2 * len(ids):])
+        return sum(s.active_connections for s in servers), rooms, servers

@@ -1,0 +1,195 @@
+"""``redis+cluster://`` and ``rediss+cluster://``: Redis Cluster with sharded pub/sub.
+
+Each script touches one slot (:mod:`.redis_keys`). What a single Redis does in one script, this
+backend does in two, in an order that keeps the shared state consistent if another server
+changes the same connection in between:
+
+* join: the room set first (room bucket slot), then the connection's room list and the notice
+  to its owner (server slot). If the connection turned out unknown the id is taken back out of
+  the room. A removal that runs between the two either sees the room in the list (and takes the
+  id out of the room itself) or makes the second step find no connection.
+* leave: the room set first, then the connection's list and the notice.
+* removal (and a dead server's cleanup batch): the connections' hashes first (server slot; the
+  script returns each one's rooms), then the room sets.
+
+A process killed between the two steps of a removal leaves the connection's id in its room sets
+(reported by no stats figure; the next join and leave of that id fix it). Rooms, room channels
+and the room index are spread over the shards by name; the server index is one key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from ..models import RemovedConnection
+from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
+from .redis_keys import room_bucket
+from .redis_pubsub import ShardedSubscription
+from .redis_scripts import Scripts
+from .redis_urls import cluster_clients
+
+__all__ = ["RedisClusterBackend"]
+
+logger = logging.getLogger(__name__)
+
+
+class RedisClusterBackend(RedisBase):
+    def __init__(self, url: str, key_prefix: str, timeout: float = 2.0,
+                 ca_file: str | None = None) -> None:
+        from ..config import redact_url
+
+        super().__init__(key_prefix, timeout)
+        self.url = redact_url(url)
+        with translate_errors(f"connecting to the Redis Cluster at {self.url}"):
+            self._r, self._subscriber = cluster_clients(url, timeout, ca_file)
+        scripts = Scripts("SPUBLISH")
+        for name in ("add", "pop_server", "route", "heartbeat", "to_live_server",
+                     "room_add", "room_del", "conn_room", "conn_remove"):
+            self._scripts[name] = self._r.register_script(getattr(scripts, name))
+        self._subscribed_before = False
+
+    def _eval_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run one script for each ``(keys, args)`` in a pipeline split by shard."""
+        script = self._scripts[name]
+        results: list[Any] = []
+        for start in range(0, len(calls), CHUNK):
+            chunk = calls[start:start + CHUNK]
+            pipe = self._r.pipeline(transaction=False)
+            for keys, args in chunk:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            out = pipe.execute(raise_on_error=False)
+            for (keys, args), res in zip(chunk, out, strict=True):
+                if isinstance(res, redis.exceptions.NoScriptError):
+                    # a replica promoted since the script was loaded: load it there and redo
+                    res = script(keys=keys, args=args)
+                elif isinstance(res, Exception):
+                    raise res
+                results.append(res)
+        return results
+
+    # servers
+    def publish_to_server(self, server_id: str, data: bytes) -> bool:
+        with translate_errors("publishing to a server"):
+            return bool(self._script("to_live_server", [self._keys.server(server_id)],
+                                     [self._keys.channel(f"server:{server_id}"), data]))
+
+    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
+        # PUBSUB NUMSUB counts one node's subscribers only. A room that still has members has
+        # a subscribed server (or had one until a moment ago): every such room is told.
+        return set(rooms)
+
+    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+        with translate_errors("failure cleanup"):
+            rows = self._script("pop_server", [self._keys.server_connections(server_id)],
+                                [self.key_prefix, count, 0])
+            return self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
+
+    def _empty_rooms(self, removed: list[RemovedConnection]) -> list[RemovedConnection]:
+        """Take removed connections out of their room sets; their ``rooms_left`` become the
+        rooms that still have members."""
+        k = self._keys
+        calls = [([k.room(room), k.rooms_index(room_bucket(room))], [r.connection_id, room])
+                 for r in removed for room in r.rooms_left]
+        still = iter(self._eval_many("room_del", calls))
+        out = []
+        for r in removed:
+            left = tuple(room for room in r.rooms_left if next(still))
+            out.append(RemovedConnection(r.connection_id, r.user_id, r.server_id, left))
+        return out
+
+    # connections and rooms
+    def _conn_room(self, cid: str, room: str, caller: str, route: bytes, join: bool) -> str | None:
+        owner = self._script("conn_room", [self._keys.connection(cid)],
+                             [self.key_prefix, cid, caller, route, room, int(join)])
+        return None if owner is None else as_str(owner)
+
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        k = self._keys
+        room_keys = [k.room(room_id), k.rooms_index(room_bucket(room_id))]
+        with translate_errors("room membership change"):
+            added = self._script("room_add", room_keys, [connection_id, room_id])
+            owner = None
+            try:
+                owner = self._conn_room(connection_id, room_id, caller, route, True)
+            finally:
+                if owner is None and added:  # unknown connection, or the second step failed
+                    self._take_back(room_keys, connection_id, room_id)
+        return owner
+
+    def _take_back(self, room_keys: list[str], cid: str, room: str) -> None:
+        try:
+            self._script("room_del", room_keys, [cid, room])
+        except redis.RedisError as exc:
+            logger.warning("connection %s left in room %r after a failed join: %s", cid, room, exc)
+
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+        k = self._keys
+        with translate_errors("room membership change"):
+            self._script("room_del", [k.room(room_id), k.rooms_index(room_bucket(room_id))],
+                         [connection_id, room_id])
+            return self._conn_room(connection_id, room_id, caller, route, False)
+
+    def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
+        with translate_errors("routing to a connection's server"):
+            owner = self._script("route", [self._keys.connection(connection_id)],
+                                 [self.key_prefix, connection_id, caller, data])
+        return None if owner is None else as_str(owner)
+
+    def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
+        by_tag: dict[str, list[int]] = defaultdict(list)  # one script per server slot
+        for i, cid in enumerate(connection_ids):
+            by_tag[cid[:4]].append(i)
+        rows: list[RemovedConnection | None] = [None] * len(connection_ids)
+        with translate_errors("connection removal"):
+            calls, where = [], []
+            for positions in by_tag.values():
+                for start in range(0, len(positions), CHUNK):
+                    part = positions[start:start + CHUNK]
+                    ids = [connection_ids[i] for i in part]
+                    calls.append(([self._keys.connection(c) for c in ids], [self.key_prefix, *ids]))
+                    where.append(part)
+            for part, result in zip(where, self._eval_many("conn_remove", calls), strict=True):
+                for i, row in zip(part, result, strict=True):
+                    rows[i] = removed_row(row)
+            found = [r for r in rows if r is not None]
+            emptied = iter(self._empty_rooms(found))
+        return [None if r is None else next(emptied) for r in rows]
+
+    # bus
+    def publish(self, channel: str, data: bytes) -> None:
+        with translate_errors("SPUBLISH"):
+            self._r.spublish(self._keys.channel(channel), data)
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with translate_errors("SPUBLISH"):
+            for start in range(0, len(items), CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for channel, data in items[start:start + CHUNK]:
+                    pipe.spublish(self._keys.channel(channel), data)
+                pipe.execute()
+
+    def close_idle(self) -> None:
+        try:
+            for node in self._r.get_nodes():
+                if node.redis_connection is not None:
+                    node.redis_connection.connection_pool.disconnect(inuse_connections=False)
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("closing idle Redis connections: %s", exc)
+
+    def subscription(self) -> ShardedSubscription:
+        if self._subscribed_before:  # a rebuild: the slots may have new masters
+            with translate_errors("reading the cluster's slot map"):
+                self._r.nodes_manager.initialize()
+        self._subscribed_before = True
+        return ShardedSubscription(self._r.get_node_from_key, self._subscriber, self._keys)
+
+    def close(self) -> None:
+        try:
+            self._r.close()
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("closing Redis Cluster client: %s", exc)

@@ -1,0 +1,90 @@
+"""Key and channel names in Redis, the same on a single Redis, Sentinel and Redis Cluster.
+
+Every name carries a hash tag (the part in braces, which alone picks a Cluster slot) so that
+what one atomic script touches lives in one slot:
+
+    server slot {T}    T = the server's 4-digit tag (:func:`server_tag`); a connection id's
+                       first 4 digits are its server's tag (:func:`~dcm_sync.messages.new_connection_id`)
+        P servers:{T}<sid>             hash  the server's record, PEXPIRE heartbeat_ttl
+        P server-connections:{T}<sid>  set   the server's connection ids
+        P lock:cleanup:{T}<sid>        str   who cleans the dead server
+        P connections:{T}<rest>        hash  each of the server's connections (id = T + rest)
+        channel P server:{T}<sid>            the server's bus channel
+      -> registering a connection, routing a direct message or a join/leave notice to the
+         owner, a liveness-checked message to a server and a dead server's cleanup batch are
+         each one script on one shard.
+    room bucket slot {rXX}   XX = the first 2 hex digits of sha1(room): 256 buckets
+        P rooms:{rXX}<room>            set   the room's connection ids
+        P index:rooms:{rXX}            set   the bucket's rooms with members
+      -> a room's first join and last leave update the room index in the same script.
+    P index:servers                    set   every registered server id: one global key
+    channel P room:<room>              not tagged: room broadcasts spread over all shards
+
+The 4-digit server tags (8,223 values) spread servers, and with them their connections, over
+the slots; the 256 buckets spread the rooms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+__all__ = ["KeyLayout", "server_tag", "room_bucket", "TAG_LOW", "TAG_COUNT"]
+
+TAG_LOW = 1000
+TAG_COUNT = 8223  # tags 1000..9222: a tag followed by 15 digits stays below 2**63
+
+
+def server_tag(server_id: str) -> str:
+    """The 4-digit hash tag of a server (and the first 4 digits of its connection ids)."""
+    return str(TAG_LOW + zlib.crc32(server_id.encode("utf-8")) % TAG_COUNT)
+
+
+def room_bucket(room: str) -> str:
+    """The hash tag of a room's set and of its room-index bucket: ``r`` + 2 hex digits."""
+    return "r" + hashlib.sha1(room.encode("utf-8")).hexdigest()[:2]
+
+
+class KeyLayout:
+    """Names under ``prefix`` (which holds no braces: Config refuses them)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.servers_index = prefix + "index:servers"
+        self._server_channel = prefix + "server:"
+        self._cut = len(prefix)
+
+    def server(self, sid: str) -> str:
+        return f"{self.prefix}servers:{{{server_tag(sid)}}}{sid}"
+
+    def server_connections(self, sid: str) -> str:
+        return f"{self.prefix}server-connections:{{{server_tag(sid)}}}{sid}"
+
+    def cleanup_lock(self, sid: str) -> str:
+        return f"{self.prefix}lock:cleanup:{{{server_tag(sid)}}}{sid}"
+
+    def connection(self, cid: str) -> str:
+        return f"{self.prefix}connections:{{{cid[:4]}}}{cid[4:]}"
+
+    def room(self, room: str) -> str:
+        return f"{self.prefix}rooms:{{{room_bucket(room)}}}{room}"
+
+    def rooms_index(self, bucket: str) -> str:
+        return f"{self.prefix}index:rooms:{{{bucket}}}"
+
+    def all_rooms_indexes(self) -> list[str]:
+        return [self.rooms_index(f"r{i:02x}") for i in range(256)]
+
+    def channel(self, logical: str) -> str:
+        """``room:<room>`` -> ``P room:<room>``; ``server:<sid>`` -> ``P server:{T}<sid>``."""
+        if logical.startswith("server:"):
+            sid = logical[7:]
+            return f"{self._server_channel}{{{server_tag(sid)}}}{sid}"
+        return self.prefix + logical
+
+    def logical(self, channel: str) -> str:
+        """The inverse of :meth:`channel`."""
+        name = channel[self._cut:]
+        if name.startswith("server:{"):
+            return "server:" + name[name.index("}") + 1:]
+        return name

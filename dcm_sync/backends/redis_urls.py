@@ -1,0 +1,151 @@
+"""From a ``redis_url`` to redis-py clients, with the library's timeouts, retries and TLS rules.
+
+    redis://[user:password@]host:port[/db]        one Redis (also rediss://, unix://)
+    redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]
+    redis+cluster://[user:password@]host:port[,host:port...]   (also rediss+cluster://)
+
+Every command gets two attempts (the second on a fresh connection, so that a connection left
+stale by a restart or a failover costs no error) of ``timeout``/2 each. Subscriber connections
+never retry on their own: the listener owns reconnection. With TLS the server's certificate
+and name are verified (only ``?ssl_cert_reqs=none`` in a single Redis URL turns that off).
+The user and password of a Sentinel URL are those of the Redis master and replicas; the
+sentinels themselves are reached without a password.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+from ..config import redact_url
+from ..errors import ConfigError
+
+__all__ = ["MasterPools", "master_pools", "cluster_clients", "parse_hosts"]
+
+POOL_SIZE = 64  # Redis connections per process for commands (subscribers have their own)
+SENTINEL_PORT = 26379
+REDIS_PORT = 6379
+
+
+def _retry() -> Retry:
+    return Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1)
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0, supported_errors=())
+
+
+def _common(timeout: float, tls: bool, ca_file: str | None) -> dict[str, Any]:
+    attempt = timeout / 2
+    common: dict[str, Any] = {"socket_timeout": attempt, "socket_connect_timeout": attempt}
+    if tls:
+        common.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+        if ca_file is not None:
+            common["ssl_ca_certs"] = ca_file
+    return common
+
+
+def parse_hosts(url: str, default_port: int) -> tuple[list[tuple[str, int]], dict[str, Any], str]:
+    """``(hosts, credentials, path)`` of a URL whose netloc lists ``host:port,host:port``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    creds: dict[str, Any] = {}
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        if user:
+            creds["username"] = unquote(user)
+        if password:
+            creds["password"] = unquote(password)
+    hosts = []
+    for item in filter(None, netloc.split(",")):
+        if item.startswith("["):  # [::1]:port
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.lstrip(":")
+        else:
+            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise ConfigError(f"invalid port {port_text!r} in {redact_url(url)!r}") from None
+        if not host or not 0 < port < 65536:
+            raise ConfigError(f"invalid host:port {item!r} in {redact_url(url)!r}")
+        hosts.append((host, port))
+    if not hosts:
+        raise ConfigError(f"no host:port in {redact_url(url)!r}")
+    return hosts, creds, parts.path
+
+
+@dataclass
+class MasterPools:
+    commands: redis.ConnectionPool
+    hot: redis.ConnectionPool
+    subscriber: redis.ConnectionPool
+    shown_url: str
+
+
+def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
+    """The three pools of one Redis master: commands, the per-message connection, subscribers."""
+    scheme = urlsplit(url).scheme
+    if scheme == "redis+sentinel":
+        return _sentinel_pools(url, timeout)
+    common = _common(timeout, scheme == "rediss", ca_file)
+    try:
+        # A burst of calls must wait for a pooled connection (up to ``timeout``/2), not
+        # fail with "Too many connections" as redis-py's default pool does when full.
+        commands = redis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=timeout / 2, retry=_retry(), **common)
+        hot = redis.ConnectionPool.from_url(url, max_connections=1, retry=_retry(), **common)
+        sub = redis.ConnectionPool.from_url(url, retry=_no_retry(), **common)
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
+    return MasterPools(commands, hot, sub, redact_url(url))
+
+
+def _sentinel_pools(url: str, timeout: float) -> MasterPools:
+    from redis.sentinel import Sentinel, SentinelConnectionPool
+
+    hosts, creds, path = parse_hosts(url, SENTINEL_PORT)
+    segments = [unquote(s) for s in path.split("/") if s]
+    if not 1 <= len(segments) <= 2:
+        raise ConfigError(f"{redact_url(url)!r}: the path must be /service_name[/db]")
+    service = segments[0]
+    try:
+        db = int(segments[1]) if len(segments) == 2 else 0
+    except ValueError:
+        raise ConfigError(f"{redact_url(url)!r}: db must be a number") from None
+    common = _common(timeout, False, None)
+    sentinel = Sentinel(hosts, sentinel_kwargs=dict(common))  # type: ignore[no-untyped-call]
+
+    def pool(retry: Retry) -> SentinelConnectionPool:
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            service, sentinel, db=db, retry=retry, **creds, **common)
+
+    return MasterPools(pool(_retry()), pool(_retry()), pool(_no_retry()), redact_url(url))
+
+
+def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any, Any]:
+    """A ``RedisCluster`` for commands, and ``node -> Redis`` for one shard's subscriber."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    hosts, creds, path = parse_hosts(url, REDIS_PORT)
+    if path.strip("/") not in ("", "0"):
+        raise ConfigError(f"{redact_url(url)!r}: Redis Cluster has database 0 only")
+    tls = urlsplit(url).scheme == "rediss+cluster"
+    common = {**_common(timeout, tls, ca_file), **creds}
+    if tls:
+        common["ssl"] = True
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in hosts],  # type: ignore[no-untyped-call]
+        retry=_retry(),
+        require_full_coverage=False, **common)
+
+    def subscriber(node: ClusterNode) -> redis.Redis:
+        return redis.Redis(host=node.host, port=node.port, retry=_no_retry(), **common)
+
+    return cluster, subscriber
