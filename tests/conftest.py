@@ -12,6 +12,9 @@ import pytest
 from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
 from tests.helpers.redis_server import RedisServer
 
+# redis_cluster, cluster_url, fresh_cluster, redis_sentinel, sentinel_url, fresh_sentinel
+pytest_plugins = ["tests.topology_fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Fast timings so that failure detection and cleanup happen within a test.

@@ -18,16 +18,59 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RedisServer:
-    """One redis-server on 127.0.0.1:<port>, in-memory only; restartable on the same port."""
+#: A cluster node also listens on its port + 10000 (the cluster bus), which must be a valid port.
+CLUSTER_BUS_OFFSET = 10000
 
-    def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+
+def free_ports(count: int, *, cluster_bus: bool = False, attempts: int = 500) -> list[int]:
+    """``count`` distinct free loopback ports. With ``cluster_bus``, each port's port + 10000 is
+    <= 65535 and free too, and no port is another one's bus port. Every candidate stays bound
+    until all are chosen, so the kernel cannot hand out the same one twice."""
+    held: list[socket.socket] = []
+    chosen: list[int] = []
+    try:
+        for _ in range(attempts):
+            if len(chosen) == count:
+                break
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if not cluster_bus:
+                chosen.append(port)
+                continue
+            bus_port = port + CLUSTER_BUS_OFFSET
+            if bus_port > 65535:
+                continue
+            bus = socket.socket()
+            held.append(bus)
+            try:
+                bus.bind(("127.0.0.1", bus_port))
+            except OSError:
+                continue  # in use; the bound candidate stays held so it is not offered again
+            chosen.append(port)
+    finally:
+        for s in held:
+            s.close()
+    if len(chosen) < count:
+        raise RuntimeError(f"found only {len(chosen)} of {count} free ports in {attempts} attempts")
+    return chosen
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1:<port>, in-memory only; restartable on the same port.
+    ``conf_file`` (e.g. a Sentinel's, which Sentinel rewrites) goes first on the command line;
+    the command line's options override it. The server logs to :attr:`log_path`."""
+
+    def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = (),
+                 conf_file: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
         self.binary = binary
         self.port = port or free_port()
         self.extra_args = extra_args
+        self.conf_file = conf_file
         self.dir = tempfile.mkdtemp(prefix="dcm-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -38,24 +81,54 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
+    @property
+    def alive(self) -> bool:
+        """Whether its process is running (started and neither killed nor exited)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "redis.log")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
     def start(self, timeout: float = 10.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (:meth:`wait_ready` does): several servers
+        can then come up in parallel."""
+        conf = () if self.conf_file is None else (self.conf_file,)
         self.proc = subprocess.Popen(
-            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+            [self.binary, *conf, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes",
-             *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--logfile", self.log_path, *self.extra_args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Poll PING until it answers; RuntimeError (with the log's tail) if the process exits
+        or ``timeout`` passes first."""
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}:"
+                                   f"\n{self.log_tail()}")
             try:
                 with self.client() as probe:  # closed: tests count Redis's clients
                     if probe.ping():
                         return
             except redis.RedisError:
                 time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+        raise RuntimeError(f"redis-server on port {self.port} did not answer PING within {timeout}s:"
+                           f"\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,0 +1,593 @@
+"""Real Redis topologies for tests: a Redis Cluster (masters, each with replicas) and a master with
+a replica watched by three Sentinels. Every process is a Debian ``redis-server`` on free loopback
+ports (never the shared 6379), in-memory, its files in temporary directories.
+
+Bring-up and failover waits poll every :data:`POLL_INTERVAL` until the topology is in the state a
+test needs, never sleeping a guessed time; a wait that times out raises AssertionError saying
+what was still wrong. Both topologies are context managers: ``with ClusterTopology() as cluster:``
+starts it and always removes every process and file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.cluster import ClusterNode as RedisClusterNode
+from redis.sentinel import Sentinel
+
+from tests.helpers.redis_server import RedisServer, free_ports
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+POLL_INTERVAL = 0.05  # seconds between polls
+DEFAULT_TIMEOUT = 30.0  # generous: the machine has 2 shared cores
+CLUSTER_SLOTS_COUNT = 16384
+#: A master starts a replica's full sync at once, not after the default 5 s wait for more replicas,
+#: and pings its replicas every second, not every 10 s: a cluster lists a replica in CLUSTER SLOTS
+#: only once its replication offset is not 0, which on an idle master takes that first ping.
+FAST_REPLICATION = ("--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1")
+
+#: One shard in a normalised ``CLUSTER SLOTS`` answer: (first slot, last slot, master port,
+#: replica ports sorted).
+SlotRange = tuple[int, int, int, tuple[int, ...]]
+
+
+def _probe(port: int) -> redis.Redis:
+    """A short-lived client for polling (use it in ``with``: tests count Redis's clients)."""
+    return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=2,
+                       socket_connect_timeout=2)
+
+
+def _parse_info_text(text: str) -> dict[str, str]:
+    """``key:value`` lines, as CLUSTER INFO answers."""
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _pairs(reply: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    """A map answer as a dict: RESP3 sends one, RESP2 a flat ``[key, value, key, value, ...]``."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _wait(what: str, problems: Callable[[], list[str]], timeout: float) -> float:
+    """Poll ``problems()`` until it returns none; the seconds it took. AssertionError naming
+    ``what`` and the last problems if ``timeout`` passes first."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        found = problems()
+        if not found:
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached within {timeout}s; still:\n  " + "\n  ".join(found))
+        time.sleep(POLL_INTERVAL)
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise RuntimeError(f"{binary} is not installed (Debian: apt-get install redis-server redis-tools)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------- cluster
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One cluster node as seen when the snapshot was taken (see :attr:`ClusterTopology.nodes`)."""
+
+    port: int
+    node_id: str
+    role: str  # "master" or "replica"
+    master_id: str | None  # the master a replica follows; None for a master
+    alive: bool  # its process was running
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A plain (non-cluster) client to this node alone."""
+        return redis.Redis(host=HOST, port=self.port, **{"socket_timeout": 5, **kwargs})
+
+
+class ClusterTopology:
+    """``masters`` masters with ``replicas_per_master`` replicas each, made with
+    ``redis-cli --cluster create``. :meth:`start` returns once every node says ``cluster_state:ok``,
+    all agree on the slot map and every replica's link to its master is up."""
+
+    def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, node_timeout_ms: int = 1000,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.redis_cli = _require("redis-cli")
+        self.masters_count = masters
+        self.replicas_per_master = replicas_per_master
+        self.node_timeout_ms = node_timeout_ms
+        self.timeout = timeout
+        self.dir = tempfile.mkdtemp(prefix="dcm-cluster-")
+        self.servers: dict[int, RedisServer] = {}
+        for port in free_ports(masters * (1 + replicas_per_master), cluster_bus=True):
+            self.servers[port] = RedisServer(port, extra_args=(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", os.path.join(self.dir, f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-replica-validity-factor", "0",  # a replica may always fail over
+                *FAST_REPLICATION,
+            ))
+        self._ids: dict[int, str] = {}
+        self._known: dict[int, tuple[str, str | None]] = {}  # port -> last seen (role, master_id)
+        self._seeds: list[int] = []
+        self._killed: dict[str, tuple[list[tuple[int, int]], list[int], float]] = {}
+        #: Seconds :meth:`start` took, from spawning the processes to a healthy cluster.
+        self.startup_seconds: float | None = None
+
+    def __enter__(self) -> ClusterTopology:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<ClusterTopology ports={sorted(self.servers)}>"
+
+    # ------------------------------------------------------------------ bring-up
+    def start(self) -> ClusterTopology:
+        started = time.monotonic()
+        ok = False
+        try:
+            for server in self.servers.values():
+                server.spawn()
+            for server in self.servers.values():
+                server.wait_ready(self.timeout)
+            self._create()
+            for port in self.servers:
+                with _probe(port) as r:
+                    self._ids[port] = r.execute_command("CLUSTER", "MYID")
+            _wait("cluster bring-up", lambda: self._problems(expect_shape=True), self.timeout)
+            self._seeds = sorted(node.port for node in self.masters())
+            ok = True
+        finally:
+            if not ok:
+                self.cleanup()
+        self.startup_seconds = time.monotonic() - started
+        logger.info("%r up in %.2fs", self, self.startup_seconds)
+        return self
+
+    def _create(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDISCLI_")}
+        argv = [self.redis_cli, "--cluster", "create", *(f"{HOST}:{p}" for p in self.servers),
+                "--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=self.timeout * 2)
+        if done.returncode != 0 or "[OK] All 16384 slots covered" not in done.stdout:
+            raise RuntimeError(f"redis-cli --cluster create failed ({done.returncode}):\n"
+                               f"{done.stdout}\n{done.stderr}")
+
+    # ------------------------------------------------------------------ observing
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with the masters at bring-up as seeds (fixed for the topology's life:
+        a client given a dead seed goes on to the next)."""
+        return "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in self._seeds)
+
+    @property
+    def nodes(self) -> list[ClusterNode]:
+        """Every node, by port: a live node's role as it reports it now, a dead one's as last seen."""
+        for port, server in self.servers.items():
+            if not server.alive:
+                continue
+            try:
+                with _probe(port) as r:
+                    info = r.info("replication")
+            except redis.RedisError:
+                continue  # e.g. still loading after a restart: keep the last known role
+            if info["role"] == "master":
+                self._known[port] = ("master", None)
+            else:
+                self._known[port] = ("replica", self._ids.get(int(info["master_port"])))
+        return [ClusterNode(port, self._ids[port], *self._known.get(port, ("unknown", None)),
+                            alive=self.servers[port].alive)
+                for port in sorted(self.servers)]
+
+    def node(self, port: int) -> ClusterNode:
+        for node in self.nodes:
+            if node.port == port:
+                return node
+        raise LookupError(f"no node on port {port} in {self!r}")
+
+    def masters(self) -> list[ClusterNode]:
+        """The live masters."""
+        return [n for n in self.nodes if n.alive and n.role == "master"]
+
+    def replicas_of(self, master: ClusterNode) -> list[ClusterNode]:
+        """The live replicas following ``master``."""
+        return [n for n in self.nodes if n.alive and n.role == "replica" and n.master_id == master.node_id]
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        """A live replica of ``master`` (the first by port); LookupError if it has none."""
+        replicas = self.replicas_of(master)
+        if not replicas:
+            raise LookupError(f"{master} has no live replica; nodes: {self.nodes}")
+        return replicas[0]
+
+    def slot_map(self, port: int | None = None) -> tuple[SlotRange, ...]:
+        """``CLUSTER SLOTS`` as node ``port`` (default: any live node) answers it, normalised."""
+        with _probe(port if port is not None else self._any_live()) as r:
+            return self._normalise(r.execute_command("CLUSTER", "SLOTS"))
+
+    def keyslot(self, key: str) -> int:
+        with _probe(self._any_live()) as r:
+            return int(r.execute_command("CLUSTER", "KEYSLOT", key))
+
+    def master_for_key(self, key: str) -> ClusterNode:
+        """The master serving ``key``'s slot, per ``CLUSTER KEYSLOT`` and ``CLUSTER SLOTS``."""
+        port = self._any_live()
+        slot = self.keyslot(key)
+        for first, last, master_port, _ in self.slot_map(port):
+            if first <= slot <= last:
+                return self.node(master_port)
+        raise LookupError(f"slot {slot} of {key!r} is served by no node (per node {port})")
+
+    def client(self, **kwargs: Any) -> redis.RedisCluster:
+        """A ``redis.RedisCluster`` on the seeds of :attr:`url`."""
+        seeds = [RedisClusterNode(HOST, p) for p in self._seeds]
+        return redis.RedisCluster(startup_nodes=seeds, **{"socket_timeout": 5, **kwargs})
+
+    def describe(self) -> str:
+        """One line per node: port, id, process state, role and cluster state (for failure messages)."""
+        lines = []
+        for node in self.nodes:
+            state = "dead"
+            if node.alive:
+                try:
+                    with _probe(node.port) as r:
+                        state = _parse_info_text(r.execute_command("CLUSTER", "INFO"))["cluster_state"]
+                except redis.RedisError as exc:
+                    state = _error(exc)
+            follows = f" of {node.master_id[:8]}" if node.master_id else ""
+            lines.append(f"{node.port} {node.node_id[:8]} {node.role}{follows}: {state}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ acting
+    def flushall(self) -> None:
+        """FLUSHALL on every live master (the replicas follow)."""
+        for node in self.masters():
+            with node.client() as r:
+                r.flushall()
+
+    def kill(self, node: ClusterNode | int) -> None:
+        """SIGKILL a node. A master's slots and replicas are noted first, for :meth:`wait_failover`."""
+        port = node if isinstance(node, int) else node.port
+        current = self.node(port)
+        if current.role == "master":
+            ranges = [(first, last) for first, last, owner, _ in self.slot_map() if owner == port]
+            candidates = [n.port for n in self.replicas_of(current)]
+            self._killed[current.node_id] = (ranges, candidates, time.monotonic())
+        self.servers[port].stop()
+        logger.info("killed cluster node %s (%s)", port, current.role)
+
+    def wait_failover(self, old_master: ClusterNode, timeout: float | None = None) -> ClusterNode:
+        """Wait until a replica of ``old_master`` (killed with :meth:`kill`) reports role master and
+        serves all its slots, every live node says ``cluster_state:ok`` and all agree on the slot
+        map, every live replica's link is up. The new master."""
+        if old_master.node_id not in self._killed:
+            raise ValueError(f"{old_master} was not killed as a master with kill()")
+        ranges, candidates, killed_at = self._killed[old_master.node_id]
+        if not candidates:
+            raise ValueError(f"{old_master} had no replica to fail over to")
+        promoted: list[int] = []
+
+        def problems() -> list[str]:
+            found = self._problems(expect_shape=False)
+            if found:
+                return found
+            owners = {owner for first, last, owner, _ in self.slot_map() for a, b in ranges
+                      if first <= a and b <= last}
+            if len(owners) != 1 or not owners <= set(candidates):
+                return [f"slots {ranges} of {old_master.port} are served by {owners}, "
+                        f"not by one of its replicas {candidates}"]
+            (owner,) = owners
+            with _probe(owner) as r:
+                role = r.info("replication")["role"]
+            if role != "master":
+                return [f"{owner} serves {old_master.port}'s slots but reports role:{role}"]
+            promoted[:] = [owner]
+            return []
+
+        _wait(f"failover of {old_master.port}", problems, self.timeout if timeout is None else timeout)
+        logger.info("cluster node %s took over from %s %.2fs after the kill", promoted[0], old_master.port,
+                    time.monotonic() - killed_at)
+        return self.node(promoted[0])
+
+    def restart(self, node: ClusterNode | int) -> ClusterNode:
+        """Start a killed node again on its port with its nodes.conf (so with its node id, but no
+        data), and wait until the cluster is healthy again with it."""
+        port = node if isinstance(node, int) else node.port
+        self.servers[port].start(self.timeout)
+        _wait(f"restart of {port}", lambda: self._problems(expect_shape=False, require=[port]), self.timeout)
+        return self.node(port)
+
+    def stop(self) -> None:
+        """SIGKILL every process."""
+        for server in self.servers.values():
+            server.stop()
+
+    def cleanup(self) -> None:
+        """Kill every process and remove every temporary directory."""
+        for server in self.servers.values():
+            server.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ health
+    def _any_live(self) -> int:
+        for port, server in self.servers.items():
+            if server.alive:
+                return port
+        raise RuntimeError(f"no live node in {self!r}")
+
+    @staticmethod
+    def _normalise(reply: list[Any]) -> tuple[SlotRange, ...]:
+        shards = []
+        for entry in reply:
+            first, last, master, *replicas = entry
+            shards.append((int(first), int(last), int(master[1]), tuple(sorted(int(r[1]) for r in replicas))))
+        return tuple(sorted(shards))
+
+    def _problems(self, *, expect_shape: bool, require: Iterable[int] = ()) -> list[str]:
+        """What keeps the cluster from being healthy (nothing when it is): every live node says
+        ``cluster_state:ok``, all answer the same ``CLUSTER SLOTS`` covering every slot and naming no
+        dead node (and the nodes in ``require``), every live replica's link is up. With
+        ``expect_shape``, also the configured number of masters and of replicas each."""
+        found: list[str] = []
+        maps: dict[int, tuple[SlotRange, ...]] = {}
+        for port, server in self.servers.items():
+            if not server.alive:
+                continue
+            try:
+                with _probe(port) as r:
+                    state = _parse_info_text(r.execute_command("CLUSTER", "INFO")).get("cluster_state")
+                    if state != "ok":
+                        found.append(f"{port}: cluster_state:{state}")
+                    maps[port] = self._normalise(r.execute_command("CLUSTER", "SLOTS"))
+                    info = r.info("replication")
+                    if info["role"] != "master" and info.get("master_link_status") != "up":
+                        found.append(f"{port}: replica of {info.get('master_port')} with "
+                                     f"master_link_status:{info.get('master_link_status')}")
+            except redis.RedisError as exc:
+                found.append(f"{port}: {_error(exc)}")
+        if not maps:
+            return found + ["no live node answers"]
+        distinct = Counter(maps.values())
+        if len(distinct) > 1:
+            return found + [f"nodes disagree on the slot map: {maps}"]
+        (slot_map,) = distinct
+        covered = sum(last - first + 1 for first, last, _, _ in slot_map)
+        if covered != CLUSTER_SLOTS_COUNT:
+            found.append(f"{covered} of {CLUSTER_SLOTS_COUNT} slots covered: {slot_map}")
+        listed = {p for _, _, master, replicas in slot_map for p in (master, *replicas)}
+        dead = {p for p in listed if p not in self.servers or not self.servers[p].alive}
+        if dead:
+            found.append(f"slot map names dead or unknown nodes {sorted(dead)}: {slot_map}")
+        missing = set(require) - listed
+        if missing:
+            found.append(f"slot map does not name {sorted(missing)} yet: {slot_map}")
+        if expect_shape:
+            shards = {(master, replicas) for _, _, master, replicas in slot_map}
+            if len(shards) != self.masters_count or any(
+                    len(replicas) != self.replicas_per_master for _, replicas in shards):
+                found.append(f"expected {self.masters_count} masters with {self.replicas_per_master} "
+                             f"replica(s) each: {slot_map}")
+        return found
+
+
+# ---------------------------------------------------------------------------------------- sentinel
+
+
+class SentinelTopology:
+    """A master, one replica and three Sentinels monitoring them as ``service`` (quorum 2).
+    :meth:`start` returns once the replica's link is up and every Sentinel names the master,
+    knows the replica and knows the two other Sentinels."""
+
+    SENTINELS = 3
+    QUORUM = 2
+
+    def __init__(self, service: str = "mymaster", *, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 5000, timeout: float = DEFAULT_TIMEOUT) -> None:
+        _require("redis-server")
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.timeout = timeout
+        self.dir = tempfile.mkdtemp(prefix="dcm-sentinel-")
+        master_port, replica_port, *sentinel_ports = free_ports(2 + self.SENTINELS)
+        self.data_servers = {
+            master_port: RedisServer(master_port, extra_args=FAST_REPLICATION),
+            replica_port: RedisServer(replica_port, extra_args=(*FAST_REPLICATION, "--replicaof", HOST,
+                                                                str(master_port))),
+        }
+        self.sentinels = [RedisServer(p, extra_args=("--sentinel",),
+                                      conf_file=self._write_conf(p, master_port))
+                          for p in sentinel_ports]
+        self._master_port = master_port  # as the Sentinels are expected to name it
+        self._killed_master: tuple[int, float] | None = None
+        #: Seconds :meth:`start` took, from spawning the processes to every Sentinel being ready.
+        self.startup_seconds: float | None = None
+
+    def _write_conf(self, port: int, master_port: int) -> str:
+        path = os.path.join(self.dir, f"sentinel-{port}.conf")  # Sentinel rewrites it: writable
+        with open(path, "w") as f:
+            f.write(f"port {port}\n"
+                    f"bind {HOST}\n"
+                    f"sentinel monitor {self.service} {HOST} {master_port} {self.QUORUM}\n"
+                    f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                    f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {self.service} 1\n")
+        return path
+
+    def __enter__(self) -> SentinelTopology:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return (f"<SentinelTopology {self.service} data={sorted(self.data_servers)} "
+                f"sentinels={self.sentinel_ports}>")
+
+    # ------------------------------------------------------------------ bring-up
+    def start(self) -> SentinelTopology:
+        started = time.monotonic()
+        ok = False
+        try:
+            for server in self.data_servers.values():
+                server.spawn()
+            for server in self.data_servers.values():
+                server.wait_ready(self.timeout)
+            # Sentinels learn of replicas from the master's INFO, which they ask for every 10 s:
+            # they start once the replica is attached, so their first INFO already names it.
+            (replica_port,) = set(self.data_servers) - {self._master_port}
+            _wait("replica sync", lambda: self._link_problems(replica_port), self.timeout)
+            for sentinel in self.sentinels:
+                sentinel.spawn()
+            for sentinel in self.sentinels:
+                sentinel.wait_ready(self.timeout)
+            _wait("sentinel bring-up", lambda: self._problems(self._master_port, replica_port), self.timeout)
+            ok = True
+        finally:
+            if not ok:
+                self.cleanup()
+        self.startup_seconds = time.monotonic() - started
+        logger.info("%r up in %.2fs", self, self.startup_seconds)
+        return self
+
+    # ------------------------------------------------------------------ observing
+    @property
+    def sentinel_ports(self) -> list[int]:
+        return [s.port for s in self.sentinels]
+
+    @property
+    def url(self) -> str:
+        return ("redis+sentinel://" + ",".join(f"{HOST}:{p}" for p in self.sentinel_ports)
+                + f"/{self.service}")
+
+    def sentinel(self, **kwargs: Any) -> Sentinel:
+        """A ``redis.sentinel.Sentinel`` on the three Sentinels."""
+        return Sentinel([(HOST, p) for p in self.sentinel_ports], **{"socket_timeout": 5, **kwargs})
+
+    def master(self) -> RedisServer:
+        """The master as a majority of the Sentinels name it; AssertionError if no majority does."""
+        answers: list[int | str] = []
+        for sentinel in self.sentinels:
+            try:
+                with _probe(sentinel.port) as r:
+                    _, port = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                    answers.append(int(port))
+            except (redis.RedisError, TypeError, ValueError) as exc:
+                answers.append(_error(exc))
+        port, votes = Counter(answers).most_common(1)[0]
+        if votes < self.QUORUM or port not in self.data_servers:
+            raise AssertionError(f"no majority of the Sentinels names a master of ours: {answers}")
+        assert isinstance(port, int)
+        return self.data_servers[port]
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A plain client to the current master."""
+        return redis.Redis(host=HOST, port=self.master().port, **{"socket_timeout": 5, **kwargs})
+
+    # ------------------------------------------------------------------ acting
+    def flushall(self) -> None:
+        with self.client() as r:
+            r.flushall()
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master; the killed server."""
+        master = self.master()
+        master.stop()
+        self._killed_master = (master.port, time.monotonic())
+        logger.info("killed sentinel master %s", master.port)
+        return master
+
+    def wait_failover(self, timeout: float | None = None) -> RedisServer:
+        """After :meth:`kill_master`: wait until every Sentinel names the replica as master with no
+        failover in progress and the replica reports role:master. The new master."""
+        if self._killed_master is None:
+            raise ValueError("kill_master() first")
+        old_port, killed_at = self._killed_master
+        (new_port,) = set(self.data_servers) - {old_port}
+        _wait(f"failover from {old_port} to {new_port}", lambda: self._problems(new_port, None),
+              self.timeout if timeout is None else timeout)
+        logger.info("sentinel failover to %s %.2fs after the kill", new_port, time.monotonic() - killed_at)
+        return self.data_servers[new_port]
+
+    def stop(self) -> None:
+        for server in (*self.data_servers.values(), *self.sentinels):
+            server.stop()
+
+    def cleanup(self) -> None:
+        for server in (*self.data_servers.values(), *self.sentinels):
+            server.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ health
+    def _link_problems(self, replica_port: int) -> list[str]:
+        try:
+            with _probe(replica_port) as r:
+                status = r.info("replication").get("master_link_status")
+        except redis.RedisError as exc:
+            return [f"replica {replica_port}: {_error(exc)}"]
+        return [] if status == "up" else [f"replica {replica_port}: master_link_status:{status}"]
+
+    def _problems(self, master_port: int, replica_port: int | None) -> list[str]:
+        """What keeps the set from being settled on ``master_port`` (with ``replica_port`` attached
+        and known to every Sentinel, unless None): every live Sentinel names it with no failover
+        in progress and knows the other Sentinels; it reports role:master."""
+        found = self._link_problems(replica_port) if replica_port is not None else []
+        try:
+            with _probe(master_port) as r:
+                role = r.info("replication")["role"]
+            if role != "master":
+                found.append(f"{master_port}: role:{role}")
+        except redis.RedisError as exc:
+            found.append(f"{master_port}: {_error(exc)}")
+        for sentinel in self.sentinels:
+            if not sentinel.alive:
+                continue
+            s = sentinel.port
+            try:
+                with _probe(s) as r:
+                    addr = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                    master = _pairs(r.execute_command("SENTINEL", "MASTER", self.service))
+                    replicas = [_pairs(x) for x in r.execute_command("SENTINEL", "REPLICAS", self.service)]
+            except redis.RedisError as exc:
+                found.append(f"sentinel {s}: {_error(exc)}")
+                continue
+            if addr != [HOST, str(master_port)]:
+                found.append(f"sentinel {s}: names master {addr}, not {master_port}")
+            if master["flags"] != "master":
+                found.append(f"sentinel {s}: master flags {master['flags']}")
+            if int(master["num-other-sentinels"]) != self.SENTINELS - 1:
+                found.append(f"sentinel {s}: knows {master['num-other-sentinels']} other sentinels")
+            if replica_port is not None:
+                known = [x for x in replicas if int(x["port"]) == replica_port]
+                if not known or known[0]["flags"] != "slave" or known[0].get("master-link-status") != "ok":
+                    found.append(f"sentinel {s}: replica {replica_port} is {known or 'unknown'}")
+        return found

@@ -1,0 +1,66 @@
+"""Fixtures for the tests marked ``topology``: a Redis Cluster and a Sentinel set shared by the
+session (flushed before each test that asks for its URL), and fresh ones, for a test alone, for the
+tests that kill nodes. Loaded as a plugin by tests/conftest.py."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.topologies import ClusterTopology, SentinelTopology
+
+
+def _require_binaries() -> None:
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            pytest.fail(f"{binary} is not installed (Debian: apt-get install redis-server redis-tools)")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterTopology]:
+    """3 masters with a replica each, for the whole session: never kill its nodes (use
+    ``fresh_cluster``); ask for ``cluster_url`` to start from an empty cluster."""
+    _require_binaries()
+    with ClusterTopology() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: ClusterTopology) -> str:
+    """The shared cluster's ``redis+cluster://`` URL, every master flushed first."""
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[ClusterTopology]:
+    """A cluster for this test alone: it may kill and restart nodes."""
+    _require_binaries()
+    with ClusterTopology() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelTopology]:
+    """A master, a replica and 3 Sentinels for the whole session: never kill its master (use
+    ``fresh_sentinel``); ask for ``sentinel_url`` to start from an empty master."""
+    _require_binaries()
+    with SentinelTopology() as sentinel:
+        yield sentinel
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinel: SentinelTopology) -> str:
+    """The shared Sentinel set's ``redis+sentinel://`` URL, the master flushed first."""
+    redis_sentinel.flushall()
+    return redis_sentinel.url
+
+
+@pytest.fixture
+def fresh_sentinel() -> Iterator[SentinelTopology]:
+    """A Sentinel set for this test alone: it may kill the master."""
+    _require_binaries()
+    with SentinelTopology() as sentinel:
+        yield sentinel
