@@ -75,10 +75,18 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis",
+                        pytest.param("cluster", marks=pytest.mark.topology),
+                        pytest.param("sentinel", marks=pytest.mark.topology)])
 def backend_url(request: pytest.FixtureRequest) -> str:
+    """Every backend the core tests run on; each test has its own key prefix, so the shared
+    Redis, Cluster and Sentinel set need no flushing between tests."""
     if request.param == "memory":
         return f"memory://{uuid.uuid4().hex}"
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    if request.param == "sentinel":
+        return str(request.getfixturevalue("redis_sentinel").url)
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
 

@@ -38,8 +38,8 @@ class RedisBackend(RedisBase):
         # PUBLISH and routing (the per-message commands) go over one dedicated connection:
         # a pool checkout polls the socket first, which costs more than the command itself
         # under gevent. Connected on first use.
-        self._hot_pool = pools.hot
-        self._sub_pool = pools.subscriber
+        self._hot_pool, self._hot_held = pools.hot, pools.hot_held
+        self._new_sub_pool = pools.subscriber
         self._hot_client: redis.Redis | None = None
         self._hot_lock = threading.Lock()
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
@@ -64,7 +64,7 @@ class RedisBackend(RedisBase):
             with translate_errors(what):
                 if self._hot_client is None:  # connected on first use
                     self._hot_client = redis.Redis(connection_pool=self._hot_pool,
-                                                   single_connection_client=True)
+                                                   single_connection_client=self._hot_held)
                 yield self._hot_client
         except BackendUnavailableError:
             self._hot_failed_at = time.monotonic()
@@ -142,7 +142,7 @@ class RedisBackend(RedisBase):
             logger.debug("closing idle Redis connections: %s", exc)
 
     def subscription(self) -> RedisSubscription:
-        return RedisSubscription(redis.Redis(connection_pool=self._sub_pool), self._keys)
+        return RedisSubscription(redis.Redis(connection_pool=self._new_sub_pool()), self._keys)
 
     def close(self) -> None:
         hot = [self._hot_client] if self._hot_client is not None else []
@@ -152,7 +152,3 @@ class RedisBackend(RedisBase):
                 client.connection_pool.disconnect()
             except (redis.RedisError, OSError) as exc:
                 logger.debug("closing Redis client: %s", exc)
-        try:
-            self._sub_pool.disconnect()
-        except (redis.RedisError, OSError) as exc:
-            logger.debug("closing Redis subscriber pool: %s", exc)

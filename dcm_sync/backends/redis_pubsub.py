@@ -39,6 +39,7 @@ class RedisSubscription:
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, sharded: bool = False) -> None:
         self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._pool = client.connection_pool
         self._keys = keys
         self._sub_type, self._unsub_type, self._msg_type = _SHARDED if sharded else _CLASSIC
         self._sub = self._pubsub.ssubscribe if sharded else self._pubsub.subscribe
@@ -115,6 +116,7 @@ class RedisSubscription:
         self._closed = True
         try:
             self._pubsub.reset()
+            self._pool.disconnect()  # the subscription's own pool: nothing reuses its connection
         except (redis.RedisError, OSError) as exc:
             logger.debug("closing subscription: %s", exc)
 

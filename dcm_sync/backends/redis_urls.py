@@ -14,6 +14,7 @@ sentinels themselves are reached without a password.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -85,8 +86,13 @@ def parse_hosts(url: str, default_port: int) -> tuple[list[tuple[str, int]], dic
 class MasterPools:
     commands: redis.ConnectionPool
     hot: redis.ConnectionPool
-    subscriber: redis.ConnectionPool
+    #: a new pool for each subscription: a connection that a failed subscription leaves in an
+    #: unknown state is never handed to the next one
+    subscriber: Callable[[], redis.ConnectionPool]
     shown_url: str
+    #: whether the per-message connection may be held by one client for good; not under
+    #: Sentinel, where only a pool checkout asks the sentinels for the current master
+    hot_held: bool = True
 
 
 def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
@@ -101,10 +107,13 @@ def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
         commands = redis.BlockingConnectionPool.from_url(
             url, max_connections=POOL_SIZE, timeout=timeout / 2, retry=_retry(), **common)
         hot = redis.ConnectionPool.from_url(url, max_connections=1, retry=_retry(), **common)
-        sub = redis.ConnectionPool.from_url(url, retry=_no_retry(), **common)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
-    return MasterPools(commands, hot, sub, redact_url(url))
+
+    def subscriber() -> redis.ConnectionPool:
+        return redis.ConnectionPool.from_url(url, max_connections=1, retry=_no_retry(), **common)
+
+    return MasterPools(commands, hot, subscriber, redact_url(url))
 
 
 def _sentinel_pools(url: str, timeout: float) -> MasterPools:
@@ -122,11 +131,13 @@ def _sentinel_pools(url: str, timeout: float) -> MasterPools:
     common = _common(timeout, False, None)
     sentinel = Sentinel(hosts, sentinel_kwargs=dict(common))  # type: ignore[no-untyped-call]
 
-    def pool(retry: Retry) -> SentinelConnectionPool:
+    def pool(retry: Retry, **extra: Any) -> SentinelConnectionPool:
         return SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            service, sentinel, db=db, retry=retry, **creds, **common)
+            service, sentinel, db=db, retry=retry, **creds, **common, **extra)
 
-    return MasterPools(pool(_retry()), pool(_retry()), pool(_no_retry()), redact_url(url))
+    return MasterPools(pool(_retry()), pool(_retry(), max_connections=1),
+                       lambda: pool(_no_retry(), max_connections=1), redact_url(url),
+                       hot_held=False)
 
 
 def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any, Any]:

@@ -285,6 +285,35 @@ class ClusterTopology:
         self.servers[port].stop()
         logger.info("killed cluster node %s (%s)", port, current.role)
 
+    def move_slot_of(self, key: str, target: ClusterNode) -> None:
+        """Migrate the slot of ``key`` (and its keys) to master ``target``, the way
+        ``redis-cli --cluster reshard`` does, and wait until every live node agrees."""
+        slot = self.keyslot(key)
+        source = self.master_for_key(key)
+        if source.port == target.port:
+            raise ValueError(f"slot {slot} is on {target} already")
+        with target.client() as t, source.client() as s:
+            t.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+            while keys := s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                s.execute_command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
+        for node in [target, source, *(m for m in self.masters() if m.port not in
+                                        (target.port, source.port))]:
+            with node.client() as r:
+                r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+
+        def problems() -> list[str]:
+            wrong = []
+            for node in self.nodes:
+                if not node.alive:
+                    continue
+                owner = [m for first, last, m, _ in self.slot_map(node.port) if first <= slot <= last]
+                if owner != [target.port]:
+                    wrong.append(f"node {node.port} says slot {slot} is on {owner}")
+            return wrong
+
+        _wait(f"slot {slot} moved to {target.port}", problems, self.timeout)
+
     def wait_failover(self, old_master: ClusterNode, timeout: float | None = None) -> ClusterNode:
         """Wait until a replica of ``old_master`` (killed with :meth:`kill`) reports role master and
         serves all its slots, every live node says ``cluster_state:ok`` and all agree on the slot

@@ -1,0 +1,235 @@
+"""dcm-sync on a real Redis Cluster (3 masters, 3 replicas) and a real Sentinel setup (master,
+replica, 3 sentinels), on loopback: sharded pub/sub, the key layout over the shards, a shard's
+master killed, the Sentinel master killed, and a slot moved under a subscribed room.
+
+The core flows (broadcast, direct, failure cleanup, stats) run on both topologies through the
+``backend_url`` parametrization in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dcm_sync import DistributedConnectionManager
+from dcm_sync.backends.redis_keys import KeyLayout, server_tag
+from tests.conftest import Managers
+from tests.helpers.sockets import RecordingSocket, crash
+from tests.helpers.topologies import ClusterTopology, SentinelTopology
+
+pytestmark = pytest.mark.topology
+
+SLOW = dict(heartbeat_interval=0.3, heartbeat_ttl=1.5, probe_interval=1.0, probe_timeout=1.0)
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - start < timeout:
+        try:
+            if check():
+                return time.monotonic() - start
+        except Exception as exc:  # the topology is between owners; try again
+            last = exc
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what} (last error: {last!r})")
+
+
+@pytest.fixture
+def managers_on(prefix: str) -> Iterator[Callable[..., Managers]]:
+    made: list[Managers] = []
+
+    def make(url: str, **settings: Any) -> Managers:
+        m = Managers(prefix, redis_url=url, **settings)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.shutdown_all()
+
+
+def texts(sock: RecordingSocket) -> list[str]:
+    return list(sock.frames)
+
+
+def delivered(a: DistributedConnectionManager, room: str, target: str, sock: RecordingSocket,
+              n: int) -> bool:
+    """Send broadcast n and direct message n from ``a``; True once both reached ``sock``."""
+    try:
+        a.broadcast_to_room(room, {"b": n})
+        a.send_to_connection(target, {"d": n})
+    except Exception:
+        return False
+    time.sleep(0.1)
+    got = texts(sock)
+    return f'{{"b":{n}}}' in got and f'{{"d":{n}}}' in got
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+# --------------------------------------------------------------------------- Cluster
+def test_cluster_uses_sharded_pubsub_and_spreads_keys(
+        redis_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    make = managers_on(redis_cluster.url)
+    servers = [make() for _ in range(3)]
+    keys = KeyLayout(prefix)
+    conns = []
+    for i, mgr in enumerate(servers):
+        for j in range(4):
+            sock = RecordingSocket()
+            cid = mgr.register_connection(sock, f"user-{i}-{j}")
+            assert cid.startswith(server_tag(mgr.server_id)) and len(cid) == 19
+            for r in range(10):
+                mgr.join_room(cid, f"room-{r}")
+            conns.append((mgr, cid, sock))
+    # every server's record, connection set and connections' hashes are on one master
+    for mgr in servers:
+        home = redis_cluster.master_for_key(keys.server(mgr.server_id)).port
+        for other in (keys.server_connections(mgr.server_id), keys.channel(f"server:{mgr.server_id}"),
+                      *(keys.connection(c) for m, c, _ in conns if m is mgr)):
+            assert redis_cluster.master_for_key(other).port == home
+    # rooms (and with them the keys) are spread over all three masters
+    holders = {redis_cluster.master_for_key(keys.room(f"room-{r}")).port for r in range(10)}
+    assert len(holders) == 3
+    for master in redis_cluster.masters():
+        with master.client() as r:
+            assert r.dbsize() > 0
+            # the room channels are shard channels, never classic ones
+            assert r.pubsub_channels(f"{prefix}*") == []
+    room_channel = keys.channel("room:room-3")
+    owner = redis_cluster.master_for_key(room_channel)
+    with owner.client() as r:
+        assert r.execute_command("PUBSUB", "SHARDNUMSUB", room_channel)[1] == 3
+    # a broadcast reaches all 12 members, across the 3 servers
+    servers[0].broadcast_to_room("room-3", "hello")
+    wait_until(lambda: all("hello" in " ".join(texts(s)) for _, _, s in conns), 10,
+               "every member got the broadcast")
+    stats = servers[1].get_distributed_stats()
+    assert (stats.total_connections, stats.total_rooms, stats.active_servers) == (12, 10, 3)
+
+
+def test_cluster_master_killed_delivery_and_state_recover(
+        fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    make = managers_on(fresh_cluster.url, **SLOW)
+    a, b = make(), make()
+    keys = KeyLayout(prefix)
+    sa, sb = RecordingSocket(), RecordingSocket()
+    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
+    room = "lobby"
+    a.join_room(ca, room)
+    b.join_room(cb, room)
+    # the master holding b's server slot: its record, its connections, its channel
+    victim = fresh_cluster.master_for_key(keys.server(b.server_id))
+    n = Counter()
+    assert delivered(a, room, cb, sb, n.next())
+    fresh_cluster.kill(victim)
+    new_master = fresh_cluster.wait_failover(victim)
+    assert new_master.port != victim.port
+    took = wait_until(lambda: delivered(a, room, cb, sb, n.next()), 30,
+                      "broadcast and direct message reach bob after the failover")
+    print(f"cluster failover: delivery back {took:.2f}s after the new master took over")
+
+    def state_back() -> bool:
+        stats = a.get_distributed_stats()
+        return (stats.total_connections, stats.total_rooms, stats.active_servers) == (2, 1, 2)
+
+    wait_until(state_back, 15, "stats count both servers, both connections and the room")
+    assert fresh_cluster.master_for_key(keys.connection(cb)).port == new_master.port
+    # and the cluster keeps working: a new connection on b joins the room and hears alice
+    sc = RecordingSocket()
+    cc = b.register_connection(sc, "carol")
+    b.join_room(cc, room)
+    a.broadcast_to_room(room, "after")
+    wait_until(lambda: "after" in " ".join(texts(sc)), 10, "carol hears alice")
+
+
+def test_cluster_dead_server_cleaned_after_failover(
+        fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    make = managers_on(fresh_cluster.url, **SLOW)
+    a, b = make(), make()
+    keys = KeyLayout(prefix)
+    sa = RecordingSocket()
+    ca = a.register_connection(sa, "alice")
+    a.join_room(ca, "lobby")
+    victims = [b.register_connection(RecordingSocket(), f"v{i}") for i in range(5)]
+    for cid in victims:
+        b.join_room(cid, "lobby")
+    victim_master = fresh_cluster.master_for_key(keys.server(b.server_id))
+    fresh_cluster.kill(victim_master)
+    fresh_cluster.wait_failover(victim_master)
+    crash(b)  # stops without telling anyone, like a killed process
+    wait_until(lambda: a.get_distributed_stats().active_servers == 1, 20, "b found dead")
+
+    def cleaned() -> bool:
+        with fresh_cluster.client() as r:
+            return (not any(r.exists(keys.connection(c)) for c in victims)
+                    and {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca})
+
+    wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
+    wait_until(lambda: len(sa.of_type("user-disconnected")) == 5, 10,
+               "alice told of the 5 departures")
+    assert {n["reason"] for n in sa.of_type("user-disconnected")} == {"server-failure"}
+
+
+def test_cluster_room_follows_a_moved_slot(
+        fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    make = managers_on(fresh_cluster.url, **SLOW)
+    a, b = make(), make()
+    keys = KeyLayout(prefix)
+    sa, sb = RecordingSocket(), RecordingSocket()
+    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
+    a.join_room(ca, "moving")
+    b.join_room(cb, "moving")
+    n = Counter()
+    assert delivered(a, "moving", cb, sb, n.next())
+    channel = keys.channel("room:moving")
+    source = fresh_cluster.master_for_key(channel)
+    target = next(m for m in fresh_cluster.masters() if m.port != source.port)
+    fresh_cluster.move_slot_of(channel, target)
+    assert fresh_cluster.master_for_key(channel).port == target.port
+    took = wait_until(lambda: delivered(a, "moving", cb, sb, n.next()), 20,
+                      "room broadcasts reach bob after the room channel's slot moved")
+    print(f"slot moved: delivery back after {took:.2f}s")
+    with target.client() as r:
+        assert r.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 2
+
+
+# --------------------------------------------------------------------------- Sentinel
+def test_sentinel_master_killed_delivery_and_state_recover(
+        fresh_sentinel: SentinelTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    make = managers_on(fresh_sentinel.url, **SLOW)
+    a, b = make(), make()
+    sa, sb = RecordingSocket(), RecordingSocket()
+    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
+    a.join_room(ca, "lobby")
+    b.join_room(cb, "lobby")
+    n = Counter()
+    assert delivered(a, "lobby", cb, sb, n.next())
+    old = fresh_sentinel.master()
+    fresh_sentinel.kill_master()
+    new = fresh_sentinel.wait_failover()
+    assert new.port != old.port
+    took = wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+                      "broadcast and direct message reach bob after the failover")
+    print(f"sentinel failover: delivery back {took:.2f}s after the new master took over")
+
+    def state_back() -> bool:
+        stats = a.get_distributed_stats()
+        return (stats.total_connections, stats.total_rooms, stats.active_servers) == (2, 1, 2)
+
+    wait_until(state_back, 15, "stats count both servers, both connections and the room")
+    keys = KeyLayout(prefix)
+    with fresh_sentinel.client() as r:  # the new master holds the state
+        assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()
+        assert {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca, cb}
