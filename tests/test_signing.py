@@ -161,7 +161,10 @@ def test_managers_sharing_a_key_talk_and_sign_everything(make_manager: Make) -> 
         assert a.send_to_server(b.server_id, {"op": "reload"})
         a.join_room(cb, "s")  # routed to b, which joins locally and subscribes
         a.touch(cb)
-        wait_until(lambda: len(wb.frames) == 2 and received)
+        # b's server channel is read in order: once this arrives, b has sent its subscription
+        # to room s (in Cluster over another shard's connection, made on the spot)
+        assert a.send_to_server(b.server_id, {"op": "sync"})
+        wait_until(lambda: len(wb.frames) == 2 and len(received) == 2)
         a.broadcast_to_room("s", {"to": "s"})
         wait_until(lambda: {"to": "s"} in wb.messages())
         a.leave_room(cb, "s")
@@ -173,7 +176,7 @@ def test_managers_sharing_a_key_talk_and_sign_everything(make_manager: Make) -> 
         sniff.close()
     assert wb.messages()[:3] == [{"n": 1}, {"n": 2}, {"to": "s"}]
     assert wa.messages() == [{"n": 1}]
-    assert received == [(a.server_id, {"op": "reload"})]
+    assert received == [(a.server_id, {"op": "reload"}), (a.server_id, {"op": "sync"})]
     kinds = {decode_envelope(data, EnvelopeSigner([K1], a.config.key_prefix)).kind for _, data in seen}
     assert {"room", "direct", "server", "join", "leave", "touch"} <= kinds
     assert all(data.startswith(b"S1.") for _, data in seen)
