@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from dcm_sync import DistributedConnectionManager
+from dcm_sync import DistributedConnectionManager, Emitter
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from tests.conftest import Managers
-from tests.helpers.sockets import RecordingSocket, crash
+from tests.helpers.sockets import RecordingSocket, connect, crash
 from tests.helpers.topologies import ClusterTopology, SentinelTopology
+from tests.test_redis_security import EXACT
 
 pytestmark = pytest.mark.topology
 
@@ -233,3 +234,51 @@ def test_sentinel_master_killed_delivery_and_state_recover(
     with fresh_sentinel.client() as r:  # the new master holds the state
         assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()
         assert {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca, cb}
+
+
+#: The README's exact command list for Cluster: the single-Redis list with sharded pub/sub
+#: instead of classic pub/sub, and what redis-py needs to read the slot map.
+CLUSTER_EXACT = (*(c for c in EXACT if c not in ("+publish", "+subscribe", "+unsubscribe",
+                                                   "+pubsub|numsub")),
+                 "+spublish", "+ssubscribe", "+sunsubscribe", "+cluster|slots", "+cluster|shards",
+                 "+readonly", "+command")
+
+
+def test_cluster_acceptance_flow_as_a_confined_acl_user(
+        redis_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    name, password = f"dcm-{prefix.rstrip(':')}", f"pw-{prefix.rstrip(':')}"
+    nodes = [n for n in redis_cluster.nodes if n.alive]
+    for node in nodes:  # ACL users are per node in Cluster
+        with node.client() as r:
+            r.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}",
+                              f"~{prefix}*", f"&{prefix}*", *CLUSTER_EXACT)
+    url = redis_cluster.url.replace("://", f"://{name}:{password}@", 1)
+    try:
+        make = managers_on(url)
+        a, b = make(), make()
+        ca, wa = connect(a, "alice", "lobby")
+        cb, wb = connect(b, "bob", "lobby")
+        a.broadcast_to_room("lobby", {"text": "hello"})
+        wait_until(lambda: {"text": "hello"} in wb.messages(), 10, "bob hears alice")
+        assert b.send_to_connection(ca, {"text": "direct"}) is True
+        wait_until(lambda: {"text": "direct"} in wa.messages(), 10, "alice gets bob's message")
+        with Emitter(url, key_prefix=prefix) as emitter:
+            emitter.broadcast_to_room("lobby", {"text": "from a script"})
+            assert emitter.send_to_connection(cb, {"text": "to bob"}) is True
+            assert emitter.get_distributed_stats().active_servers == 2
+        wait_until(lambda: {"text": "from a script"} in wa.messages()
+                   and {"text": "to bob"} in wb.messages(), 10, "the emitter's messages arrive")
+        b.leave_room(cb, "lobby")
+        b.join_room(cb, "lobby")
+        crash(b)
+        wait_until(lambda: wa.of_type("user-disconnected"), 15, "alice told bob's server died")
+        a.shutdown()
+        denied = []
+        for node in nodes:
+            with node.client() as r:
+                denied += [e for e in r.acl_log() if e.get("username") == name]
+        assert denied == []  # the library never needed more than the README lists
+    finally:
+        for node in nodes:
+            with node.client() as r:
+                r.execute_command("ACL", "DELUSER", name)
