@@ -240,8 +240,8 @@ def test_sentinel_master_killed_delivery_and_state_recover(
 #: instead of classic pub/sub, and what redis-py needs to read the slot map.
 CLUSTER_EXACT = (*(c for c in EXACT if c not in ("+publish", "+subscribe", "+unsubscribe",
                                                    "+pubsub|numsub")),
-                 "+spublish", "+ssubscribe", "+sunsubscribe", "+cluster|slots", "+cluster|shards",
-                 "+readonly", "+command")
+                 "+spublish", "+ssubscribe", "+sunsubscribe", "+cluster|slots",
+                 "+command")
 
 
 def test_cluster_acceptance_flow_as_a_confined_acl_user(
