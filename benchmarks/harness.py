@@ -7,17 +7,19 @@ least 3) for this project (``dcm``), the peer (python-socketio) and, where there
 
 from __future__ import annotations
 
+import contextlib
 import select
 import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Context", "Result", "summarize", "ratio", "repeat", "NullSocket", "populate", "read_line"]
+__all__ = ["Context", "Result", "summarize", "ratio", "repeat", "NullSocket", "in_threads", "populate",
+           "RedisCounts", "RedisProbe", "read_line"]
 
 
 @dataclass(frozen=True)
@@ -100,29 +102,128 @@ class NullSocket:
         pass
 
 
-def populate(mgr: Any, n: int, rooms_of: Callable[[int], Sequence[str]], threads: int = 2) -> list[str]:
-    """Register ``n`` connections on ``mgr`` (from ``threads`` threads), connection ``i`` joining
-    ``rooms_of(i)``; return their ids in order. The first error is raised after all threads end."""
-    ids = [""] * n
+def in_threads(n: int, work: Callable[[int], object], threads: int = 2) -> None:
+    """Call ``work(i)`` for every ``i`` in ``range(n)``, thread ``k`` of ``threads`` taking the
+    ``i`` with ``i % threads == k`` in order. A thread stops at its first error; the first error
+    is raised after all threads end."""
     errors: list[BaseException] = []
 
-    def work(start: int) -> None:
+    def run(start: int) -> None:
         try:
             for i in range(start, n, threads):
-                cid = ids[i] = mgr.register_connection(NullSocket(), f"user-{i}")
-                for room in rooms_of(i):
-                    mgr.join_room(cid, room)
+                work(i)
         except Exception as exc:
             errors.append(exc)
 
-    workers = [threading.Thread(target=work, args=(k,), name=f"populate-{k}") for k in range(threads)]
+    workers = [threading.Thread(target=run, args=(k,), name=f"bench-worker-{k}") for k in range(threads)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
     if errors:
         raise errors[0]
+
+
+def populate(mgr: Any, n: int, rooms_of: Callable[[int], Sequence[str]], threads: int = 2,
+             user_of: Callable[[int], str] = "user-{}".format) -> list[str]:
+    """Register ``n`` connections on ``mgr`` (from ``threads`` threads), connection ``i`` of user
+    ``user_of(i)`` joining ``rooms_of(i)``; return their ids in order. The first error is raised
+    after all threads end."""
+    ids = [""] * n
+
+    def one(i: int) -> None:
+        cid = ids[i] = mgr.register_connection(NullSocket(), user_of(i))
+        for room in rooms_of(i):
+            mgr.join_room(cid, room)
+
+    in_threads(n, one, threads)
     return ids
+
+
+@dataclass(frozen=True)
+class RedisCounts:
+    """Redis's counters at one :meth:`RedisProbe.snapshot`, or what changed between two
+    (``after - before``)."""
+
+    round_trips: int         # requests this process sent (a pipeline or a script call is one)
+    calls: dict[str, int]    # commands run, by name (INFO commandstats; inside Lua scripts too)
+    net_in: int              # bytes Redis read (INFO stats total_net_input_bytes)
+    net_out: int             # bytes Redis wrote (total_net_output_bytes)
+
+    @property
+    def commands(self) -> int:
+        return sum(self.calls.values())
+
+    def __sub__(self, before: RedisCounts) -> RedisCounts:
+        calls = {k: v - before.calls.get(k, 0) for k, v in self.calls.items()}
+        return RedisCounts(self.round_trips - before.round_trips, {k: v for k, v in calls.items() if v},
+                           self.net_in - before.net_in, self.net_out - before.net_out)
+
+    def per(self, count: float) -> dict[str, float]:
+        """Commands, round trips and bytes in and out, each divided by ``count``."""
+        return {"commands": self.commands / count, "round_trips": self.round_trips / count,
+                "bytes_in": self.net_in / count, "bytes_out": self.net_out / count}
+
+    def breakdown(self, count: float) -> str:
+        """``"evalsha 1, hset 1, ..."``: commands by name per ``count``."""
+        return ", ".join(f"{k} {v / count:.3g}" for k, v in sorted(self.calls.items()))
+
+
+_probe_made = False
+
+
+class RedisProbe:
+    """What Redis does for this process: round trips counted on the client side (every redis-py
+    connection's ``send_packed_command``, patched once, so at most one probe per process), and
+    commands and bytes read from Redis (``INFO commandstats`` and ``INFO stats``).
+
+    ``stats`` is anything with redis-py's ``info(section)``: a ``redis.Redis``, or an object
+    that adds up several servers' figures (``benchmarks.redis_stats.RedisNodes``). Its own
+    INFO commands are left out of the calls and the round trips, not out of the bytes
+    (:meth:`idle` measures those)."""
+
+    def __init__(self, stats: Any) -> None:
+        import redis.connection
+
+        global _probe_made
+        if _probe_made:
+            raise RuntimeError("one RedisProbe per process: a second would count round trips twice")
+        _probe_made = True
+        self.round_trips = 0
+        self._quiet = False
+        self._stats = stats
+        original = redis.connection.AbstractConnection.send_packed_command
+        probe = self
+
+        def counting(conn: Any, command: Any, check_health: bool = True) -> Any:
+            if not probe._quiet:
+                probe.round_trips += 1
+            return original(conn, command, check_health)
+
+        redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Round trips sent meanwhile (reading figures) are not counted."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
+    def snapshot(self) -> RedisCounts:
+        with self.quiet():
+            raw = self._stats.info("commandstats")
+            net = self._stats.info("stats")
+        calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in raw.items()}
+        calls.pop("info", None)
+        return RedisCounts(self.round_trips, calls, int(net["total_net_input_bytes"]),
+                           int(net["total_net_output_bytes"]))
+
+    def idle(self) -> RedisCounts:
+        """What one snapshot costs by itself (the bytes of its INFO commands and replies)."""
+        first = self.snapshot()
+        return self.snapshot() - first
 
 
 def read_line(proc: subprocess.Popen[bytes], deadline: float, expect: str) -> str:

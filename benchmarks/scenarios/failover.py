@@ -58,7 +58,7 @@ def run(ctx: Context) -> Result:
         redis_server.start()
         env = env_for_subprocess()
         r = redis_server.client()
-        detector = _spawn(ctx, env, "detector", [redis_server.url, prefix], "failover-detector.log")
+        detector = spawn(ctx, env, "detector", [redis_server.url, prefix], "failover-detector.log")
         read_line(detector, time.monotonic() + 30, "ready")
         for run_no in range(ctx.runs):
             try:
@@ -70,7 +70,7 @@ def run(ctx: Context) -> Result:
         problems.append(f"failed: {type(exc).__name__}: {exc}")
     finally:
         if detector is not None:
-            _stop(detector)
+            stop(detector)
         redis_server.cleanup()
 
     if samples:
@@ -108,7 +108,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
     from tests.helpers.keys import indexed_room_count
 
     keys = KeyLayout(prefix)
-    victim = _spawn(ctx, env, "server", [url, prefix, str(n)], f"failover-server-{run_no}.log")
+    victim = spawn(ctx, env, "server", [url, prefix, str(n)], f"failover-server-{run_no}.log")
     try:
         line = read_line(victim, time.monotonic() + max(60.0, n / 300), "ready")
         sid = line.split()[1]
@@ -119,7 +119,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
     finally:
-        _stop(victim)
+        stop(victim)
 
     k_server = keys.server(sid)
     deadline = time.monotonic() + DEAD_HEARTBEAT[1] + 10
@@ -178,15 +178,15 @@ def _state_counts(r: Any, keys: Any, sid: str, rooms: int) -> tuple[int, int]:
     return int(held), int(sum(members))
 
 
-def _spawn(ctx: Context, env: dict[str, str], role: str, args: list[str],
-           log_name: str) -> subprocess.Popen[bytes]:
+def spawn(ctx: Context, env: dict[str, str], role: str, args: list[str],
+          log_name: str) -> subprocess.Popen[bytes]:
     with open(ctx.workdir / log_name, "wb") as log:  # the child keeps its own descriptor
         return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), role, *args],
                                 cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=log)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     """Close its stdin (it exits on EOF); kill it if it has not gone within 10 s."""
     if proc.poll() is None and proc.stdin is not None:
         try:

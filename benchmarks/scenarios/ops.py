@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from ..harness import Context, NullSocket, Result, summarize
+    from ..harness import Context, NullSocket, RedisProbe, Result, summarize
 else:  # run as a script (the worker), with the repository root on PYTHONPATH
-    from benchmarks.harness import Context, NullSocket, Result, summarize
+    from benchmarks.harness import Context, NullSocket, RedisProbe, Result, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ("register", "join", "leave", "remove")
@@ -136,50 +136,6 @@ def _run_worker(ctx: Context, env: dict[str, str], side: str, url: str,
 
 
 # ------------------------------------------------------------------------------- the worker
-class _Probe:
-    """Redis commands (server side, by name) and round trips (client side) over one pass."""
-
-    def __init__(self, url: str) -> None:
-        import redis
-        import redis.connection
-
-        self.round_trips = 0
-        self._quiet = False
-        self._stats = redis.Redis.from_url(url)
-        original = redis.connection.AbstractConnection.send_packed_command
-        probe = self
-
-        def counting(conn: Any, command: Any, check_health: bool = True) -> Any:
-            if not probe._quiet:
-                probe.round_trips += 1
-            return original(conn, command, check_health)
-
-        redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-
-    def snapshot(self) -> tuple[int, dict[str, int]]:
-        self._quiet = True
-        try:
-            raw = self._stats.info("commandstats")
-        finally:
-            self._quiet = False
-        calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in raw.items()}
-        calls.pop("info", None)
-        return self.round_trips, calls
-
-    def numsub(self, channel: str) -> int:
-        self._quiet = True
-        try:
-            return int(self._stats.pubsub_numsub(channel)[0][1])
-        finally:
-            self._quiet = False
-
-    @staticmethod
-    def delta(before: tuple[int, dict[str, int]],
-              after: tuple[int, dict[str, int]]) -> tuple[int, dict[str, int]]:
-        cmds = {k: v - before[1].get(k, 0) for k, v in after[1].items()}
-        return after[0] - before[0], {k: v for k, v in cmds.items() if v}
-
-
 def _timed(calls: list[Callable[[], Any]]) -> list[float]:
     durations = []
     clock = time.perf_counter
@@ -190,20 +146,20 @@ def _timed(calls: list[Callable[[], Any]]) -> list[float]:
     return durations
 
 
-def _pass(probe: _Probe, name: str, calls: list[Callable[[], Any]],
+def _pass(probe: RedisProbe, name: str, calls: list[Callable[[], Any]],
           out: dict[str, Any]) -> list[float]:
     before = probe.snapshot()
     durations = _timed(calls)
-    trips, cmds = probe.delta(before, probe.snapshot())
+    done = probe.snapshot() - before
     count = len(calls)
     out[f"{name}_per_s"] = count / sum(durations)
-    out[f"{name}_round_trips"] = trips / count
-    out[f"{name}_commands_per_op"] = sum(cmds.values()) / count
-    out[f"{name}_commands"] = ", ".join(f"{k} {v / count:.3g}" for k, v in sorted(cmds.items()))
+    out[f"{name}_round_trips"] = done.round_trips / count
+    out[f"{name}_commands_per_op"] = done.commands / count
+    out[f"{name}_commands"] = done.breakdown(count)
     return durations
 
 
-def _dcm_run(probe: _Probe, url: str, n: int, run_no: int) -> dict[str, Any]:
+def _dcm_run(probe: RedisProbe, url: str, n: int, run_no: int) -> dict[str, Any]:
     from dcm_sync import Config, LocalConnectionManager, create_distributed_connection_manager
 
     cfg = Config(redis_url=url, key_prefix=f"bench-ops-{os.getpid()}-{run_no}:")
@@ -230,14 +186,14 @@ def _dcm_run(probe: _Probe, url: str, n: int, run_no: int) -> dict[str, Any]:
     return out
 
 
-def _peer_run(probe: _Probe, url: str, n: int, run_no: int) -> dict[str, Any]:
+def _peer_run(probe: RedisProbe, url: str, n: int, run_no: int) -> dict[str, Any]:
     import socketio
 
     manager = socketio.RedisManager(url, channel=f"bench-ops-{os.getpid()}-{run_no}")
     server = socketio.Server(client_manager=manager, async_mode="threading")
     server.manager_initialized = True  # what its first connection does: start the listener
     manager.initialize()
-    _wait_subscribed(probe, manager.channel)
+    _wait_subscribed(probe, url, manager.channel)
     out: dict[str, Any] = {}
     ns = "/"
     sids: list[str] = []
@@ -257,13 +213,16 @@ def _peer_run(probe: _Probe, url: str, n: int, run_no: int) -> dict[str, Any]:
     return out
 
 
-def _wait_subscribed(probe: _Probe, channel: str, timeout: float = 10.0) -> None:
+def _wait_subscribed(probe: RedisProbe, url: str, channel: str, timeout: float = 10.0) -> None:
     """Wait until the peer's listener has subscribed, so that its SUBSCRIBE is not counted."""
+    import redis
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe.numsub(channel):
-            return
-        time.sleep(0.01)
+    with probe.quiet(), redis.Redis.from_url(url) as r:
+        while time.monotonic() < deadline:
+            if int(r.pubsub_numsub(channel)[0][1]):
+                return
+            time.sleep(0.01)
     raise RuntimeError(f"python-socketio's listener did not subscribe to {channel!r}")
 
 
@@ -273,7 +232,9 @@ def worker_main(argv: list[str]) -> int:
         from gevent import monkey
 
         monkey.patch_all()
-    probe = _Probe(url)
+    import redis
+
+    probe = RedisProbe(redis.Redis.from_url(url))
     measure = _peer_run if side == "peer" else _dcm_run
     results = [measure(probe, url, n, run_no) for run_no in range(runs)]
     print(json.dumps(results))
