@@ -144,25 +144,15 @@ def _str(value: Any) -> str:
 
 
 def _masters(url: str) -> list[redis.Redis]:
-    """Every master of the cluster at ``url`` (``redis+cluster://[user:pass@]host:port``), found
-    with CLUSTER NODES through a ``redis.RedisCluster`` client.
+    """Every master of the cluster at ``url`` (``redis+cluster://[user:pass@]host:port[,...]``),
+    as the library's own Cluster client sees them."""
+    from dcm_sync.backends.redis_urls import cluster_clients
 
-    Written ahead of the cluster backend (issue 7): only tried by hand against a 3-master
-    ``redis-cli --cluster create`` cluster (masters found; INFO, SCAN, MEMORY USAGE and UNLINK per
-    master); ``python -m benchmarks.capacity`` cannot run on a cluster until the library can.
-    Keep it this small."""
-    parts = urlsplit(url)
-    tls = parts.scheme.startswith("rediss")
-    plain = url.replace(parts.scheme + "://", "rediss://" if tls else "redis://", 1)
-    auth = {"username": parts.username, "password": parts.password, "ssl": tls}
-    with redis.RedisCluster.from_url(plain) as rc:
-        nodes = rc.cluster_nodes()
-    masters = []
-    for address, node in nodes.items():
-        flags = str(node["flags"])
-        if "master" in flags and "fail" not in flags and node.get("connected", True):
-            host, _, port = address.rpartition(":")
-            masters.append(redis.Redis(host=host, port=int(port), **auth))
+    cluster, node_client = cluster_clients(url, 10.0, None)
+    try:
+        masters = [node_client(node) for node in cluster.get_primaries()]
+    finally:
+        cluster.close()
     if not masters:
-        raise RuntimeError(f"no master found in CLUSTER NODES of {parts.hostname}:{parts.port}")
+        raise RuntimeError(f"no master found in the cluster at {urlsplit(url).netloc}")
     return masters

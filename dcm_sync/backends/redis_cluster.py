@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from ..models import RemovedConnection
 from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
@@ -54,23 +55,38 @@ class RedisClusterBackend(RedisBase):
         self._subscribed_before = False
 
     def _eval_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run one script for each ``(keys, args)`` in a pipeline split by shard."""
-        script = self._scripts[name]
+        """Run one script for each ``(keys, args)`` in pipelines split by shard."""
         results: list[Any] = []
         for start in range(0, len(calls), CHUNK):
             chunk = calls[start:start + CHUNK]
-            pipe = self._r.pipeline(transaction=False)
-            for keys, args in chunk:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            out = pipe.execute(raise_on_error=False)
-            for (keys, args), res in zip(chunk, out, strict=True):
-                if isinstance(res, redis.exceptions.NoScriptError):
-                    # a replica promoted since the script was loaded: load it there and redo
-                    res = script(keys=keys, args=args)
-                elif isinstance(res, Exception):
+            out = self._pipeline_evalsha(name, chunk)
+            missing = [i for i, res in enumerate(out) if isinstance(res, NoScriptError)]
+            if missing:  # a master that never saw the script (new, or a promoted replica)
+                self._load_everywhere(name)
+                for i, res in zip(missing, self._pipeline_evalsha(name, [chunk[i] for i in missing]),
+                                  strict=True):
+                    out[i] = res
+            for res in out:
+                if isinstance(res, Exception):
                     raise res
-                results.append(res)
+            results.extend(out)
         return results
+
+    def _pipeline_evalsha(self, name: str,
+                          calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        sha = self._scripts[name].sha
+        node_of = self._r.get_node_from_key
+        pipe = self._r.pipeline(transaction=False)
+        for keys, args in calls:
+            # the node named here, or redis-py asks a server (COMMAND GETKEYS) for every
+            # EVALSHA's keys; a MOVED answer is retried through the slot map
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args,
+                                 target_nodes=node_of(keys[0]))
+        return list(pipe.execute(raise_on_error=False))
+
+    def _load_everywhere(self, name: str) -> None:
+        self._r.execute_command("SCRIPT LOAD", self._scripts[name].script,
+                                target_nodes=self._r.get_primaries())
 
     # servers
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
