@@ -17,6 +17,14 @@ Every run starts its own ``redis-server`` on a free loopback port and fresh serv
    (``user-disconnected``) and its state is gone from Redis.
 6. ``server_paused``: the same server SIGSTOPped for 5 s (past its TTL), then SIGCONT: until it
    is registered again with its open connections and delivery to its sockets works.
+7. ``cluster_master_killed``: Redis Cluster (3 masters + 3 replicas): the master of B's server slot
+   is SIGKILLed: until its replica is master, delivery works both ways and the state is whole.
+8. ``cluster_slot_moved``: the slot of the room's channel migrated to another master: until
+   delivery works again.
+9. ``sentinel_master_killed``: Sentinel (master, replica, 3 Sentinels): the master is SIGKILLed;
+   as 7. Faults 7-9 are measured in :mod:`benchmarks.recovery_topologies`, whose docstring says
+   what each figure is and how it scales with cluster-node-timeout / down-after-milliseconds
+   (1000 ms here; Redis defaults 15 s and 30 s).
 
 Faults 1-4 use the library's default timings (redis_timeout 2 s, probe_interval 5 s,
 probe_timeout 2 s, heartbeat 30 s / TTL 90 s). Faults 5-6 depend on heartbeat_ttl and use
@@ -45,14 +53,20 @@ from typing import Any
 from dcm_sync import DCMError
 from tests.helpers.proxy import TcpProxy
 
+from . import recovery_topologies as topologies
 from .harness import summarize
 from .recovery_tools import (
     DEFAULTS,
     LIMIT,
     MeasurementError,
     RunResult,
+    Seen,
+    Summary,
+    counts,
     departures,
     failing_calls,
+    fmt,
+    how_often,
     make_pair,
     measure,
     new_prefix,
@@ -199,29 +213,6 @@ def server_paused(workdir: Path) -> RunResult:
 
 
 # ----------------------------------------------------------------------------- report
-Summary = dict[str, dict[str, Any]]
-Seen = list[dict[str, Any]]
-
-
-def fmt(summary: Summary, key: str) -> str:
-    f = summary.get(key)
-    if f is None:
-        return "n/a"
-    return f"{f['median']:.2f} s [{f['min']:.2f}-{f['max']:.2f}]"
-
-
-def how_often(seen: Seen, key: str, yes: str, no: str) -> str:
-    hits = sum(1 for s in seen if s.get(key))
-    if hits == len(seen):
-        return yes
-    return no if hits == 0 else f"{yes} in {hits} of {len(seen)} runs"
-
-
-def counts(seen: Seen, key: str) -> str:
-    values = sorted({s.get(key, 0) for s in seen})
-    return "/".join(str(v) for v in values)
-
-
 def describe_restart(s: Summary, seen: Seen) -> tuple[str, str]:
     still = how_often(seen, "sockets_open", "stay open", "some closed")
     return (f"down {fmt(s, 'down_s')} (kill, start); the servers reconnect and write their state back "
@@ -284,6 +275,12 @@ FAULTS: dict[str, Fault] = {
     "server_killed": Fault("5. Server process SIGKILLed", server_killed, describe_killed),
     "server_paused": Fault(f"6. Server process SIGSTOPped {FAULT_S:.0f} s (> TTL), SIGCONT",
                            server_paused, describe_paused),
+    "cluster_master_killed": Fault("7. Redis Cluster: the master of B's slot SIGKILLed",
+                                   topologies.cluster_master_killed, topologies.describe_cluster_kill),
+    "cluster_slot_moved": Fault("8. Redis Cluster: the room channel's slot moved to another master",
+                                topologies.cluster_slot_moved, topologies.describe_slot_moved),
+    "sentinel_master_killed": Fault("9. Sentinel: the master SIGKILLed", topologies.sentinel_master_killed,
+                                    topologies.describe_sentinel_kill),
 }
 
 NOTES = [
@@ -299,6 +296,7 @@ NOTES = [
     f"{DEFAULTS.heartbeat_ttl + DEFAULTS.heartbeat_interval:g} s with the defaults). A pause shorter than "
     "that is not noticed; after a longer one the paused server's heartbeat is overdue, so it "
     "re-registers at once whatever the settings.",
+    *topologies.NOTES,
 ]
 
 

@@ -40,7 +40,8 @@ from tests.helpers.sockets import RecordingSocket, connect
 
 __all__ = ["LIMIT", "DEFAULTS", "MeasurementError", "RunResult", "Route", "measure", "failing_calls",
            "state_present", "state_gone", "ExampleServer", "redis_server", "manager", "new_prefix",
-           "Pair", "make_pair", "departures", "told_of", "Victim", "survivor_and_victim", "victim_routes"]
+           "Pair", "make_pair", "departures", "told_of", "Victim", "survivor_and_victim", "victim_routes",
+           "HEARTBEAT", "SEND_EVERY", "Summary", "Seen", "fmt", "how_often", "counts"]
 
 LIMIT = 60.0          # seconds: the longest any one wait may take
 SEND_EVERY = 0.05     # seconds between the tagged messages of a route
@@ -373,3 +374,27 @@ def survivor_and_victim(stack: contextlib.ExitStack, workdir: Path, url: str, pr
     v = start_victim(stack, workdir, url, prefix, rooms)
     measure(time.monotonic(), "warm-up (before the fault)", victim_routes(s, ws, v), timeout=15)
     return s, ws, v
+
+
+# ----------------------------------------------------------------------------- report
+Summary = dict[str, dict[str, Any]]  # figure -> summarize(...) of its runs
+Seen = list[dict[str, Any]]          # what the user saw, one dict per run
+
+
+def fmt(summary: Summary, key: str) -> str:
+    f = summary.get(key)
+    if f is None:
+        return "n/a"
+    return f"{f['median']:.2f} s [{f['min']:.2f}-{f['max']:.2f}]"
+
+
+def how_often(seen: Seen, key: str, yes: str, no: str) -> str:
+    hits = sum(1 for s in seen if s.get(key))
+    if hits == len(seen):
+        return yes
+    return no if hits == 0 else f"{yes} in {hits} of {len(seen)} runs"
+
+
+def counts(seen: Seen, key: str) -> str:
+    values = sorted({s.get(key, 0) for s in seen})
+    return "/".join(str(v) for v in values)

@@ -70,6 +70,12 @@ def delivered(a: DistributedConnectionManager, room: str, target: str, sock: Rec
     return f'{{"b":{n}}}' in got and f'{{"d":{n}}}' in got
 
 
+def counts(mgr: DistributedConnectionManager) -> tuple[int, int, int]:
+    """``(connections, rooms, servers)`` as the cluster-wide stats give them."""
+    stats = mgr.get_distributed_stats()
+    return stats.total_connections, stats.total_rooms, stats.active_servers
+
+
 class Counter:
     def __init__(self) -> None:
         self.n = 0
@@ -116,8 +122,7 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
     servers[0].broadcast_to_room("room-3", "hello")
     wait_until(lambda: all("hello" in " ".join(texts(s)) for _, _, s in conns), 10,
                "every member got the broadcast")
-    stats = servers[1].get_distributed_stats()
-    assert (stats.total_connections, stats.total_rooms, stats.active_servers) == (12, 10, 3)
+    assert counts(servers[1]) == (12, 10, 3)
 
 
 def test_cluster_master_killed_delivery_and_state_recover(
@@ -141,11 +146,8 @@ def test_cluster_master_killed_delivery_and_state_recover(
                       "broadcast and direct message reach bob after the failover")
     print(f"cluster failover: delivery back {took:.2f}s after the new master took over")
 
-    def state_back() -> bool:
-        stats = a.get_distributed_stats()
-        return (stats.total_connections, stats.total_rooms, stats.active_servers) == (2, 1, 2)
-
-    wait_until(state_back, 15, "stats count both servers, both connections and the room")
+    wait_until(lambda: counts(a) == (2, 1, 2), 15,
+               "stats count both connections, the room and both servers")
     assert fresh_cluster.master_for_key(keys.connection(cb)).port == new_master.port
     # and the cluster keeps working: a new connection on b joins the room and hears alice
     sc = RecordingSocket()
@@ -225,11 +227,8 @@ def test_sentinel_master_killed_delivery_and_state_recover(
                       "broadcast and direct message reach bob after the failover")
     print(f"sentinel failover: delivery back {took:.2f}s after the new master took over")
 
-    def state_back() -> bool:
-        stats = a.get_distributed_stats()
-        return (stats.total_connections, stats.total_rooms, stats.active_servers) == (2, 1, 2)
-
-    wait_until(state_back, 15, "stats count both servers, both connections and the room")
+    wait_until(lambda: counts(a) == (2, 1, 2), 15,
+               "stats count both connections, the room and both servers")
     keys = KeyLayout(prefix)
     with fresh_sentinel.client() as r:  # the new master holds the state
         assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()

@@ -49,34 +49,37 @@ def test_chat_across_servers_and_a_killed_server(topology_url: str, launch: Laun
     assert alice.direct(bob.cid, "still there?") is False
 
 
-def test_chat_survives_the_cluster_losing_a_master(fresh_cluster: ClusterTopology, prefix: str,
-                                                   launch: Launch, connect: Connect) -> None:
-    a, b = launch(fresh_cluster.url, count=2)
+def chat_pair_through_a_failover(launch: Launch, connect: Connect, url: str,
+                                 kill_master: Callable[[], None]) -> None:
+    """Two servers, alice and bob in one room; ``kill_master()`` kills the coordinator's master
+    (and waits for its replacement): messages, direct messages and stats come back."""
+    a, b = launch(url, count=2)
     alice, bob = connect(a, "alice"), connect(b, "bob")
     alice.join("lobby")
     bob.join("lobby")
     say_until_received(alice, bob, "lobby")
-    victim = fresh_cluster.master_for_key(KeyLayout(prefix).channel("room:lobby"))
-    fresh_cluster.kill(victim)
-    fresh_cluster.wait_failover(victim)
+    kill_master()
     say_until_received(alice, bob, "lobby", timeout=30)
     say_until_received(bob, alice, "lobby", timeout=30)
     assert alice.direct(bob.cid, "after") is True
     assert bob.wait_for(lambda f: f.get("type") == "direct" and f.get("text") == "after")
     a.wait_stats(lambda s: s["active_servers"] == 2 and s["total_connections"] == 2, timeout=20)
+
+
+def test_chat_survives_the_cluster_losing_a_master(fresh_cluster: ClusterTopology, prefix: str,
+                                                   launch: Launch, connect: Connect) -> None:
+    def kill_lobby_master() -> None:  # the master that owns the lobby's channel
+        victim = fresh_cluster.master_for_key(KeyLayout(prefix).channel("room:lobby"))
+        fresh_cluster.kill(victim)
+        fresh_cluster.wait_failover(victim)
+
+    chat_pair_through_a_failover(launch, connect, fresh_cluster.url, kill_lobby_master)
 
 
 def test_chat_survives_the_sentinel_master_dying(fresh_sentinel: SentinelTopology,
                                                  launch: Launch, connect: Connect) -> None:
-    a, b = launch(fresh_sentinel.url, count=2)
-    alice, bob = connect(a, "alice"), connect(b, "bob")
-    alice.join("lobby")
-    bob.join("lobby")
-    say_until_received(alice, bob, "lobby")
-    fresh_sentinel.kill_master()
-    fresh_sentinel.wait_failover()
-    say_until_received(alice, bob, "lobby", timeout=30)
-    say_until_received(bob, alice, "lobby", timeout=30)
-    assert alice.direct(bob.cid, "after") is True
-    assert bob.wait_for(lambda f: f.get("type") == "direct" and f.get("text") == "after")
-    a.wait_stats(lambda s: s["active_servers"] == 2 and s["total_connections"] == 2, timeout=20)
+    def kill_master() -> None:
+        fresh_sentinel.kill_master()
+        fresh_sentinel.wait_failover()
+
+    chat_pair_through_a_failover(launch, connect, fresh_sentinel.url, kill_master)
