@@ -7,7 +7,6 @@ declared below and set by the manager.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -68,11 +67,7 @@ class ClusterMaintenance:
         count = 0
         while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH):
             count += len(batch)
-            if self.config.notify_on_disconnect:
-                # only rooms some server listens to have members left to tell
-                heard = self._backend.rooms_with_listeners({room for r in batch for room in r.rooms_left})
-                batch = [dataclasses.replace(r, rooms_left=tuple(x for x in r.rooms_left if x in heard))
-                         for r in batch]
+            if self.config.notify_on_disconnect:  # every room that still has members
                 self._publish_quietly(self._notifications(batch, "server-failure"))
         self._backend.forget_server(server_id)
         self._counters["connections_cleaned"] += count

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from dcm_sync import DistributedConnectionManager
+from dcm_sync.models import RemovedConnection
 from tests.helpers.sockets import connect, crash, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
@@ -43,6 +44,7 @@ def test_concurrent_failure_handling_cleans_exactly_once(make_manager: Make) -> 
     _, wb = connect(b, "bob", "room")
     ids = {connect(victim, f"v{i}", "room")[0] for i in range(200)}
     crash(victim)
+    victim._backend.deregister_server(victim.server_id)  # as if its record had expired
     counts: list[int] = []
     barrier = threading.Barrier(3)
 
@@ -72,16 +74,44 @@ def test_handle_own_failure_is_refused(make_manager: Make) -> None:
         a.handle_server_failure(a.server_id)
 
 
-def test_live_server_restores_itself_after_forced_cleanup(make_manager: Make) -> None:
+def test_cleanup_of_a_live_server_removes_nothing(make_manager: Make) -> None:
     a, b = make_manager(), make_manager()
     _, wa = connect(a, "alice", "r")
     cb, wb = connect(b, "bob", "r")
-    assert a.handle_server_failure(b.server_id) == 1
-    wait_until(lambda: wa.of_type("user-disconnected"))
-    # b is alive: its next heartbeat finds its record gone and writes itself back
-    wait_until(lambda: a.get_distributed_stats().total_connections == 2, timeout=5)
+    assert a.handle_server_failure(b.server_id) == 0  # its record is fresh: it is not dead
+    assert a.get_distributed_stats().total_connections == 2
     assert a.send_to_connection(cb, "still here") is True
     wait_until(lambda: "still here" in wb.frames)
+    assert wa.of_type("user-disconnected") == []
+
+
+def test_server_back_during_its_cleanup_keeps_its_state(make_manager: Make,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # b was declared dead (its record gone) and writes itself back between two cleanup batches
+    a = make_manager()
+    b = make_manager(heartbeat_interval=30.0, heartbeat_ttl=90.0)  # no heartbeat meanwhile
+    _, wa = connect(a, "alice", "r")
+    bobs = {connect(b, f"bob{i}", "r")[0] for i in range(3)}
+    b._backend.deregister_server(b.server_id)
+    monkeypatch.setattr("dcm_sync.maintenance.CLEANUP_BATCH", 1)
+    pop = a._backend.pop_server_connections
+    batches: list[list[str]] = []
+
+    def pop_then_b_returns(server_id: str, count: int) -> list[RemovedConnection]:
+        out = pop(server_id, count)
+        batches.append([r.connection_id for r in out])
+        if len(batches) == 1:
+            b._restore()  # what b's heartbeat does when it finds its record gone
+        return out
+
+    monkeypatch.setattr(a._backend, "pop_server_connections", pop_then_b_returns)
+    assert a.handle_server_failure(b.server_id) == 1
+    assert [len(x) for x in batches] == [1, 0]  # nothing popped once b was back
+    notices = wait_until(lambda: wa.of_type("user-disconnected"))
+    time.sleep(0.2)
+    assert len(wa.of_type("user-disconnected")) == 1 and notices[0]["connectionId"] in bobs
+    stats = a.get_distributed_stats()  # b's record, index entry and connections stay
+    assert (stats.active_servers, stats.total_connections) == (2, 4)
 
 
 def test_stale_connections_are_removed(make_manager: Make) -> None:

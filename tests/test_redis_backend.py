@@ -16,7 +16,9 @@ from dcm_sync import (
     DistributedConnectionManager,
     create_distributed_connection_manager,
 )
+from dcm_sync.backends.redis_base import translate_errors
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
+from dcm_sync.errors import BackendError
 from tests.conftest import FAST
 from tests.helpers.keys import indexed_rooms
 from tests.helpers.redis_server import RedisServer, free_port
@@ -213,3 +215,21 @@ def test_departure_during_outage_is_announced_after_redis_returns_empty(prefix: 
         for m in made:
             m.shutdown()
         server.cleanup()
+
+
+@pytest.mark.parametrize("reply", ["CLUSTERDOWN The cluster is down", "TRYAGAIN Multiple keys",
+                                   "MASTERDOWN Link with MASTER is down",
+                                   "LOADING Redis is loading the dataset in memory",
+                                   "READONLY You can't write against a read only replica."])
+def test_transient_redis_replies_are_unavailable_not_errors(reply: str) -> None:
+    # a shard or a master between owners: the caller may retry, as for a lost connection
+    from redis._parsers.base import BaseParser
+
+    exc = BaseParser.parse_error(reply)  # what redis-py raises for that reply
+    with pytest.raises(BackendUnavailableError, match="during stats"):
+        with translate_errors("stats"):
+            raise exc
+    with pytest.raises(BackendError) as caught:
+        with translate_errors("stats"):
+            raise BaseParser.parse_error("ERR unknown command")
+    assert not isinstance(caught.value, BackendUnavailableError)

@@ -45,7 +45,7 @@ BY_CATEGORY = ("+@all", "-@dangerous")
 EXACT = ("-@all", "+evalsha", "+script|load", "+hset", "+hget", "+hgetall",
          "+hmget", "+pexpire", "+sadd", "+srem", "+sismember", "+smembers", "+spop", "+scard",
          "+exists", "+del",
-         "+set", "+publish", "+subscribe", "+unsubscribe", "+pubsub|numsub")
+         "+set", "+publish", "+subscribe", "+unsubscribe")
 
 MakeUser = Callable[..., tuple[str, str]]
 

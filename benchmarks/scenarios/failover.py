@@ -75,7 +75,7 @@ def run(ctx: Context) -> Result:
 
     if samples:
         for metric in ("cleanup_s", "detect_s", "sweep_s", "connections_per_s", "in_cleaner_s",
-                       "pop_script_s", "encode_notices_s", "publish_notices_s", "numsub_s"):
+                       "pop_script_s", "encode_notices_s", "publish_notices_s"):
             result.dcm[metric] = summarize([s[metric] for s in samples])
     else:
         result.dcm["cleanup_s"] = None
@@ -164,8 +164,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
     return {"cleanup_s": gone - expired, "detect_s": detected - expired,
             "sweep_s": gone - detected, "connections_per_s": n / max(gone - detected, 1e-9),
             "in_cleaner_s": parts["total_s"], "pop_script_s": parts["pop_s"],
-            "encode_notices_s": parts["notices_s"], "publish_notices_s": parts["publish_s"],
-            "numsub_s": parts["listeners_s"]}
+            "encode_notices_s": parts["notices_s"], "publish_notices_s": parts["publish_s"]}
 
 
 def _state_counts(r: Any, keys: Any, sid: str, rooms: int) -> tuple[int, int]:
@@ -262,13 +261,12 @@ def _time_cleanups(mgr: Any) -> None:
 
     timed(mgr._backend, "pop_server_connections", "pop_s")
     timed(mgr._backend, "publish_many", "publish_s")
-    timed(mgr._backend, "rooms_with_listeners", "listeners_s")
     timed(mgr, "_notifications", "notices_s")
     handle = mgr.handle_server_failure
 
     def handle_timed(server_id: str) -> int:
         spent.clear()
-        spent.update(pop_s=0.0, publish_s=0.0, notices_s=0.0, listeners_s=0.0)
+        spent.update(pop_s=0.0, publish_s=0.0, notices_s=0.0)
         t = time.perf_counter()
         removed = handle(server_id)
         if removed:

@@ -76,11 +76,12 @@ class Backend(Protocol):
         ...
 
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
-        """Atomically remove up to ``count`` of the server's connections; [] when none is left."""
+        """Atomically remove up to ``count`` of the server's connections; [] when none is left
+        or when the server is alive again (its record is back: it writes its own state)."""
         ...
 
     def forget_server(self, server_id: str) -> None:
-        """Drop a cleaned server from the index."""
+        """Drop a cleaned server from the index, unless it is alive again."""
         ...
 
     # connections and rooms
@@ -131,9 +132,6 @@ class Backend(Protocol):
         """Publish to a live server's channel in one step; False (nothing sent) if it is not live."""
         ...
 
-    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
-        """Those of ``rooms`` whose channel has at least one subscriber now."""
-        ...
 
     # reading
     def stats(self) -> tuple[int, int, list[ServerInfo]]:

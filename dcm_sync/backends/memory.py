@@ -133,6 +133,7 @@ class MemoryBackend:
             info = ServerInfo(info.server_id, info.host, info.port, info.pid, time.time(),
                               active_connections)
             s.servers[server_id] = (info, time.monotonic() + ttl)
+            s.server_index.add(server_id)  # back in the index if a cleaner dropped it meanwhile
             return True
 
     def deregister_server(self, server_id: str) -> None:
@@ -150,10 +151,6 @@ class MemoryBackend:
             self.publish(f"server:{server_id}", data)
             return True
 
-    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
-        with self._s.lock:
-            heard = set().union(*(sub.channels for sub in self._s.subscribers))
-        return {r for r in rooms if f"room:{r}" in heard}
 
     def dead_servers(self) -> list[str]:
         s = self._s
@@ -172,6 +169,8 @@ class MemoryBackend:
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
         s = self._s
         with s.lock:
+            if s.live_server(server_id) is not None:
+                return []  # alive again: it writes its own state back
             ids = s.server_conns.get(server_id, set())
             batch = [ids.pop() for _ in range(min(count, len(ids)))]
             return [r for r in (self._remove(cid) for cid in batch) if r is not None]
@@ -179,6 +178,8 @@ class MemoryBackend:
     def forget_server(self, server_id: str) -> None:
         s = self._s
         with s.lock:
+            if s.live_server(server_id) is not None:
+                return
             s.server_index.discard(server_id)
             s.servers.pop(server_id, None)
             s.server_conns.pop(server_id, None)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import redis
 
@@ -45,7 +45,7 @@ class RedisBackend(RedisBase):
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         scripts = Scripts("PUBLISH")
         for name in ("add", "remove", "pop_server", "join", "leave", "route", "heartbeat",
-                     "to_live_server"):
+                     "to_live_server", "forget"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
 
     @contextlib.contextmanager
@@ -77,19 +77,11 @@ class RedisBackend(RedisBase):
             return bool(self._script("to_live_server", [self._keys.server(server_id)],
                                      [self._keys.channel(f"server:{server_id}"), data], hot))
 
-    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
-        names = sorted(rooms)
-        heard: set[str] = set()
-        with translate_errors("PUBSUB NUMSUB"):
-            for start in range(0, len(names), CHUNK):
-                chunk = names[start:start + CHUNK]
-                counts = self._r.pubsub_numsub(*(self._keys.channel(f"room:{r}") for r in chunk))
-                heard.update(room for room, (_, n) in zip(chunk, counts, strict=True) if n)
-        return heard
 
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
         with translate_errors("failure cleanup"):
-            rows = self._script("pop_server", [self._keys.server_connections(server_id)],
+            rows = self._script("pop_server", [self._keys.server_connections(server_id),
+                                               self._keys.server(server_id)],
                                 [self.key_prefix, count, 1])
         return [r for r in map(removed_row, rows) if r is not None]
 

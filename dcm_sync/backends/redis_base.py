@@ -29,6 +29,9 @@ __all__ = ["translate_errors", "RedisBase", "CHUNK", "as_str", "removed_row"]
 logger = logging.getLogger(__name__)
 
 CHUNK = 500
+_TRANSIENT = (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+              redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
+              redis.exceptions.ReadOnlyError)
 
 
 def as_str(value: Any) -> str:
@@ -51,11 +54,9 @@ def translate_errors(what: str) -> Iterator[None]:
                 "certificate for the host in redis_url, and signed by a CA in redis_ca_file "
                 "or the system's?)") from exc
         raise BackendUnavailableError(f"Redis unreachable during {what}: {exc}") from exc
+    except _TRANSIENT as exc:  # a Cluster shard or a Sentinel master between owners
+        raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
     except redis.RedisError as exc:
-        text = str(exc)
-        if text.startswith(("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING", "READONLY")):
-            # a Cluster shard or a Sentinel master between owners: transient
-            raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
         raise BackendError(f"Redis error during {what}: {exc}") from exc
 
 
@@ -104,8 +105,11 @@ class RedisBase:
 
     def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
         with translate_errors("heartbeat"):
-            return bool(self._script("heartbeat", [self._keys.server(server_id)],
-                                     [int(ttl * 1000), repr(time.time()), active_connections]))
+            alive = bool(self._script("heartbeat", [self._keys.server(server_id)],
+                                      [int(ttl * 1000), repr(time.time()), active_connections]))
+            if alive:  # back in the index if a cleaner of a moment ago dropped it
+                self._r.sadd(self._keys.servers_index, server_id)
+            return alive
 
     def deregister_server(self, server_id: str) -> None:
         with translate_errors("server deregistration"):
@@ -130,12 +134,10 @@ class RedisBase:
                                     nx=True, px=int(ttl * 1000)))
 
     def forget_server(self, server_id: str) -> None:
+        k = self._keys
         with translate_errors("failure cleanup"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.delete(self._keys.server(server_id))
-            pipe.delete(self._keys.server_connections(server_id))
-            pipe.srem(self._keys.servers_index, server_id)
-            pipe.execute()
+            if self._script("forget", [k.server(server_id), k.server_connections(server_id)], []):
+                self._r.srem(k.servers_index, server_id)
 
     # connections
     def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:

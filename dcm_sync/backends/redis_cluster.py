@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -50,7 +50,7 @@ class RedisClusterBackend(RedisBase):
             self._r, self._subscriber = cluster_clients(url, timeout, ca_file)
         scripts = Scripts("SPUBLISH")
         for name in ("add", "pop_server", "route", "heartbeat", "to_live_server",
-                     "room_add", "room_del", "conn_room", "conn_remove"):
+                     "room_add", "room_del", "conn_room", "conn_remove", "forget"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
         self._subscribed_before = False
 
@@ -62,7 +62,7 @@ class RedisClusterBackend(RedisBase):
             out = self._pipeline_evalsha(name, chunk)
             missing = [i for i, res in enumerate(out) if isinstance(res, NoScriptError)]
             if missing:  # a master that never saw the script (new, or a promoted replica)
-                self._load_everywhere(name)
+                self._load_on(name, [chunk[i][0][0] for i in missing])
                 for i, res in zip(missing, self._pipeline_evalsha(name, [chunk[i] for i in missing]),
                                   strict=True):
                     out[i] = res
@@ -84,9 +84,22 @@ class RedisClusterBackend(RedisBase):
                                  target_nodes=node_of(keys[0]))
         return list(pipe.execute(raise_on_error=False))
 
-    def _load_everywhere(self, name: str) -> None:
-        self._r.execute_command("SCRIPT LOAD", self._scripts[name].script,
-                                target_nodes=self._r.get_primaries())
+    def _load_on(self, name: str, keys: Sequence[str]) -> None:
+        """Load a script on the masters of ``keys`` (only: another master may be down)."""
+        nodes = {node.name: node for node in map(self._r.get_node_from_key, keys)}
+        for node in nodes.values():
+            self._r.execute_command("SCRIPT LOAD", self._scripts[name].script, target_nodes=node)
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any],
+                client: Any = None) -> Any:
+        # redis-py's Script would load a missing script on every master, failing while one of
+        # them (unrelated to these keys) is down
+        sha = self._scripts[name].sha
+        try:
+            return self._r.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._load_on(name, keys[:1])
+            return self._r.evalsha(sha, len(keys), *keys, *args)
 
     # servers
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
@@ -94,14 +107,11 @@ class RedisClusterBackend(RedisBase):
             return bool(self._script("to_live_server", [self._keys.server(server_id)],
                                      [self._keys.channel(f"server:{server_id}"), data]))
 
-    def rooms_with_listeners(self, rooms: Iterable[str]) -> set[str]:
-        # PUBSUB NUMSUB counts one node's subscribers only. A room that still has members has
-        # a subscribed server (or had one until a moment ago): every such room is told.
-        return set(rooms)
 
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
         with translate_errors("failure cleanup"):
-            rows = self._script("pop_server", [self._keys.server_connections(server_id)],
+            rows = self._script("pop_server", [self._keys.server_connections(server_id),
+                                               self._keys.server(server_id)],
                                 [self.key_prefix, count, 0])
             return self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
 

@@ -134,10 +134,12 @@ return out
 """
 
 # ---------------------------------------------------------------- both
-# KEYS[1]: server-connections:<sid>. ARGV: prefix, count, 1 to also empty the room sets
-# (single Redis) -> rows {cid, user, server, {rooms left (single) or every room (Cluster)}}
+# KEYS: server-connections:<sid>, servers:<sid>. ARGV: prefix, count, 1 to also empty the room
+# sets (single Redis) -> rows {cid, user, server, {rooms left (single) or every room (Cluster)}};
+# none once the server is back (it writes its own state: nothing is removed under it)
 POP_SERVER = _HEAD + """
 local out = {}
+if redis.call('EXISTS', KEYS[2]) == 1 then return out end
 for _, cid in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))) do
   local r = conn_remove(ARGV[1], cid)
   if r then
@@ -183,6 +185,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+# KEYS: servers:<sid>, server-connections:<sid> -> 1 forgotten, 0 the server is back
+FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 # KEYS: servers:<sid>. ARGV: its channel, data -> 1 published, 0 no such live server
 TO_LIVE_SERVER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -203,6 +212,7 @@ class Scripts:
         self.conn_room, self.conn_remove = fill(CONN_ROOM), fill(CONN_REMOVE)
         self.pop_server, self.route, self.add = fill(POP_SERVER), fill(ROUTE), ADD
         self.heartbeat, self.to_live_server = HEARTBEAT, fill(TO_LIVE_SERVER)
+        self.forget = FORGET
 
 
 def for_publish(publish: str) -> Scripts:
