@@ -13,6 +13,7 @@ apt_install() {
 }
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)  # cluster create, sentinel checks
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests make their certificates

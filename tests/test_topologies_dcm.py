@@ -70,6 +70,18 @@ def delivered(a: DistributedConnectionManager, room: str, target: str, sock: Rec
     return f'{{"b":{n}}}' in got and f'{{"d":{n}}}' in got
 
 
+def pair(make: Managers, room: str) -> tuple[DistributedConnectionManager,
+                                             DistributedConnectionManager,
+                                             RecordingSocket, RecordingSocket, str, str]:
+    """Two servers; alice on the first and bob on the second, both in ``room``."""
+    a, b = make(), make()
+    sa, sb = RecordingSocket(), RecordingSocket()
+    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
+    a.join_room(ca, room)
+    b.join_room(cb, room)
+    return a, b, sa, sb, ca, cb
+
+
 def counts(mgr: DistributedConnectionManager) -> tuple[int, int, int]:
     """``(connections, rooms, servers)`` as the cluster-wide stats give them."""
     stats = mgr.get_distributed_stats()
@@ -127,14 +139,9 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
 
 def test_cluster_master_killed_delivery_and_state_recover(
         fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
-    make = managers_on(fresh_cluster.url, **SLOW)
-    a, b = make(), make()
-    keys = KeyLayout(prefix)
-    sa, sb = RecordingSocket(), RecordingSocket()
-    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
     room = "lobby"
-    a.join_room(ca, room)
-    b.join_room(cb, room)
+    a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), room)
+    keys = KeyLayout(prefix)
     # the master holding b's server slot: its record, its connections, its channel
     victim = fresh_cluster.master_for_key(keys.server(b.server_id))
     n = Counter()
@@ -187,13 +194,8 @@ def test_cluster_dead_server_cleaned_after_failover(
 
 def test_cluster_room_follows_a_moved_slot(
         fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
-    make = managers_on(fresh_cluster.url, **SLOW)
-    a, b = make(), make()
+    a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), "moving")
     keys = KeyLayout(prefix)
-    sa, sb = RecordingSocket(), RecordingSocket()
-    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
-    a.join_room(ca, "moving")
-    b.join_room(cb, "moving")
     n = Counter()
     assert delivered(a, "moving", cb, sb, n.next())
     channel = keys.channel("room:moving")
@@ -211,12 +213,7 @@ def test_cluster_room_follows_a_moved_slot(
 # --------------------------------------------------------------------------- Sentinel
 def test_sentinel_master_killed_delivery_and_state_recover(
         fresh_sentinel: SentinelTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
-    make = managers_on(fresh_sentinel.url, **SLOW)
-    a, b = make(), make()
-    sa, sb = RecordingSocket(), RecordingSocket()
-    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
-    a.join_room(ca, "lobby")
-    b.join_room(cb, "lobby")
+    a, b, sa, sb, ca, cb = pair(managers_on(fresh_sentinel.url, **SLOW), "lobby")
     n = Counter()
     assert delivered(a, "lobby", cb, sb, n.next())
     old = fresh_sentinel.master()

@@ -12,9 +12,10 @@ changes the same connection in between:
 * removal (and a dead server's cleanup batch): the connections' hashes first (server slot; the
   script returns each one's rooms), then the room sets.
 
-A process killed between the two steps of a removal leaves the connection's id in its room sets
-(reported by no stats figure; the next join and leave of that id fix it). Rooms, room channels
-and the room index are spread over the shards by name; the server index is one key.
+A process killed between the two steps of a removal leaves the connection's id in its room sets:
+nothing is sent to it (delivery goes through the servers' subscriptions), but those rooms keep
+counting in ``total_rooms`` until the ids are taken out by hand. Rooms, room channels and the
+room index are spread over the shards by name; the server index is one key.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from ..config import redact_url
 from ..models import RemovedConnection
 from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket
@@ -42,8 +44,6 @@ logger = logging.getLogger(__name__)
 class RedisClusterBackend(RedisBase):
     def __init__(self, url: str, key_prefix: str, timeout: float = 2.0,
                  ca_file: str | None = None) -> None:
-        from ..config import redact_url
-
         super().__init__(key_prefix, timeout)
         self.url = redact_url(url)
         with translate_errors(f"connecting to the Redis Cluster at {self.url}"):
