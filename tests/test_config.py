@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dcm_sync import Config, ConfigError, create_distributed_connection_manager
@@ -44,6 +46,8 @@ def test_from_env_empty_is_memory() -> None:
     dict(server_port=70000),
     dict(key_prefix=""),
     dict(key_prefix="has space"),
+    dict(key_prefix="app{1}:"),  # braces would put every key in one Cluster slot
+    dict(redis_url="rediss+sentinel://127.0.0.1:26379/mymaster"),
     dict(max_connections=0),
     dict(max_message_bytes=10),
     dict(server_port="3000"),
@@ -86,3 +90,26 @@ def test_factory_accepts_keyword_overrides() -> None:
 def test_factory_rejects_unknown_override() -> None:
     with pytest.raises(ConfigError, match="unknown setting"):
         create_distributed_connection_manager(None, Config(), heartbeat=3)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis+sentinel://127.0.0.1:26379", "the path must be /service_name"),
+    ("redis+sentinel://127.0.0.1:26379/mymaster/x", "db must be a number"),
+    ("redis+sentinel://127.0.0.1:notaport/mymaster", "invalid port"),
+    ("redis+cluster://127.0.0.1:7000/3", "database 0 only"),
+    ("redis+cluster://", "no host:port"),
+])
+def test_bad_sentinel_and_cluster_urls_say_what_is_wrong(url: str, message: str) -> None:
+    # well-formed scheme, wrong shape: refused when the manager connects, before any I/O
+    with pytest.raises(ConfigError, match=message):
+        create_distributed_connection_manager(redis_url=url, server_port=1)
+
+
+def test_sentinel_and_cluster_urls_are_valid_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    Config(redis_url="redis+sentinel://a:26379,b:26379/mymaster/2")
+    Config(redis_url="redis+cluster://a:7000,b:7001")
+    Config(redis_url="rediss+cluster://u:p@a:7000", redis_ca_file=str(ca))
+    with pytest.raises(ConfigError, match="not rediss"):
+        Config(redis_url="redis+cluster://a:7000", redis_ca_file=str(ca))

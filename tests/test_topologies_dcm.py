@@ -17,6 +17,7 @@ import pytest
 from dcm_sync import DistributedConnectionManager, Emitter
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from tests.conftest import Managers
+from tests.helpers.redis_server import free_port
 from tests.helpers.sockets import RecordingSocket, connect, crash
 from tests.helpers.topologies import ClusterTopology, SentinelTopology
 from tests.test_redis_security import EXACT
@@ -301,3 +302,15 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
         assert a.metrics()["restores"] == 0  # never found its record gone
     finally:
         mgr.shutdown_all()
+
+
+def test_cluster_seeds_may_include_unreachable_nodes(
+        redis_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    dead_seed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    url = redis_cluster.url.replace("://", f"://{dead_seed},", 1)
+    a = managers_on(url)()
+    cid, ws = connect(a, "alice", "lobby")
+    with Emitter(url, key_prefix=prefix) as emitter:
+        emitter.broadcast_to_room("lobby", {"text": "from a script"})
+        assert emitter.get_distributed_stats().total_connections == 1
+    wait_until(lambda: {"text": "from a script"} in ws.messages(), 10, "alice gets it")
