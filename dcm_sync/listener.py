@@ -181,8 +181,9 @@ class Listener:
             failures += 1
             if self._stop.wait(self._backend.retry_delay(failures)):
                 return
-            sub = self._backend.subscription()
+            sub: Subscription | None = None
             try:
+                sub = self._backend.subscription()  # in Cluster it reads the slot map: may fail
                 with self._lock:
                     rooms = set(self._local_rooms())
                     sub.subscribe([self._server_channel, *("room:" + r for r in rooms)])
@@ -196,7 +197,8 @@ class Listener:
                     logger.exception("restoring state after reconnect failed; retrying")
                 with self._lock:
                     self._connected = False
-                    sub.close()
+                    if sub is not None:
+                        sub.close()
                 continue
             self.reconnects += 1
             logger.info("bus reconnected after %d attempt(s)", failures)

@@ -314,3 +314,20 @@ def test_cluster_seeds_may_include_unreachable_nodes(
         emitter.broadcast_to_room("lobby", {"text": "from a script"})
         assert emitter.get_distributed_stats().total_connections == 1
     wait_until(lambda: {"text": "from a script"} in ws.messages(), 10, "alice gets it")
+
+
+def test_cluster_whole_outage_then_back(
+        fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    # every node down: the listener's rebuilds fail (no slot map can be read) and go on failing
+    # until the cluster is back, empty; then both servers write themselves back
+    a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), "lobby")
+    n = Counter()
+    assert delivered(a, "lobby", cb, sb, n.next())
+    for node in fresh_cluster.nodes:
+        fresh_cluster.kill(node)
+    time.sleep(2.0)  # several failed reconnect attempts
+    fresh_cluster.restart_all()
+    wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+               "delivery both ways after the whole cluster came back")
+    wait_until(lambda: counts(a) == (2, 1, 2), 15, "both servers wrote their state back")
+    assert a._listener.worker is not None and a._listener.worker.is_alive()

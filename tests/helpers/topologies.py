@@ -310,6 +310,14 @@ class ClusterTopology:
         _wait(f"restart of {port}", lambda: self._problems(expect_shape=False, require=[port]), self.timeout)
         return self.node(port)
 
+    def restart_all(self) -> None:
+        """Start every killed node again (each with its nodes.conf, no data) and wait until the
+        cluster is healthy: a whole cluster back from an outage, its slots empty."""
+        for server in self.servers.values():
+            if not server.alive:
+                server.start(self.timeout)
+        _wait("restart of every node", lambda: self._problems(expect_shape=False), self.timeout)
+
     def stop(self) -> None:
         """SIGKILL every process."""
         for server in self.servers.values():
