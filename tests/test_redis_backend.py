@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from dcm_sync import (
     BackendUnavailableError,
@@ -229,6 +230,9 @@ def test_transient_redis_replies_are_unavailable_not_errors(reply: str) -> None:
     with pytest.raises(BackendUnavailableError, match="during stats"):
         with translate_errors("stats"):
             raise exc
+    with pytest.raises(BackendUnavailableError, match="Cluster unavailable during stats"):
+        with translate_errors("stats"):  # redis-py's own, when no node has the slot
+            raise redis.exceptions.SlotNotCoveredError("Command # 1 requires a covered slot")
     with pytest.raises(BackendError) as caught:
         with translate_errors("stats"):
             raise BaseParser.parse_error("ERR unknown command")

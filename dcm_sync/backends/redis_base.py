@@ -56,6 +56,8 @@ def translate_errors(what: str) -> Iterator[None]:
         raise BackendUnavailableError(f"Redis unreachable during {what}: {exc}") from exc
     except _TRANSIENT as exc:  # a Cluster shard or a Sentinel master between owners
         raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:  # no node answers, or a slot has none
+        raise BackendUnavailableError(f"Redis Cluster unavailable during {what}: {exc}") from exc
     except redis.RedisError as exc:
         raise BackendError(f"Redis error during {what}: {exc}") from exc
 
