@@ -23,6 +23,7 @@ from tests.helpers.topology_base import (
     _probe,
     _require,
     _wait,
+    start_together,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,18 +85,12 @@ class SentinelTopology:
         started = time.monotonic()
         ok = False
         try:
-            for server in self.data_servers.values():
-                server.spawn()
-            for server in self.data_servers.values():
-                server.wait_ready(self.timeout)
+            start_together(self.data_servers.values(), self.timeout)
             # Sentinels learn of replicas from the master's INFO, which they ask for every 10 s:
             # they start once the replica is attached, so their first INFO already names it.
             (replica_port,) = set(self.data_servers) - {self._master_port}
             _wait("replica sync", lambda: self._link_problems(replica_port), self.timeout)
-            for sentinel in self.sentinels:
-                sentinel.spawn()
-            for sentinel in self.sentinels:
-                sentinel.wait_ready(self.timeout)
+            start_together(self.sentinels, self.timeout)
             _wait("sentinel bring-up", lambda: self._problems(self._master_port, replica_port), self.timeout)
             ok = True
         finally:

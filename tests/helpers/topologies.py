@@ -38,6 +38,7 @@ from tests.helpers.topology_base import (
     _probe,
     _require,
     _wait,
+    start_together,
 )
 
 __all__ = ["ClusterNode", "ClusterTopology", "SentinelTopology", "POLL_INTERVAL"]
@@ -109,10 +110,7 @@ class ClusterTopology:
         started = time.monotonic()
         ok = False
         try:
-            for server in self.servers.values():
-                server.spawn()
-            for server in self.servers.values():
-                server.wait_ready(self.timeout)
+            start_together(self.servers.values(), self.timeout)
             self._create()
             for port in self.servers:
                 with _probe(port) as r:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -68,3 +68,12 @@ def _require(binary: str) -> str:
     if path is None:
         raise RuntimeError(f"{binary} is not installed (Debian: apt-get install redis-server redis-tools)")
     return path
+
+
+def start_together(servers: Iterable[Any], timeout: float) -> None:
+    """Spawn every ``RedisServer`` first, then wait for each: they boot in parallel."""
+    servers = list(servers)
+    for server in servers:
+        server.spawn()
+    for server in servers:
+        server.wait_ready(timeout)
