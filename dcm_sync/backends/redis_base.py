@@ -24,12 +24,12 @@ from ..models import RemovedConnection, ServerInfo
 from .base import ConnectionRecord
 from .redis_keys import KeyLayout, room_bucket
 
-__all__ = ["translate_errors", "RedisBase", "CHUNK", "as_str", "removed_row"]
+__all__ = ["translate_errors", "RedisBase", "CHUNK", "TRANSIENT_ERRORS", "as_str", "removed_row"]
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 500
-_TRANSIENT = (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+TRANSIENT_ERRORS = (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
               redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
               redis.exceptions.ReadOnlyError)
 
@@ -54,7 +54,7 @@ def translate_errors(what: str) -> Iterator[None]:
                 "certificate for the host in redis_url, and signed by a CA in redis_ca_file "
                 "or the system's?)") from exc
         raise BackendUnavailableError(f"Redis unreachable during {what}: {exc}") from exc
-    except _TRANSIENT as exc:  # a Cluster shard or a Sentinel master between owners
+    except TRANSIENT_ERRORS as exc:  # a Cluster shard or a Sentinel master between owners
         raise BackendUnavailableError(f"Redis unavailable during {what}: {exc}") from exc
     except redis.exceptions.RedisClusterException as exc:  # no node answers, or a slot has none
         raise BackendUnavailableError(f"Redis Cluster unavailable during {what}: {exc}") from exc

@@ -21,8 +21,9 @@ room index are spread over the shards by name; the server index is one key.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -30,7 +31,7 @@ from redis.exceptions import NoScriptError
 
 from ..config import redact_url
 from ..models import RemovedConnection
-from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
+from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket
 from .redis_pubsub import ShardedSubscription
 from .redis_scripts import Scripts
@@ -47,12 +48,16 @@ class RedisClusterBackend(RedisBase):
         super().__init__(key_prefix, timeout)
         self.url = redact_url(url)
         with translate_errors(f"connecting to the Redis Cluster at {self.url}"):
-            self._r, self._subscriber = cluster_clients(url, timeout, ca_file)
+            self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         scripts = Scripts("SPUBLISH")
         for name in ("add", "pop_server", "route", "heartbeat", "to_live_server",
                      "room_add", "room_del", "conn_room", "conn_remove", "forget"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
         self._subscribed_before = False
+        # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
+        # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
+        self._hot: dict[str, redis.Redis] = {}
+        self._hot_lock = threading.Lock()
 
     def _eval_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         """Run one script for each ``(keys, args)`` in pipelines split by shard."""
@@ -100,6 +105,34 @@ class RedisClusterBackend(RedisBase):
         except NoScriptError:
             self._load_on(name, keys[:1])
             return self._r.evalsha(sha, len(keys), *keys, *args)
+
+    def _on_master(self, key: str, call: Callable[[redis.Redis], Any],
+                   fallback: Callable[[], Any]) -> Any:
+        """``call(client)`` on a held connection to the master of ``key``'s slot. If the slot
+        moved, the master changed or the connection failed, ``fallback()`` through the cluster
+        client, which follows redirections and refreshes its slot map (errors raised there
+        are the caller's)."""
+        node = self._r.get_node_from_key(key)
+        if not self._hot_lock.acquire(timeout=self._timeout):
+            return fallback()
+        try:
+            client = self._hot.get(node.name)
+            if client is None:
+                client = self._hot[node.name] = self._held(node)
+            try:
+                return call(client)
+            except NoScriptError:  # a master that never saw the script
+                for script in self._scripts.values():
+                    client.script_load(script.script)
+                return call(client)
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError,
+                    redis.exceptions.AskError, *TRANSIENT_ERRORS) as exc:
+                logger.debug("held connection to %s: %s; through the cluster client", node.name, exc)
+                self._hot.pop(node.name, None)
+                client.close()
+        finally:
+            self._hot_lock.release()
+        return fallback()
 
     # servers
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
@@ -161,9 +194,12 @@ class RedisClusterBackend(RedisBase):
             return self._conn_room(connection_id, room_id, caller, route, False)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
+        key = self._keys.connection(connection_id)
+        args: list[Any] = [self.key_prefix, connection_id, caller, data]
+        sha = self._scripts["route"].sha
         with translate_errors("routing to a connection's server"):
-            owner = self._script("route", [self._keys.connection(connection_id)],
-                                 [self.key_prefix, connection_id, caller, data])
+            owner = self._on_master(key, lambda c: c.evalsha(sha, 1, key, *args),
+                                    lambda: self._script("route", [key], args))
         return None if owner is None else as_str(owner)
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
@@ -188,8 +224,10 @@ class RedisClusterBackend(RedisBase):
 
     # bus
     def publish(self, channel: str, data: bytes) -> None:
+        name = self._keys.channel(channel)
         with translate_errors("SPUBLISH"):
-            self._r.spublish(self._keys.channel(channel), data)
+            self._on_master(name, lambda c: c.spublish(name, data),
+                            lambda: self._r.spublish(name, data))
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         with translate_errors("SPUBLISH"):
@@ -215,6 +253,13 @@ class RedisClusterBackend(RedisBase):
         return ShardedSubscription(self._r.get_node_from_key, self._subscriber, self._keys)
 
     def close(self) -> None:
+        with self._hot_lock:
+            held, self._hot = list(self._hot.values()), {}
+        for client in held:
+            try:
+                client.close()
+            except (redis.RedisError, OSError) as exc:
+                logger.debug("closing a held Redis connection: %s", exc)
         try:
             self._r.close()
         except (redis.RedisError, OSError) as exc:

@@ -140,8 +140,9 @@ def _sentinel_pools(url: str, timeout: float) -> MasterPools:
                        hot_held=False)
 
 
-def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any, Any]:
-    """A ``RedisCluster`` for commands, and ``node -> Redis`` for one shard's subscriber."""
+def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any, Any, Any]:
+    """A ``RedisCluster`` for commands; ``node -> Redis`` for one shard's subscriber; and
+    ``node -> Redis`` holding one connection to a master for the per-message commands."""
     from redis.cluster import ClusterNode, RedisCluster
 
     hosts, creds, path = parse_hosts(url, REDIS_PORT)
@@ -159,4 +160,8 @@ def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any,
     def subscriber(node: ClusterNode) -> redis.Redis:
         return redis.Redis(host=node.host, port=node.port, retry=_no_retry(), **common)
 
-    return cluster, subscriber
+    def held(node: ClusterNode) -> redis.Redis:
+        return redis.Redis(host=node.host, port=node.port, retry=_retry(),
+                           single_connection_client=True, **common)
+
+    return cluster, subscriber, held
