@@ -290,8 +290,9 @@ def test_cluster_acceptance_flow_as_a_confined_acl_user(
 
 def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
         fresh_cluster: ClusterTopology, managers_on: Callable[..., Managers]) -> None:
-    # No script has run on this cluster yet; one master is down (not yet replaced). A server
-    # whose keys live elsewhere must start, register connections and keep its heartbeat.
+    # No script has run on this cluster yet; one master is down (not yet noticed: the other
+    # nodes mark it failed after cluster-node-timeout). A server whose keys live elsewhere must
+    # start and register connections meanwhile.
     down = fresh_cluster.masters()[0]
     prefix = next(p for p in (f"t{i}:" for i in range(1000))
                   if fresh_cluster.master_for_key(KeyLayout(p).servers_index).port != down.port)
@@ -304,10 +305,15 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
         a = mgr(server_id=server_id)
         cid = a.register_connection(RecordingSocket(), "alice")
         assert a.send_to_connection(cid, "hi") is True
-        time.sleep(2 * SLOW["heartbeat_ttl"])  # the record outlives its TTL: heartbeats work
-        with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
-            assert r.exists(keys.server(server_id)) and r.exists(keys.connection(cid))
-        assert a.metrics()["restores"] == 0  # never found its record gone
+        # then the whole cluster refuses commands (CLUSTERDOWN) until the replica takes over;
+        # afterwards a's state is in place (written back if its record expired meanwhile)
+        fresh_cluster.wait_failover(down)
+
+        def present() -> bool:
+            with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
+                return bool(r.exists(keys.server(server_id)) and r.exists(keys.connection(cid)))
+
+        wait_until(present, 15, "a's record and connection on their shard")
     finally:
         mgr.shutdown_all()
 
