@@ -7,12 +7,12 @@ they are two, run in an order that never leaves a connection id in a room set wi
 in the connection's list (see :mod:`.redis_cluster`).
 
 Scripts that publish say ``%PUBLISH%``: ``PUBLISH`` on a single Redis, ``SPUBLISH`` (sharded
-pub/sub, on the channel's own shard) in Cluster. :func:`for_publish` fills it in.
+pub/sub, on the channel's own shard) in Cluster. :class:`Scripts` fills it in.
 """
 
 from __future__ import annotations
 
-__all__ = ["Scripts", "for_publish"]
+__all__ = ["Scripts"]
 
 _KEYS = """
 local function ckey(prefix, cid)
@@ -214,7 +214,3 @@ class Scripts:
         self.heartbeat, self.to_live_server = HEARTBEAT, fill(TO_LIVE_SERVER)
         self.forget = FORGET
 
-
-def for_publish(publish: str) -> Scripts:
-    """``for_publish("PUBLISH")`` for a single Redis, ``for_publish("SPUBLISH")`` for Cluster."""
-    return Scripts(publish)
