@@ -6,25 +6,30 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 
 from tests.helpers.topologies import ClusterTopology, SentinelTopology
+from tests.helpers.topology_base import Topology
+
+T = TypeVar("T", bound=Topology)
 
 
-def _require_binaries() -> None:
+def _started(kind: type[T]) -> Iterator[T]:
+    """A started topology of ``kind`` until the fixture ends (every process and file removed)."""
     for binary in ("redis-server", "redis-cli"):
         if shutil.which(binary) is None:
             pytest.fail(f"{binary} is not installed (Debian: apt-get install redis-server redis-tools)")
+    with kind() as topology:
+        yield topology
 
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterTopology]:
     """3 masters with a replica each, for the whole session: never kill its nodes (use
     ``fresh_cluster``); ask for ``cluster_url`` to start from an empty cluster."""
-    _require_binaries()
-    with ClusterTopology() as cluster:
-        yield cluster
+    yield from _started(ClusterTopology)
 
 
 @pytest.fixture
@@ -37,18 +42,14 @@ def cluster_url(redis_cluster: ClusterTopology) -> str:
 @pytest.fixture
 def fresh_cluster() -> Iterator[ClusterTopology]:
     """A cluster for this test alone: it may kill and restart nodes."""
-    _require_binaries()
-    with ClusterTopology() as cluster:
-        yield cluster
+    yield from _started(ClusterTopology)
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[SentinelTopology]:
     """A master, a replica and 3 Sentinels for the whole session: never kill its master (use
     ``fresh_sentinel``); ask for ``sentinel_url`` to start from an empty master."""
-    _require_binaries()
-    with SentinelTopology() as sentinel:
-        yield sentinel
+    yield from _started(SentinelTopology)
 
 
 @pytest.fixture
@@ -61,6 +62,4 @@ def sentinel_url(redis_sentinel: SentinelTopology) -> str:
 @pytest.fixture
 def fresh_sentinel() -> Iterator[SentinelTopology]:
     """A Sentinel set for this test alone: it may kill the master."""
-    _require_binaries()
-    with SentinelTopology() as sentinel:
-        yield sentinel
+    yield from _started(SentinelTopology)

@@ -18,6 +18,7 @@ from tests.helpers.topology_base import (
     DEFAULT_TIMEOUT,
     FAST_REPLICATION,
     HOST,
+    Topology,
     _error,
     _pairs,
     _probe,
@@ -29,7 +30,7 @@ from tests.helpers.topology_base import (
 logger = logging.getLogger(__name__)
 
 
-class SentinelTopology:
+class SentinelTopology(Topology):
     """A master, one replica and three Sentinels monitoring them as ``service`` (quorum 2).
     :meth:`start` returns once the replica's link is up and every Sentinel names the master,
     knows the replica and knows the two other Sentinels."""
@@ -57,7 +58,6 @@ class SentinelTopology:
         self._master_port = master_port  # as the Sentinels are expected to name it
         self._killed_master: tuple[int, float] | None = None
         #: Seconds :meth:`start` took, from spawning the processes to every Sentinel being ready.
-        self.startup_seconds: float | None = None
 
     def _write_conf(self, port: int, master_port: int) -> str:
         path = os.path.join(self.dir, f"sentinel-{port}.conf")  # Sentinel rewrites it: writable
@@ -70,35 +70,19 @@ class SentinelTopology:
                     f"sentinel parallel-syncs {self.service} 1\n")
         return path
 
-    def __enter__(self) -> SentinelTopology:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
     def __repr__(self) -> str:
         return (f"<SentinelTopology {self.service} data={sorted(self.data_servers)} "
                 f"sentinels={self.sentinel_ports}>")
 
     # ------------------------------------------------------------------ bring-up
-    def start(self) -> SentinelTopology:
-        started = time.monotonic()
-        ok = False
-        try:
-            start_together(self.data_servers.values(), self.timeout)
-            # Sentinels learn of replicas from the master's INFO, which they ask for every 10 s:
-            # they start once the replica is attached, so their first INFO already names it.
-            (replica_port,) = set(self.data_servers) - {self._master_port}
-            _wait("replica sync", lambda: self._link_problems(replica_port), self.timeout)
-            start_together(self.sentinels, self.timeout)
-            _wait("sentinel bring-up", lambda: self._problems(self._master_port, replica_port), self.timeout)
-            ok = True
-        finally:
-            if not ok:
-                self.cleanup()
-        self.startup_seconds = time.monotonic() - started
-        logger.info("%r up in %.2fs", self, self.startup_seconds)
-        return self
+    def _bring_up(self) -> None:
+        start_together(self.data_servers.values(), self.timeout)
+        # Sentinels learn of replicas from the master's INFO, which they ask for every 10 s:
+        # they start once the replica is attached, so their first INFO already names it.
+        (replica_port,) = set(self.data_servers) - {self._master_port}
+        _wait("replica sync", lambda: self._link_problems(replica_port), self.timeout)
+        start_together(self.sentinels, self.timeout)
+        _wait("sentinel bring-up", lambda: self._problems(self._master_port, replica_port), self.timeout)
 
     # ------------------------------------------------------------------ observing
     @property

@@ -33,6 +33,7 @@ from tests.helpers.topology_base import (
     HOST,
     POLL_INTERVAL,
     SlotRange,
+    Topology,
     _error,
     _parse_info_text,
     _probe,
@@ -65,7 +66,7 @@ class ClusterNode:
         return redis.Redis(host=HOST, port=self.port, **{"socket_timeout": 5, **kwargs})
 
 
-class ClusterTopology:
+class ClusterTopology(Topology):
     """``masters`` masters with ``replicas_per_master`` replicas each, made with
     ``redis-cli --cluster create``. :meth:`start` returns once every node says ``cluster_state:ok``,
     all agree on the slot map and every replica's link to its master is up."""
@@ -94,36 +95,19 @@ class ClusterTopology:
         self._seeds: list[int] = []
         self._killed: dict[str, tuple[list[tuple[int, int]], list[int], float]] = {}
         #: Seconds :meth:`start` took, from spawning the processes to a healthy cluster.
-        self.startup_seconds: float | None = None
-
-    def __enter__(self) -> ClusterTopology:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"<ClusterTopology ports={sorted(self.servers)}>"
 
     # ------------------------------------------------------------------ bring-up
-    def start(self) -> ClusterTopology:
-        started = time.monotonic()
-        ok = False
-        try:
-            start_together(self.servers.values(), self.timeout)
-            self._create()
-            for port in self.servers:
-                with _probe(port) as r:
-                    self._ids[port] = r.execute_command("CLUSTER", "MYID")
-            _wait("cluster bring-up", lambda: self._problems(expect_shape=True), self.timeout)
-            self._seeds = sorted(node.port for node in self.masters())
-            ok = True
-        finally:
-            if not ok:
-                self.cleanup()
-        self.startup_seconds = time.monotonic() - started
-        logger.info("%r up in %.2fs", self, self.startup_seconds)
-        return self
+    def _bring_up(self) -> None:
+        start_together(self.servers.values(), self.timeout)
+        self._create()
+        for port in self.servers:
+            with _probe(port) as r:
+                self._ids[port] = r.execute_command("CLUSTER", "MYID")
+        _wait("cluster bring-up", lambda: self._problems(expect_shape=True), self.timeout)
+        self._seeds = sorted(node.port for node in self.masters())
 
     def _create(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDISCLI_")}

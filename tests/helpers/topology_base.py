@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -77,3 +77,38 @@ def start_together(servers: Iterable[Any], timeout: float) -> None:
         server.spawn()
     for server in servers:
         server.wait_ready(timeout)
+
+
+T = TypeVar("T", bound="Topology")
+
+
+class Topology:
+    """Bring-up bookkeeping for a topology: ``start()`` runs :meth:`_bring_up`, removes
+    everything if it fails, and records :attr:`startup_seconds`; a context manager."""
+
+    startup_seconds: float | None = None
+
+    def _bring_up(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def start(self: T) -> T:
+        started = time.monotonic()
+        ok = False
+        try:
+            self._bring_up()
+            ok = True
+        finally:
+            if not ok:
+                self.cleanup()
+        self.startup_seconds = time.monotonic() - started
+        logger.info("%r up in %.2fs", self, self.startup_seconds)
+        return self
+
+    def __enter__(self: T) -> T:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
