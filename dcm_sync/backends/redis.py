@@ -43,7 +43,7 @@ class RedisBackend(RedisBase):
         self._hot_client: redis.Redis | None = None
         self._hot_lock = threading.Lock()
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
-        scripts = Scripts("PUBLISH")
+        scripts = Scripts(self.PUBLISH)
         for name in ("add", "remove", "pop_server", "join", "leave", "route", "heartbeat",
                      "to_live_server", "forget"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
@@ -118,14 +118,6 @@ class RedisBackend(RedisBase):
     def publish(self, channel: str, data: bytes) -> None:
         with self._hot("PUBLISH") as hot:
             hot.publish(self._keys.channel(channel), data)
-
-    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        with translate_errors("PUBLISH"):
-            for start in range(0, len(items), CHUNK):
-                pipe = self._r.pipeline(transaction=False)
-                for channel, data in items[start:start + CHUNK]:
-                    pipe.publish(self._keys.channel(channel), data)
-                pipe.execute()
 
     def close_idle(self) -> None:
         try:

@@ -77,6 +77,7 @@ class RedisBase:
 
     url: str
     _r: Any
+    PUBLISH = "PUBLISH"  # the bus command (and what the scripts call): SPUBLISH in Cluster
 
     def __init__(self, key_prefix: str, timeout: float) -> None:
         self.key_prefix = key_prefix
@@ -177,6 +178,14 @@ class RedisBase:
                 pipe.execute()
 
     # bus
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with translate_errors(self.PUBLISH):
+            for start in range(0, len(items), CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for channel, data in items[start:start + CHUNK]:
+                    pipe.execute_command(self.PUBLISH, self._keys.channel(channel), data)
+                pipe.execute()
+
     def retry_delay(self, failures: int) -> float:
         return self._backoff.compute(failures)
 

@@ -43,13 +43,15 @@ logger = logging.getLogger(__name__)
 
 
 class RedisClusterBackend(RedisBase):
+    PUBLISH = "SPUBLISH"  # sharded pub/sub: a message costs the channel's shard only
+
     def __init__(self, url: str, key_prefix: str, timeout: float = 2.0,
                  ca_file: str | None = None) -> None:
         super().__init__(key_prefix, timeout)
         self.url = redact_url(url)
         with translate_errors(f"connecting to the Redis Cluster at {self.url}"):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
-        scripts = Scripts("SPUBLISH")
+        scripts = Scripts(self.PUBLISH)
         for name in ("add", "pop_server", "route", "heartbeat", "to_live_server",
                      "room_add", "room_del", "conn_room", "conn_remove", "forget"):
             self._scripts[name] = self._r.register_script(getattr(scripts, name))
@@ -228,14 +230,6 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("SPUBLISH"):
             self._on_master(name, lambda c: c.spublish(name, data),
                             lambda: self._r.spublish(name, data))
-
-    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        with translate_errors("SPUBLISH"):
-            for start in range(0, len(items), CHUNK):
-                pipe = self._r.pipeline(transaction=False)
-                for channel, data in items[start:start + CHUNK]:
-                    pipe.spublish(self._keys.channel(channel), data)
-                pipe.execute()
 
     def close_idle(self) -> None:
         try:
