@@ -60,12 +60,7 @@ class RedisSubscription:
                 ev = threading.Event()
                 self._pending.setdefault(name, []).append(ev)
                 events.append(ev)
-        with translate_errors("SUBSCRIBE"):
-            if self._sharded:  # a shard channel per command: each may be in another slot
-                for name in names:
-                    self._sub(name)
-            else:
-                self._sub(*names)
+        self._send("SUBSCRIBE", self._sub, names)
         return events
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
@@ -74,12 +69,15 @@ class RedisSubscription:
             return
         with self._lock:
             self._leaving.update(names)
-        with translate_errors("UNSUBSCRIBE"):
-            if self._sharded:
+        self._send("UNSUBSCRIBE", self._unsub, names)
+
+    def _send(self, what: str, command: Callable[..., Any], names: list[str]) -> None:
+        with translate_errors(what):
+            if self._sharded:  # a shard channel per command: each may be in another slot
                 for name in names:
-                    self._unsub(name)
+                    command(name)
             else:
-                self._unsub(*names)
+                command(*names)
 
     def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
         if self._closed:
