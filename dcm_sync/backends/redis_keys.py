@@ -51,17 +51,19 @@ class KeyLayout:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.servers_index = prefix + "index:servers"
-        self._server_channel = prefix + "server:"
         self._cut = len(prefix)
 
+    def _of_server(self, kind: str, sid: str) -> str:
+        return f"{self.prefix}{kind}:{{{server_tag(sid)}}}{sid}"
+
     def server(self, sid: str) -> str:
-        return f"{self.prefix}servers:{{{server_tag(sid)}}}{sid}"
+        return self._of_server("servers", sid)
 
     def server_connections(self, sid: str) -> str:
-        return f"{self.prefix}server-connections:{{{server_tag(sid)}}}{sid}"
+        return self._of_server("server-connections", sid)
 
     def cleanup_lock(self, sid: str) -> str:
-        return f"{self.prefix}lock:cleanup:{{{server_tag(sid)}}}{sid}"
+        return self._of_server("lock:cleanup", sid)
 
     def connection(self, cid: str) -> str:
         return f"{self.prefix}connections:{{{cid[:4]}}}{cid[4:]}"
@@ -78,8 +80,7 @@ class KeyLayout:
     def channel(self, logical: str) -> str:
         """``room:<room>`` -> ``P room:<room>``; ``server:<sid>`` -> ``P server:{T}<sid>``."""
         if logical.startswith("server:"):
-            sid = logical[7:]
-            return f"{self._server_channel}{{{server_tag(sid)}}}{sid}"
+            return self._of_server("server", logical[7:])
         return self.prefix + logical
 
     def logical(self, channel: str) -> str:
