@@ -297,18 +297,22 @@ class Pair:
         return (time.monotonic() - self.started) % DEFAULTS.probe_interval
 
     def routes(self, to_a: bool = True, to_b: bool = True) -> list[Route]:
-        out = []
-        if to_b:
-            out += [Route("room_a_to_b", lambda m: self.a.broadcast_to_room("lobby", m),
-                          lambda: self.wb1.frames),
-                    Route("direct_a_to_b", lambda m: self.a.send_to_connection(self.b1, m),
-                          lambda: self.wb1.frames)]
-        if to_a:
-            out += [Route("room_b_to_a", lambda m: self.b.broadcast_to_room("lobby", m),
-                          lambda: self.wa1.frames),
-                    Route("direct_b_to_a", lambda m: self.b.send_to_connection(self.a1, m),
-                          lambda: self.wa1.frames)]
-        return out
+        return routes_between(self.a, self.a1, self.wa1, self.b, self.b1, self.wb1, "lobby",
+                              to_a=to_a, to_b=to_b)
+
+
+def routes_between(a: DistributedConnectionManager, a1: str, wa: RecordingSocket,
+                   b: DistributedConnectionManager, b1: str, wb: RecordingSocket, room: str,
+                   to_a: bool = True, to_b: bool = True) -> list[Route]:
+    """Room broadcasts and direct messages from A to B's ``b1`` and back to A's ``a1``."""
+    out = []
+    if to_b:
+        out += [Route("room_a_to_b", lambda m: a.broadcast_to_room(room, m), lambda: wb.frames),
+                Route("direct_a_to_b", lambda m: a.send_to_connection(b1, m), lambda: wb.frames)]
+    if to_a:
+        out += [Route("room_b_to_a", lambda m: b.broadcast_to_room(room, m), lambda: wa.frames),
+                Route("direct_b_to_a", lambda m: b.send_to_connection(a1, m), lambda: wa.frames)]
+    return out
 
 
 def make_pair(stack: contextlib.ExitStack, a_url: str, b_url: str, prefix: str) -> Pair:

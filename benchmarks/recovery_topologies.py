@@ -81,6 +81,7 @@ from .recovery_tools import (
     manager,
     measure,
     new_prefix,
+    routes_between,
 )
 from .recovery_watch import (
     Calls,
@@ -118,11 +119,7 @@ class Duo:
     wb: RecordingSocket
 
     def routes(self) -> list[Route]:
-        a, b, to_a, to_b = self.a, self.b, lambda: self.wa.frames, lambda: self.wb.frames
-        return [Route("room_a_to_b", lambda m: a.broadcast_to_room(ROOM, m), to_b),
-                Route("direct_a_to_b", lambda m: a.send_to_connection(self.b1, m), to_b),
-                Route("room_b_to_a", lambda m: b.broadcast_to_room(ROOM, m), to_a),
-                Route("direct_b_to_a", lambda m: b.send_to_connection(self.a1, m), to_a)]
+        return routes_between(self.a, self.a1, self.wa, self.b, self.b1, self.wb, ROOM)
 
     def whole(self, calls: Calls) -> bool:
         """A's stats count both servers, both connections and the room."""
