@@ -9,8 +9,7 @@ The core flows (broadcast, direct, failure cleanup, stats) run on both topologie
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -20,38 +19,12 @@ from tests.conftest import Managers
 from tests.helpers.redis_server import free_port
 from tests.helpers.sockets import RecordingSocket, connect, crash
 from tests.helpers.topologies import ClusterTopology, SentinelTopology
+from tests.helpers.topology_base import wait_until
 from tests.test_redis_security import EXACT
 
 pytestmark = pytest.mark.topology
 
 SLOW = dict(heartbeat_interval=0.3, heartbeat_ttl=1.5, probe_interval=1.0, probe_timeout=1.0)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - start < timeout:
-        try:
-            if check():
-                return time.monotonic() - start
-        except Exception as exc:  # the topology is between owners; try again
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what} (last error: {last!r})")
-
-
-@pytest.fixture
-def managers_on(prefix: str) -> Iterator[Callable[..., Managers]]:
-    made: list[Managers] = []
-
-    def make(url: str, **settings: Any) -> Managers:
-        m = Managers(prefix, redis_url=url, **settings)
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.shutdown_all()
 
 
 def texts(sock: RecordingSocket) -> list[str]:
@@ -242,9 +215,10 @@ def test_sentinel_master_killed_delivery_and_state_recover(
 
 
 #: The README's exact command list for Cluster: the single-Redis list with sharded pub/sub
-#: instead of classic pub/sub, and what redis-py needs to read the slot map.
+#: instead of classic pub/sub, HDEL for the removal notes, and what redis-py needs to read the
+#: slot map.
 CLUSTER_EXACT = (*(c for c in EXACT if c not in ("+publish", "+subscribe", "+unsubscribe")),
-                 "+spublish", "+ssubscribe", "+sunsubscribe", "+cluster|slots",
+                 "+spublish", "+ssubscribe", "+sunsubscribe", "+hdel", "+cluster|slots",
                  "+command")
 
 

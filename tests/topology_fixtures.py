@@ -5,11 +5,12 @@ tests that kill nodes. Loaded as a plugin by tests/conftest.py."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
+from tests.conftest import Managers
 from tests.helpers.topologies import ClusterTopology, SentinelTopology
 from tests.helpers.topology_base import Topology
 
@@ -63,3 +64,19 @@ def sentinel_url(redis_sentinel: SentinelTopology) -> str:
 def fresh_sentinel() -> Iterator[SentinelTopology]:
     """A Sentinel set for this test alone: it may kill the master."""
     yield from _started(SentinelTopology)
+
+
+@pytest.fixture
+def managers_on(prefix: str) -> Iterator[Callable[..., Managers]]:
+    """``managers_on(url, **settings)``: a :class:`Managers` factory on ``url``; every manager
+    made is shut down at the end of the test."""
+    made: list[Managers] = []
+
+    def make(url: str, **settings: Any) -> Managers:
+        m = Managers(prefix, redis_url=url, **settings)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.shutdown_all()

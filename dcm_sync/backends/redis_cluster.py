@@ -10,16 +10,19 @@ changes the same connection in between:
   id out of the room itself) or makes the second step find no connection.
 * leave: the room set first, then the connection's list and the notice.
 * removal (and a dead server's cleanup batch): the connections' hashes first (server slot; the
-  script returns each one's rooms), then the room sets.
+  script returns each one's rooms and, in the same step, notes them in ``removing:{T}``), then
+  the room sets, then the note is deleted.
 
-A process killed between the two steps of a removal leaves the connection's id in its room sets:
-nothing is sent to it (delivery goes through the servers' subscriptions), but those rooms keep
-counting in ``total_rooms`` until the ids are taken out by hand. Rooms, room channels and the
-room index are spread over the shards by name; the server index is one key.
+A removal whose second step never happens (its process killed, or the room's shard unreachable)
+is finished by whoever reads the note next: every heartbeat of a server reads the notes of its
+own tag, and a dead server's cleanup reads those of the dead server's tag before each batch.
+Taking an id out of a room set twice is harmless. Rooms, room channels and the room index are
+spread over the shards by name; the server index is one key.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -30,9 +33,10 @@ import redis
 from redis.exceptions import NoScriptError
 
 from ..config import redact_url
+from ..errors import BackendError
 from ..models import RemovedConnection
 from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
-from .redis_keys import room_bucket
+from .redis_keys import room_bucket, server_tag
 from .redis_pubsub import ShardedSubscription
 from .redis_scripts import Scripts
 from .redis_urls import cluster_clients
@@ -40,6 +44,19 @@ from .redis_urls import cluster_clients
 __all__ = ["RedisClusterBackend"]
 
 logger = logging.getLogger(__name__)
+
+
+def _noted(cid: bytes, note: bytes) -> RemovedConnection:
+    """A ``removing:{T}`` note (``[user, server, the connection's JSON room list]``)."""
+    try:
+        user, server, rooms_json = json.loads(note)
+        rooms = json.loads(rooms_json)
+    except (ValueError, TypeError):
+        user, server, rooms = "", "", []
+    if not isinstance(rooms, list):
+        rooms = []
+    return RemovedConnection(as_str(cid), str(user), str(server),
+                             tuple(r for r in rooms if isinstance(r, str)))
 
 
 class RedisClusterBackend(RedisBase):
@@ -142,13 +159,35 @@ class RedisClusterBackend(RedisBase):
             return bool(self._script("to_live_server", [self._keys.server(server_id)],
                                      [self._keys.channel(f"server:{server_id}"), data]))
 
+    def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
+        alive = super().heartbeat(server_id, active_connections, ttl)
+        if alive:
+            try:
+                self.finish_removals(server_tag(server_id))
+            except BackendError as exc:  # a room's shard still away: a later beat finishes them
+                logger.debug("interrupted removals not finished yet: %s", exc)
+        return alive
+
+    def finish_removals(self, tag: str) -> list[RemovedConnection]:
+        """Take the connections noted in ``removing:{tag}`` (removals whose second step did
+        not happen) out of their room sets; returns them, ``rooms_left`` as for a removal."""
+        with translate_errors("finishing interrupted removals"):
+            notes = self._r.hgetall(self._keys.removing(tag))
+            if not notes:
+                return []
+            done = self._empty_rooms([_noted(cid, note) for cid, note in notes.items()])
+        logger.warning("finished %d interrupted connection removal(s) (tag %s)", len(done), tag)
+        return done
 
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+        # a cleaner that stopped between the two steps left notes: finish them first, and
+        # announce the dead server's own ones with this batch
+        done = [r for r in self.finish_removals(server_tag(server_id)) if r.server_id == server_id]
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connections(server_id),
                                                self._keys.server(server_id)],
                                 [self.key_prefix, count, 0])
-            return self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
+            return done + self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
 
     def _empty_rooms(self, removed: list[RemovedConnection]) -> list[RemovedConnection]:
         """Take removed connections out of their room sets; their ``rooms_left`` become the
@@ -158,9 +197,18 @@ class RedisClusterBackend(RedisBase):
                  for r in removed for room in r.rooms_left]
         still = iter(self._eval_many("room_del", calls))
         out = []
+        notes: dict[str, list[str]] = defaultdict(list)  # the removals' notes, by tag
         for r in removed:
             left = tuple(room for room in r.rooms_left if next(still))
             out.append(RemovedConnection(r.connection_id, r.user_id, r.server_id, left))
+            if r.rooms_left:
+                notes[r.connection_id[:4]].append(r.connection_id)
+        if notes:
+            pipe = self._r.pipeline(transaction=False)
+            for tag, ids in notes.items():
+                for start in range(0, len(ids), CHUNK):
+                    pipe.hdel(k.removing(tag), *ids[start:start + CHUNK])
+            pipe.execute()
         return out
 
     # connections and rooms

@@ -65,6 +65,10 @@ class KeyLayout:
     def cleanup_lock(self, sid: str) -> str:
         return self._of_server("lock:cleanup", sid)
 
+    def removing(self, tag: str) -> str:
+        """Cluster: removals of connections with tag ``tag`` whose room sets are not done yet."""
+        return f"{self.prefix}removing:{{{tag}}}"
+
     def connection(self, cid: str) -> str:
         return f"{self.prefix}connections:{{{cid[:4]}}}{cid[4:]}"
 

@@ -4,7 +4,8 @@ A script only touches keys of one Cluster slot: a server's slot (its record, its
 its connections' hashes, its channel) or a room bucket's slot (room sets and their index). On a
 single Redis (or Sentinel) a join, a leave and a removal are one script over both; in Cluster
 they are two, run in an order that never leaves a connection id in a room set without the room
-in the connection's list (see :mod:`.redis_cluster`).
+in the connection's list, a removal noting its rooms in ``removing:{T}`` until its second step
+is done (see :mod:`.redis_cluster`).
 
 Scripts that publish say ``%PUBLISH%``: ``PUBLISH`` on a single Redis, ``SPUBLISH`` (sharded
 pub/sub, on the channel's own shard) in Cluster. :class:`Scripts` fills it in.
@@ -58,14 +59,21 @@ local function notify(prefix, owner, caller, data, cid)
     redis.call('%PUBLISH%', prefix .. 'server:{' .. string.sub(cid, 1, 4) .. '}' .. owner, data)
   end
 end
--- {cid, user, server, {every room}} or nil; the room sets are left to the caller
-local function conn_remove(prefix, cid)
+-- {cid, user, server, {every room}} or nil; the room sets are left to the caller. With
+-- journal (Cluster), a connection that had rooms is noted in removing:{T} (same slot) as
+-- [user, server, rooms JSON] until the caller has taken it out of them: whoever finds the note
+-- later finishes the removal.
+local function conn_remove(prefix, cid, journal)
   local ck = ckey(prefix, cid)
-  local f = redis.call('HMGET', ck, 'userId', 'serverId')
+  local f = redis.call('HMGET', ck, 'userId', 'serverId', 'rooms')
   if not f[2] then return nil end
   local rooms = rooms_of(ck)
+  local tag = string.sub(cid, 1, 4)
+  if journal and #rooms > 0 then
+    redis.call('HSET', prefix .. 'removing:{' .. tag .. '}', cid, cjson.encode({f[1] or '', f[2], f[3]}))
+  end
   redis.call('DEL', ck)
-  redis.call('SREM', prefix .. 'server-connections:{' .. string.sub(cid, 1, 4) .. '}' .. f[2], cid)
+  redis.call('SREM', prefix .. 'server-connections:{' .. tag .. '}' .. f[2], cid)
   return {cid, f[1] or '', f[2], rooms}
 end
 """
@@ -77,7 +85,7 @@ _HEAD = _KEYS + _ROOM + _CONN
 REMOVE = _HEAD + """
 local out = {}
 for i = 2, #ARGV do
-  local r = conn_remove(ARGV[1], ARGV[i])
+  local r = conn_remove(ARGV[1], ARGV[i], false)
   if r then
     local left = {}
     for _, room in ipairs(r[4]) do
@@ -129,19 +137,20 @@ return owner
 # KEYS: the connections' hashes (one server slot). ARGV: prefix, cid... -> rows or false
 CONN_REMOVE = _HEAD + """
 local out = {}
-for i = 2, #ARGV do out[#out + 1] = conn_remove(ARGV[1], ARGV[i]) or false end
+for i = 2, #ARGV do out[#out + 1] = conn_remove(ARGV[1], ARGV[i], true) or false end
 return out
 """
 
 # ---------------------------------------------------------------- both
 # KEYS: server-connections:<sid>, servers:<sid>. ARGV: prefix, count, 1 to also empty the room
-# sets (single Redis) -> rows {cid, user, server, {rooms left (single) or every room (Cluster)}};
-# none once the server is back (it writes its own state: nothing is removed under it)
+# sets (single Redis; 0 in Cluster: the rows are noted in removing:{T}) -> rows {cid, user,
+# server, {rooms left (single) or every room (Cluster)}}; none once the server is back (it
+# writes its own state: nothing is removed under it)
 POP_SERVER = _HEAD + """
 local out = {}
 if redis.call('EXISTS', KEYS[2]) == 1 then return out end
 for _, cid in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))) do
-  local r = conn_remove(ARGV[1], cid)
+  local r = conn_remove(ARGV[1], cid, ARGV[3] == '0')
   if r then
     if ARGV[3] == '1' then
       local left = {}

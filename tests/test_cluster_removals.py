@@ -1,0 +1,121 @@
+"""Redis Cluster: a removal is two steps (the connection's hash on its server's shard, then its
+room sets on the rooms' shards). When the second step does not happen - the room's shard does
+not answer, or the process doing it stops - the removal is finished later from the note the
+first step left, and nobody stays in a room they left.
+
+The room's shard is made unreachable with ``CLIENT PAUSE`` on its master (shorter than the
+cluster's node timeout: no failover, the cluster stays whole); every other key of the test lives
+on another master.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from redis.crc import key_slot
+
+from dcm_sync.backends.redis_keys import KeyLayout, server_tag
+from tests.conftest import Managers
+from tests.helpers.sockets import connect, crash
+from tests.helpers.topologies import ClusterNode, ClusterTopology
+from tests.helpers.topology_base import wait_until
+
+pytestmark = pytest.mark.topology
+
+PAUSE_MS = 6000
+TIMEOUT = 0.4  # redis_timeout: a paused shard makes calls fail after a few of these
+
+
+def layout(cluster: ClusterTopology, prefix: str) -> tuple[list[str], str, ClusterNode]:
+    """Two server ids whose keys live on the master holding ``index:servers``, and a room
+    whose set lives on another master (returned)."""
+    keys = KeyLayout(prefix)
+    shards = cluster.slot_map()
+
+    def master(key: str) -> int:
+        slot = key_slot(key.encode())
+        return next(port for first, last, port, _ in shards if first <= slot <= last)
+
+    home = master(keys.servers_index)
+    ids = [s for s in (f"server-{i}" for i in range(2000)) if master(keys.server(s)) == home][:2]
+    room = next(r for r in (f"room-{i}" for i in range(2000)) if master(keys.room(r)) != home)
+    return ids, room, cluster.node(master(keys.room(room)))
+
+
+@contextmanager
+def paused(node: ClusterNode) -> Iterator[None]:
+    with node.client() as r:
+        r.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+    try:
+        yield
+    finally:
+        with node.client() as r:
+            r.execute_command("CLIENT", "UNPAUSE")
+
+
+def members(cluster: ClusterTopology, key: str) -> set[str]:
+    with cluster.client() as r:
+        return {m.decode() for m in r.smembers(key)}
+
+
+def noted(home: ClusterNode, keys: KeyLayout, cid: str) -> bool:
+    """True while ``cid``'s hash is gone and its removal is noted, not finished. Asked of the
+    master of its slot (``home``) directly: any other client may wait on the paused master."""
+    with home.client() as r:
+        return bool(r.hexists(keys.removing(cid[:4]), cid)) and not r.exists(keys.connection(cid))
+
+
+def test_removal_finished_after_the_rooms_shard_comes_back(
+        redis_cluster: ClusterTopology, prefix: str,
+        managers_on: Callable[..., Managers]) -> None:
+    ids, room, room_master = layout(redis_cluster, prefix)
+    keys = KeyLayout(prefix)
+    home = redis_cluster.master_for_key(keys.servers_index)  # every key but the room's
+    make = managers_on(redis_cluster.url, heartbeat_interval=0.2, heartbeat_ttl=30.0,
+                       redis_timeout=TIMEOUT)
+    a, b = make(server_id=ids[0]), make(server_id=ids[1])
+    ca, wa = connect(a, "alice", room)
+    connect(b, "bob", "elsewhere-" + room)
+    assert b.get_distributed_stats().total_rooms == 2
+    with paused(room_master):
+        a.remove_connection(ca)  # alice's hash goes; her room set cannot be changed
+        assert wa.closed
+        assert noted(home, keys, ca)
+    # a's heartbeat finishes the removal once the shard answers again
+    wait_until(lambda: b.get_distributed_stats().total_rooms == 1, 15, "alice's room gone")
+    assert members(redis_cluster, keys.room(room)) == set()
+    assert not noted(home, keys, ca)
+    with redis_cluster.client() as r:
+        assert not r.exists(keys.removing(server_tag(a.server_id)))  # nothing left behind
+
+
+def test_dead_servers_cleanup_interrupted_then_finished_and_announced(
+        redis_cluster: ClusterTopology, prefix: str,
+        managers_on: Callable[..., Managers]) -> None:
+    ids, room, room_master = layout(redis_cluster, prefix)
+    keys = KeyLayout(prefix)
+    home = redis_cluster.master_for_key(keys.servers_index)  # every key but the room's
+    make = managers_on(redis_cluster.url, heartbeat_interval=0.2, heartbeat_ttl=1.0,
+                       redis_timeout=TIMEOUT)
+    a, b = make(server_id=ids[0]), make(server_id=ids[1])
+    ca, _ = connect(a, "alice", room)
+    cb, wb = connect(b, "bob", room)
+    start = time.monotonic()
+    with paused(room_master):
+        crash(a)  # a dies; b finds it dead and pops its connections, but cannot empty the room
+        wait_until(lambda: noted(home, keys, ca), PAUSE_MS / 1000 - 1,
+                   "b's cleanup took alice's hash and noted her removal")
+        assert time.monotonic() - start < PAUSE_MS / 1000  # still paused: the room step failed
+        assert not wb.of_type("user-disconnected")  # nobody was told yet
+    wait_until(lambda: members(redis_cluster, keys.room(room)) == {cb}, 15,
+               "alice out of the room")
+    wait_until(lambda: len(wb.of_type("user-disconnected")) == 1, 10, "bob told alice left")
+    notice = wb.of_type("user-disconnected")[0]
+    assert notice["reason"] == "server-failure" and notice["connectionId"] == ca
+    assert [s.server_id for s in b.get_active_servers()] == [b.server_id]
+    assert not noted(home, keys, ca)
+    time.sleep(0.5)
+    assert len(wb.of_type("user-disconnected")) == 1  # once
