@@ -148,7 +148,7 @@ def _masters(url: str) -> list[redis.Redis]:
     as the library's own Cluster client sees them."""
     from dcm_sync.backends.redis_urls import cluster_clients
 
-    cluster, node_client = cluster_clients(url, 10.0, None)
+    cluster, node_client, _ = cluster_clients(url, 10.0, None)
     try:
         masters = [node_client(node) for node in cluster.get_primaries()]
     finally:
