@@ -29,20 +29,34 @@ PAUSE_MS = 6000
 TIMEOUT = 0.4  # redis_timeout: a paused shard makes calls fail after a few of these
 
 
-def layout(cluster: ClusterTopology, prefix: str) -> tuple[list[str], str, ClusterNode]:
-    """Two server ids whose keys live on the master holding ``index:servers``, and a room
-    whose set lives on another master (returned)."""
-    keys = KeyLayout(prefix)
-    shards = cluster.slot_map()
+class Setup:
+    """Two servers ``a`` and ``b`` whose keys live on ``home``, the master holding
+    ``index:servers``, and a ``room`` whose set lives on another master, ``room_master``."""
 
-    def master(key: str) -> int:
-        slot = key_slot(key.encode())
-        return next(port for first, last, port, _ in shards if first <= slot <= last)
+    def __init__(self, cluster: ClusterTopology, prefix: str, make: Managers) -> None:
+        self.keys = keys = KeyLayout(prefix)
+        shards = cluster.slot_map()
 
-    home = master(keys.servers_index)
-    ids = [s for s in (f"server-{i}" for i in range(2000)) if master(keys.server(s)) == home][:2]
-    room = next(r for r in (f"room-{i}" for i in range(2000)) if master(keys.room(r)) != home)
-    return ids, room, cluster.node(master(keys.room(room)))
+        def master(key: str) -> int:
+            slot = key_slot(key.encode())
+            return next(port for first, last, port, _ in shards if first <= slot <= last)
+
+        home = master(keys.servers_index)
+        ids = [s for s in (f"server-{i}" for i in range(2000)) if master(keys.server(s)) == home]
+        self.room = next(r for r in (f"room-{i}" for i in range(2000))
+                         if master(keys.room(r)) != home)
+        self.home, self.room_master = cluster.node(home), cluster.node(master(keys.room(self.room)))
+        self.a, self.b = make(server_id=ids[0]), make(server_id=ids[1])
+
+
+@pytest.fixture
+def two_servers(redis_cluster: ClusterTopology, prefix: str,
+                managers_on: Callable[..., Managers]) -> Callable[[float], Setup]:
+    def make(heartbeat_ttl: float) -> Setup:
+        return Setup(redis_cluster, prefix, managers_on(
+            redis_cluster.url, heartbeat_interval=0.2, heartbeat_ttl=heartbeat_ttl,
+            redis_timeout=TIMEOUT))
+    return make
 
 
 @contextmanager
@@ -69,14 +83,9 @@ def noted(home: ClusterNode, keys: KeyLayout, cid: str) -> bool:
 
 
 def test_removal_finished_after_the_rooms_shard_comes_back(
-        redis_cluster: ClusterTopology, prefix: str,
-        managers_on: Callable[..., Managers]) -> None:
-    ids, room, room_master = layout(redis_cluster, prefix)
-    keys = KeyLayout(prefix)
-    home = redis_cluster.master_for_key(keys.servers_index)  # every key but the room's
-    make = managers_on(redis_cluster.url, heartbeat_interval=0.2, heartbeat_ttl=30.0,
-                       redis_timeout=TIMEOUT)
-    a, b = make(server_id=ids[0]), make(server_id=ids[1])
+        redis_cluster: ClusterTopology, two_servers: Callable[[float], Setup]) -> None:
+    s = two_servers(30.0)  # heartbeat_ttl
+    keys, home, room, room_master, a, b = s.keys, s.home, s.room, s.room_master, s.a, s.b
     ca, wa = connect(a, "alice", room)
     connect(b, "bob", "elsewhere-" + room)
     assert b.get_distributed_stats().total_rooms == 2
@@ -93,14 +102,9 @@ def test_removal_finished_after_the_rooms_shard_comes_back(
 
 
 def test_dead_servers_cleanup_interrupted_then_finished_and_announced(
-        redis_cluster: ClusterTopology, prefix: str,
-        managers_on: Callable[..., Managers]) -> None:
-    ids, room, room_master = layout(redis_cluster, prefix)
-    keys = KeyLayout(prefix)
-    home = redis_cluster.master_for_key(keys.servers_index)  # every key but the room's
-    make = managers_on(redis_cluster.url, heartbeat_interval=0.2, heartbeat_ttl=1.0,
-                       redis_timeout=TIMEOUT)
-    a, b = make(server_id=ids[0]), make(server_id=ids[1])
+        redis_cluster: ClusterTopology, two_servers: Callable[[float], Setup]) -> None:
+    s = two_servers(1.0)  # heartbeat_ttl
+    keys, home, room, room_master, a, b = s.keys, s.home, s.room, s.room_master, s.a, s.b
     ca, _ = connect(a, "alice", room)
     cb, wb = connect(b, "bob", room)
     start = time.monotonic()
