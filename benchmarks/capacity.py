@@ -130,7 +130,8 @@ def comparison(figures: dict[str, dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity",
                                      description=__doc__.split("\n\n")[1] if __doc__ else None)
-    parser.add_argument("--url", help="a redis:// URL (redis+cluster:// once the backend exists); "
+    parser.add_argument("--url", help="a redis:// or redis+cluster:// URL (a cluster: figures added "
+                        "up over every master); "
                         "default: a redis-server of its own on a free loopback port")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is shown)")
     parser.add_argument("--json", type=Path, help="write the figures here")
