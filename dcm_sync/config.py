@@ -18,8 +18,8 @@ __all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES", "redact_url"]
 AuthenticateFn = Callable[[Any, str], Any]
 """``authenticate(auth_token, user_id)``: a falsy result refuses the connection."""
 
-SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster",
-                     "rediss+cluster")
+SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
+                     "redis+cluster", "rediss+cluster")
 
 #: Environment variables the seed design used, mapped to Config fields.
 _SEED_ENV = {"redis_url": "REDIS_URL", "server_host": "SERVER_HOST", "server_port": "PORT"}
@@ -72,9 +72,9 @@ class Config:
                 f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)}"
             )
         if self.redis_ca_file is not None:
-            if scheme not in ("rediss", "rediss+cluster"):
-                raise ConfigError("redis_ca_file is set but redis_url is not rediss:// or "
-                                  "rediss+cluster://, "
+            if scheme not in ("rediss", "rediss+sentinel", "rediss+cluster"):
+                raise ConfigError("redis_ca_file is set but redis_url is not rediss://, "
+                                  "rediss+sentinel:// or rediss+cluster://, "
                                   "so the connection to Redis would not use TLS")
             if not (os.path.isfile(self.redis_ca_file) and os.access(self.redis_ca_file, os.R_OK)):
                 raise ConfigError(f"redis_ca_file {self.redis_ca_file!r}: no such readable file")

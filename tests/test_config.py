@@ -47,7 +47,7 @@ def test_from_env_empty_is_memory() -> None:
     dict(key_prefix=""),
     dict(key_prefix="has space"),
     dict(key_prefix="app{1}:"),  # braces would put every key in one Cluster slot
-    dict(redis_url="rediss+sentinel://127.0.0.1:26379/mymaster"),
+    dict(redis_url="redis+sentinel://127.0.0.1:26379/mymaster", redis_ca_file="/etc/hostname"),
     dict(max_connections=0),
     dict(max_message_bytes=10),
     dict(server_port="3000"),
@@ -96,6 +96,9 @@ def test_factory_rejects_unknown_override() -> None:
     ("redis+sentinel://127.0.0.1:26379", "the path must be /service_name"),
     ("redis+sentinel://127.0.0.1:26379/mymaster/x", "db must be a number"),
     ("redis+sentinel://127.0.0.1:notaport/mymaster", "invalid port"),
+    ("redis+sentinel://127.0.0.1:26379/mymaster?password=x", "sentinel_username and sentinel_password"),
+    ("redis+sentinel://127.0.0.1:26379/mymaster?sentinel_password=a&sentinel_password=b",
+     "each once"),
     ("redis+cluster://127.0.0.1:7000/3", "database 0 only"),
     ("redis+cluster://", "no host:port"),
 ])
@@ -111,5 +114,6 @@ def test_sentinel_and_cluster_urls_are_valid_settings(tmp_path: Path) -> None:
     Config(redis_url="redis+sentinel://a:26379,b:26379/mymaster/2")
     Config(redis_url="redis+cluster://a:7000,b:7001")
     Config(redis_url="rediss+cluster://u:p@a:7000", redis_ca_file=str(ca))
+    Config(redis_url="rediss+sentinel://a:26379/mymaster?sentinel_password=s", redis_ca_file=str(ca))
     with pytest.raises(ConfigError, match="not rediss"):
         Config(redis_url="redis+cluster://a:7000", redis_ca_file=str(ca))

@@ -1,5 +1,5 @@
 """Coordination backends: ``memory://`` (in-process); ``redis://``, ``rediss://``, ``unix://`` and
-``redis+sentinel://`` (one Redis master); ``redis+cluster://`` and ``rediss+cluster://``."""
+``redis+sentinel://`` and ``rediss+sentinel://`` (one Redis master); ``redis+cluster://`` and ``rediss+cluster://``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def open_backend(url: str, key_prefix: str, timeout: float = 2.0,
         from .redis_cluster import RedisClusterBackend
 
         return RedisClusterBackend(url, key_prefix, timeout=timeout, ca_file=ca_file)
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         from .redis import RedisBackend
 
         return RedisBackend(url, key_prefix, timeout=timeout, ca_file=ca_file)

@@ -48,7 +48,7 @@ def translate_errors(what: str) -> Iterator[None]:
             f"Redis authentication failed during {what}: {exc} "
             "(check the user and password in redis_url)") from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        if isinstance(exc.__context__, ssl.SSLError) or isinstance(exc, ssl.SSLError):
+        if _caused_by_tls(exc):
             raise BackendUnavailableError(
                 f"TLS connection to Redis failed during {what}: {exc} (is the server's "
                 "certificate for the host in redis_url, and signed by a CA in redis_ca_file "
@@ -60,6 +60,16 @@ def translate_errors(what: str) -> Iterator[None]:
         raise BackendUnavailableError(f"Redis Cluster unavailable during {what}: {exc}") from exc
     except redis.RedisError as exc:
         raise BackendError(f"Redis error during {what}: {exc}") from exc
+
+
+def _caused_by_tls(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or one of its causes is an SSL error."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ssl.SSLError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def removed_row(row: Any) -> RemovedConnection | None:

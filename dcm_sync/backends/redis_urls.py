@@ -1,7 +1,8 @@
 """From a ``redis_url`` to redis-py clients, with the library's timeouts, retries and TLS rules.
 
     redis://[user:password@]host:port[/db]        one Redis (also rediss://, unix://)
-    redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]
+    redis+sentinel://[user:password@]host:port[,host:port...]/service[/db][?sentinel_password=...]
+                                                  (also rediss+sentinel://)
     redis+cluster://[user:password@]host:port[,host:port...]   (also rediss+cluster://)
 
 Every command gets two attempts (the second on a fresh connection, so that a connection left
@@ -9,7 +10,9 @@ stale by a restart or a failover costs no error) of ``timeout``/2 each. Subscrib
 never retry on their own: the listener owns reconnection. With TLS the server's certificate
 and name are verified (only ``?ssl_cert_reqs=none`` in a single Redis URL turns that off).
 The user and password of a Sentinel URL are those of the Redis master and replicas; the
-sentinels themselves are reached without a password.
+sentinels' own (their ``requirepass``, or an ACL user) go in the query, ``sentinel_username``
+and ``sentinel_password``. ``rediss+sentinel://`` speaks TLS to the sentinels and to the
+master and replicas, verifying every certificate.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
@@ -98,8 +101,8 @@ class MasterPools:
 def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
     """The three pools of one Redis master: commands, the per-message connection, subscribers."""
     scheme = urlsplit(url).scheme
-    if scheme == "redis+sentinel":
-        return _sentinel_pools(url, timeout)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel_pools(url, timeout, ca_file)
     common = _common(timeout, scheme == "rediss", ca_file)
     try:
         # A burst of calls must wait for a pooled connection (up to ``timeout``/2), not
@@ -116,8 +119,62 @@ def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
     return MasterPools(commands, hot, subscriber, redact_url(url))
 
 
-def _sentinel_pools(url: str, timeout: float) -> MasterPools:
-    from redis.sentinel import Sentinel, SentinelConnectionPool
+SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+
+
+def _sentinel_credentials(url: str) -> dict[str, str]:
+    """The sentinels' own ``username``/``password`` from a Sentinel URL's query."""
+    try:
+        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        pairs = [("", "")] if urlsplit(url).query else []
+    found: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in SENTINEL_QUERY or key.removeprefix("sentinel_") in found:
+            raise ConfigError(f"{redact_url(url)!r}: a Sentinel URL's query may only give "
+                              f"sentinel_username and sentinel_password, each once")
+        found[key.removeprefix("sentinel_")] = value
+    return found
+
+
+def _sentinel_class() -> type:
+    from redis.sentinel import MasterNotFoundError, Sentinel
+
+    class ExplainingSentinel(Sentinel):
+        """redis-py's Sentinel, whose "no master found" says why in a few words: the sentinels
+        refused the credentials (AuthenticationError), could not be reached (the first
+        sentinel's error, TLS ones included, as the cause), or name no master."""
+
+        def discover_master(self, service_name: str) -> Any:
+            try:
+                return super().discover_master(service_name)  # type: ignore[no-untyped-call]
+            except MasterNotFoundError:
+                error = self._why(service_name)
+            raise error  # outside the except block: keeps the cause _why gave it
+
+        def _why(self, service_name: str) -> Exception:
+            first: Exception | None = None
+            for client in self.sentinels:
+                try:
+                    client.ping()
+                except redis.AuthenticationError:
+                    return redis.AuthenticationError(
+                        "the Sentinels refused their credentials (sentinel_username and "
+                        "sentinel_password in the URL's query)")
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    first = first or exc
+                else:
+                    return MasterNotFoundError(
+                        f"the Sentinels name no healthy master for service {service_name!r}")
+            error = redis.ConnectionError(f"no Sentinel answered: {first}")
+            error.__cause__ = first  # a TLS error shows as such (see translate_errors)
+            return error
+
+    return ExplainingSentinel
+
+
+def _sentinel_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
+    from redis.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
 
     hosts, creds, path = parse_hosts(url, SENTINEL_PORT)
     segments = [unquote(s) for s in path.split("/") if s]
@@ -128,8 +185,15 @@ def _sentinel_pools(url: str, timeout: float) -> MasterPools:
         db = int(segments[1]) if len(segments) == 2 else 0
     except ValueError:
         raise ConfigError(f"{redact_url(url)!r}: db must be a number") from None
-    common = _common(timeout, False, None)
-    sentinel = Sentinel(hosts, sentinel_kwargs=dict(common))  # type: ignore[no-untyped-call]
+    tls = urlsplit(url).scheme == "rediss+sentinel"
+    common = _common(timeout, tls, ca_file)
+    # no retries of their own: discovery moves on to the next sentinel (redis-py's default
+    # would back off for seconds on each unreachable one)
+    to_sentinels = {**common, **_sentinel_credentials(url), "retry": _no_retry(),
+                    **({"ssl": True} if tls else {})}
+    sentinel = _sentinel_class()(hosts, sentinel_kwargs=to_sentinels)
+    if tls:
+        common["connection_class"] = SentinelManagedSSLConnection
 
     def pool(retry: Retry, **extra: Any) -> SentinelConnectionPool:
         return SentinelConnectionPool(  # type: ignore[no-untyped-call]

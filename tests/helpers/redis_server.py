@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 import redis
 
@@ -60,10 +61,11 @@ def free_ports(count: int, *, cluster_bus: bool = False, attempts: int = 500) ->
 class RedisServer:
     """One redis-server on 127.0.0.1:<port>, in-memory only; restartable on the same port.
     ``conf_file`` (e.g. a Sentinel's, which Sentinel rewrites) goes first on the command line;
-    the command line's options override it. The server logs to :attr:`log_path`."""
+    the command line's options override it. The server logs to :attr:`log_path`.
+    ``client_kwargs`` (a password, TLS settings) go to every client made by :meth:`client`."""
 
     def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = (),
-                 conf_file: str | None = None) -> None:
+                 conf_file: str | None = None, client_kwargs: dict[str, Any] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -71,6 +73,7 @@ class RedisServer:
         self.port = port or free_port()
         self.extra_args = extra_args
         self.conf_file = conf_file
+        self.client_kwargs = client_kwargs or {}
         self.dir = tempfile.mkdtemp(prefix="dcm-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,7 +82,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **self.client_kwargs)
 
     @property
     def alive(self) -> bool:

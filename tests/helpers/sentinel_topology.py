@@ -1,4 +1,6 @@
-"""A Redis master with a replica, watched by three Sentinels, for tests (see topologies.py)."""
+"""A Redis master with a replica, watched by three Sentinels, for tests (see topologies.py).
+Optionally secured: a password on the master and replica, another on the Sentinels, and TLS
+on every link."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import tempfile
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.sentinel import Sentinel
 
 from tests.helpers.redis_server import RedisServer, free_ports
+from tests.helpers.tls import Certs, tls_args
 from tests.helpers.topology_base import (
     DEFAULT_TIMEOUT,
     FAST_REPLICATION,
@@ -33,31 +37,48 @@ logger = logging.getLogger(__name__)
 class SentinelTopology(Topology):
     """A master, one replica and three Sentinels monitoring them as ``service`` (quorum 2).
     :meth:`start` returns once the replica's link is up and every Sentinel names the master,
-    knows the replica and knows the two other Sentinels."""
+    knows the replica and knows the two other Sentinels.
+
+    ``password`` is required by the master and the replica (``requirepass``/``masterauth``; the
+    Sentinels know it as ``auth-pass``), ``sentinel_password`` by the Sentinels (which also use
+    it among themselves), and with ``certs`` every process speaks TLS only."""
 
     SENTINELS = 3
     QUORUM = 2
 
     def __init__(self, service: str = "mymaster", *, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 5000, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 failover_timeout_ms: int = 5000, timeout: float = DEFAULT_TIMEOUT,
+                 password: str | None = None, sentinel_password: str | None = None,
+                 certs: Certs | None = None) -> None:
         _require("redis-server")
         self.service = service
+        self.password, self.sentinel_password, self.certs = password, sentinel_password, certs
+        tls: dict[str, Any] = {} if certs is None else {"ssl": True, "ssl_ca_certs": certs.ca}
+        self._data_kwargs = {**tls, **({"password": password} if password else {})}
+        self._sentinel_kwargs = {**tls, **({"password": sentinel_password} if sentinel_password
+                                           else {})}
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.timeout = timeout
         self.dir = tempfile.mkdtemp(prefix="dcm-sentinel-")
         master_port, replica_port, *sentinel_ports = free_ports(2 + self.SENTINELS)
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
         self.data_servers = {
-            master_port: RedisServer(master_port, extra_args=FAST_REPLICATION),
-            replica_port: RedisServer(replica_port, extra_args=(*FAST_REPLICATION, "--replicaof", HOST,
-                                                                str(master_port))),
+            port: RedisServer(port, extra_args=(*FAST_REPLICATION, *auth, *self._tls(port), *follow),
+                              client_kwargs=self._data_kwargs)
+            for port, follow in ((master_port, ()),
+                                 (replica_port, ("--replicaof", HOST, str(master_port))))
         }
-        self.sentinels = [RedisServer(p, extra_args=("--sentinel",),
-                                      conf_file=self._write_conf(p, master_port))
+        self.sentinels = [RedisServer(p, extra_args=("--sentinel", *self._tls(p)),
+                                      conf_file=self._write_conf(p, master_port),
+                                      client_kwargs=self._sentinel_kwargs)
                           for p in sentinel_ports]
         self._master_port = master_port  # as the Sentinels are expected to name it
         self._killed_master: tuple[int, float] | None = None
         #: Seconds :meth:`start` took, from spawning the processes to every Sentinel being ready.
+
+    def _tls(self, port: int) -> tuple[str, ...]:
+        return () if self.certs is None else tls_args(self.certs, port)
 
     def _write_conf(self, port: int, master_port: int) -> str:
         path = os.path.join(self.dir, f"sentinel-{port}.conf")  # Sentinel rewrites it: writable
@@ -68,6 +89,10 @@ class SentinelTopology(Topology):
                     f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
                     f"sentinel parallel-syncs {self.service} 1\n")
+            if self.password:
+                f.write(f"sentinel auth-pass {self.service} \"{self.password}\"\n")
+            if self.sentinel_password:
+                f.write(f"requirepass \"{self.sentinel_password}\"\n")
         return path
 
     def __repr__(self) -> str:
@@ -91,19 +116,27 @@ class SentinelTopology(Topology):
 
     @property
     def url(self) -> str:
-        return ("redis+sentinel://" + ",".join(f"{HOST}:{p}" for p in self.sentinel_ports)
-                + f"/{self.service}")
+        """The ``redis+sentinel://`` URL (``rediss+sentinel://`` with TLS), with the passwords."""
+        scheme = "redis+sentinel" if self.certs is None else "rediss+sentinel"
+        userinfo = f":{quote(self.password, safe='')}@" if self.password else ""
+        query = (f"?sentinel_password={quote(self.sentinel_password, safe='')}"
+                 if self.sentinel_password else "")
+        return (f"{scheme}://{userinfo}" + ",".join(f"{HOST}:{p}" for p in self.sentinel_ports)
+                + f"/{self.service}{query}")
 
     def sentinel(self, **kwargs: Any) -> Sentinel:
-        """A ``redis.sentinel.Sentinel`` on the three Sentinels."""
-        return Sentinel([(HOST, p) for p in self.sentinel_ports], **{"socket_timeout": 5, **kwargs})
+        """A ``redis.sentinel.Sentinel`` on the three Sentinels (``master_for`` clients get
+        the data password; with TLS, pass ``connection_class=SentinelManagedSSLConnection``)."""
+        return Sentinel([(HOST, p) for p in self.sentinel_ports],
+                        sentinel_kwargs={"socket_timeout": 5, **self._sentinel_kwargs},
+                        **{"socket_timeout": 5, **self._data_kwargs, **kwargs})
 
     def master(self) -> RedisServer:
         """The master as a majority of the Sentinels name it; AssertionError if no majority does."""
         answers: list[int | str] = []
         for sentinel in self.sentinels:
             try:
-                with _probe(sentinel.port) as r:
+                with self._probe(sentinel.port) as r:
                     _, port = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
                     answers.append(int(port))
             except (redis.RedisError, TypeError, ValueError) as exc:
@@ -116,7 +149,8 @@ class SentinelTopology(Topology):
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A plain client to the current master."""
-        return redis.Redis(host=HOST, port=self.master().port, **{"socket_timeout": 5, **kwargs})
+        return redis.Redis(host=HOST, port=self.master().port,
+                           **{"socket_timeout": 5, **self._data_kwargs, **kwargs})
 
     # ------------------------------------------------------------------ acting
     def flushall(self) -> None:
@@ -153,9 +187,14 @@ class SentinelTopology(Topology):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ health
+    def _probe(self, port: int) -> redis.Redis:
+        """A short-lived polling client to one of our processes, with its password and TLS."""
+        kwargs = self._data_kwargs if port in self.data_servers else self._sentinel_kwargs
+        return _probe(port, **kwargs)
+
     def _link_problems(self, replica_port: int) -> list[str]:
         try:
-            with _probe(replica_port) as r:
+            with self._probe(replica_port) as r:
                 status = r.info("replication").get("master_link_status")
         except redis.RedisError as exc:
             return [f"replica {replica_port}: {_error(exc)}"]
@@ -167,7 +206,7 @@ class SentinelTopology(Topology):
         in progress and knows the other Sentinels; it reports role:master."""
         found = self._link_problems(replica_port) if replica_port is not None else []
         try:
-            with _probe(master_port) as r:
+            with self._probe(master_port) as r:
                 role = r.info("replication")["role"]
             if role != "master":
                 found.append(f"{master_port}: role:{role}")
@@ -178,7 +217,7 @@ class SentinelTopology(Topology):
                 continue
             s = sentinel.port
             try:
-                with _probe(s) as r:
+                with self._probe(s) as r:
                     addr = r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
                     master = _pairs(r.execute_command("SENTINEL", "MASTER", self.service))
                     replicas = [_pairs(x) for x in r.execute_command("SENTINEL", "REPLICAS", self.service)]

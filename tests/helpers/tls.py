@@ -50,15 +50,21 @@ def make_certs(directory: Path) -> Certs:
     return Certs(ca_cert, str(cert), str(key), other_ca)
 
 
+def tls_args(certs: Certs, port: int) -> tuple[str, ...]:
+    """redis-server options for TLS only on ``port`` (also for replication and, in a Sentinel,
+    for its links to the master, replicas and other Sentinels); clients need no certificate."""
+    return ("--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server_cert,
+            "--tls-key-file", certs.server_key, "--tls-ca-cert-file", certs.ca,
+            "--tls-auth-clients", "no", "--tls-replication", "yes")
+
+
 class TLSRedisServer(RedisServer):
     """redis-server with TLS on its port and no plain-text port; clients need no certificate."""
 
     def __init__(self, certs: Certs) -> None:
         super().__init__()
         self.certs = certs
-        self.extra_args = ("--port", "0", "--tls-port", str(self.port),
-                           "--tls-cert-file", certs.server_cert, "--tls-key-file", certs.server_key,
-                           "--tls-ca-cert-file", certs.ca, "--tls-auth-clients", "no")
+        self.extra_args = tls_args(certs, self.port)
 
     @property
     def url(self) -> str:

@@ -41,10 +41,10 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
     raise AssertionError(f"not within {timeout}s: {what} (last error: {last!r})")
 
 
-def _probe(port: int) -> redis.Redis:
+def _probe(port: int, **kwargs: Any) -> redis.Redis:
     """A short-lived client for polling (use it in ``with``: tests count Redis's clients)."""
     return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=2,
-                       socket_connect_timeout=2)
+                       socket_connect_timeout=2, **kwargs)
 
 
 def _parse_info_text(text: str) -> dict[str, str]:

@@ -1,0 +1,119 @@
+"""Sentinel secured as production sets run it: a password on the master and replica, another on
+the Sentinels (``?sentinel_password=``), and TLS on every link (``rediss+sentinel://``). The
+core flow and a master failover work; wrong credentials or an unknown CA fail at start, at once,
+saying which; the passwords never show."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from dcm_sync import BackendAuthenticationError, BackendUnavailableError, Emitter
+from tests.conftest import Managers
+from tests.helpers.redis_server import free_port
+from tests.helpers.sockets import RecordingSocket, crash, wait_until
+from tests.helpers.tls import Certs, make_certs
+from tests.helpers.topologies import SentinelTopology
+from tests.test_topologies_dcm import SLOW, Counter, counts, delivered, pair
+
+pytestmark = pytest.mark.topology
+
+DATA_PASSWORD = "d@ta:pw/1"      # characters that need percent-encoding in the URL
+SENTINEL_PASSWORD = "s3nt!nel&pw"
+FAIL_FAST = 10.0  # seconds: a refused start says why at once (redis-py's default backoff took ~50 s)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(Path(tmp_path_factory.mktemp("sentinel-tls")))
+
+
+def secured(certs: Certs) -> SentinelTopology:
+    return SentinelTopology(password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD,
+                            certs=certs)
+
+
+@pytest.fixture(scope="module")
+def secured_sentinel(certs: Certs) -> Iterator[SentinelTopology]:
+    with secured(certs) as topology:
+        yield topology
+
+
+def test_secured_sentinel_flow_over_tls_with_both_passwords(
+        secured_sentinel: SentinelTopology, certs: Certs, prefix: str,
+        managers_on: Callable[..., Managers], caplog: pytest.LogCaptureFixture) -> None:
+    url = secured_sentinel.url
+    assert url.startswith("rediss+sentinel://") and "sentinel_password=" in url
+    caplog.set_level(logging.DEBUG)
+    a, b, sa, sb, ca, cb = pair(managers_on(url, redis_ca_file=certs.ca, **SLOW), "lobby")
+    n = Counter()
+    assert delivered(a, "lobby", cb, sb, n.next()) and delivered(b, "lobby", ca, sa, n.next())
+    with Emitter(url, key_prefix=prefix, ca_file=certs.ca) as emitter:
+        emitter.broadcast_to_room("lobby", {"text": "from a script"})
+        assert emitter.get_distributed_stats().active_servers == 2
+    wait_until(lambda: {"text": "from a script"} in sb.messages(), 10)
+    assert counts(a) == (2, 1, 2)
+    crash(b)
+    wait_until(lambda: sa.of_type("user-disconnected"), 15)
+    assert sa.of_type("user-disconnected")[0]["reason"] == "server-failure"
+    shown = repr(a.config) + caplog.text
+    for secret in (DATA_PASSWORD, SENTINEL_PASSWORD, quote(DATA_PASSWORD, safe=""),
+                   quote(SENTINEL_PASSWORD, safe="")):
+        assert secret not in shown
+
+
+def _url_with(topology: SentinelTopology, *, data: str | None, sentinel: str | None) -> str:
+    """The set's URL with other passwords (None: none given)."""
+    hosts = ",".join(f"127.0.0.1:{p}" for p in topology.sentinel_ports)
+    userinfo = f":{quote(data, safe='')}@" if data is not None else ""
+    query = f"?sentinel_password={quote(sentinel, safe='')}" if sentinel is not None else ""
+    return f"rediss+sentinel://{userinfo}{hosts}/{topology.service}{query}"
+
+
+@pytest.mark.parametrize(("data", "sentinel", "use_other_ca", "error", "says"), [
+    (DATA_PASSWORD, "wrong", False, BackendAuthenticationError, "sentinel_password"),
+    (DATA_PASSWORD, None, False, BackendAuthenticationError, "sentinel_password"),
+    ("wrong", SENTINEL_PASSWORD, False, BackendAuthenticationError, "invalid username-password"),
+    (DATA_PASSWORD, SENTINEL_PASSWORD, True, BackendUnavailableError, "TLS connection"),
+])
+def test_secured_sentinel_refusals_are_fast_and_say_why(
+        secured_sentinel: SentinelTopology, certs: Certs, managers_on: Callable[..., Managers],
+        data: str, sentinel: str | None, use_other_ca: bool, error: type[Exception],
+        says: str) -> None:
+    url = _url_with(secured_sentinel, data=data, sentinel=sentinel)
+    ca = certs.other_ca if use_other_ca else certs.ca
+    start = time.monotonic()
+    with pytest.raises(error, match=says) as raised:
+        managers_on(url, redis_ca_file=ca)()
+    assert time.monotonic() - start < FAIL_FAST
+    assert SENTINEL_PASSWORD not in str(raised.value) and DATA_PASSWORD not in str(raised.value)
+
+
+def test_an_unreachable_sentinel_listed_first_is_skipped(
+        redis_sentinel: SentinelTopology, sentinel_url: str,
+        managers_on: Callable[..., Managers]) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    a = managers_on(sentinel_url.replace("://", f"://{dead},", 1))()
+    a.register_connection(RecordingSocket(), "alice")
+    assert a.get_distributed_stats().total_connections == 1
+
+
+def test_secured_sentinel_master_killed_delivery_recovers(
+        certs: Certs, managers_on: Callable[..., Managers]) -> None:
+    with secured(certs) as topology:
+        a, b, sa, sb, ca, cb = pair(managers_on(topology.url, redis_ca_file=certs.ca, **SLOW),
+                                    "lobby")
+        n = Counter()
+        assert delivered(a, "lobby", cb, sb, n.next())
+        old = topology.master()
+        topology.kill_master()
+        assert topology.wait_failover().port != old.port
+        wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30)
+        wait_until(lambda: counts(a) == (2, 1, 2), 15)
+        for m in (a, b):
+            m.shutdown()
