@@ -99,6 +99,7 @@ def test_factory_rejects_unknown_override() -> None:
     ("redis+sentinel://127.0.0.1:26379/mymaster?password=x", "sentinel_username and sentinel_password"),
     ("redis+sentinel://127.0.0.1:26379/mymaster?sentinel_password=a&sentinel_password=b",
      "each once"),
+    ("redis+sentinel://127.0.0.1:26379/mymaster?sentinel_password", "each once"),
     ("redis+cluster://127.0.0.1:7000/3", "database 0 only"),
     ("redis+cluster://", "no host:port"),
 ])

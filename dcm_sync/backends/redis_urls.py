@@ -124,10 +124,11 @@ SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
 
 def _sentinel_credentials(url: str) -> dict[str, str]:
     """The sentinels' own ``username``/``password`` from a Sentinel URL's query."""
+    query = urlsplit(url).query
     try:
-        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True, strict_parsing=True)
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
     except ValueError:
-        pairs = [("", "")] if urlsplit(url).query else []
+        pairs = [("not key=value", "")]  # refused below like any unknown parameter
     found: dict[str, str] = {}
     for key, value in pairs:
         if key not in SENTINEL_QUERY or key.removeprefix("sentinel_") in found:
