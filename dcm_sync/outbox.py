@@ -164,7 +164,8 @@ class Outbox:
             if self._writing:  # the writer sends it after what it has, then finishes
                 if self._pending is None:
                     self._pending = deque()
-                self._pending.append(close_frame)  # not counted: nothing is bounded any more
+                self._pending.append(close_frame)
+                self._bytes += len(close_frame)
                 return
             self._writing = True
         try:
@@ -201,7 +202,7 @@ class Outbox:
                     closed = self._closed
                     break
                 data = pending.popleft()
-                self._bytes = max(0, self._bytes - len(data))
+                self._bytes -= len(data)
                 self._partial = False
             try:
                 self._ws.write(data)

@@ -132,7 +132,6 @@ class Backend(Protocol):
         """Publish to a live server's channel in one step; False (nothing sent) if it is not live."""
         ...
 
-
     # reading
     def stats(self) -> tuple[int, int, list[ServerInfo]]:
         """``(total_connections, total_rooms, live servers)``."""

@@ -151,7 +151,6 @@ class MemoryBackend:
             self.publish(f"server:{server_id}", data)
             return True
 
-
     def dead_servers(self) -> list[str]:
         s = self._s
         with s.lock:

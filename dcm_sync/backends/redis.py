@@ -77,7 +77,6 @@ class RedisBackend(RedisBase):
             return bool(self._script("to_live_server", [self._keys.server(server_id)],
                                      [self._keys.channel(f"server:{server_id}"), data], hot))
 
-
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connections(server_id),
