@@ -120,9 +120,14 @@ class RedisBase:
         with translate_errors("heartbeat"):
             alive = bool(self._script("heartbeat", [self._keys.server(server_id)],
                                       [int(ttl * 1000), repr(time.time()), active_connections]))
-            if alive:  # back in the index if a cleaner of a moment ago dropped it
-                self._r.sadd(self._keys.servers_index, server_id)
+            if alive:
+                self._after_heartbeat(server_id)
             return alive
+
+    def _after_heartbeat(self, server_id: str) -> None:
+        """After a heartbeat that found the record: back in the index, if a cleaner of a moment
+        ago dropped it."""
+        self._r.sadd(self._keys.servers_index, server_id)
 
     def deregister_server(self, server_id: str) -> None:
         with translate_errors("server deregistration"):

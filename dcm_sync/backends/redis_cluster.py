@@ -159,22 +159,29 @@ class RedisClusterBackend(RedisBase):
             return bool(self._script("to_live_server", [self._keys.server(server_id)],
                                      [self._keys.channel(f"server:{server_id}"), data]))
 
-    def heartbeat(self, server_id: str, active_connections: int, ttl: float) -> bool:
-        alive = super().heartbeat(server_id, active_connections, ttl)
-        if alive:
+    def _after_heartbeat(self, server_id: str) -> None:
+        """Back in the index (as on a single Redis) and, in the same pipeline (two shards at
+        once), the notes of interrupted removals of this server's tag, finished if any."""
+        tag = server_tag(server_id)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.sadd(self._keys.servers_index, server_id)
+        pipe.hgetall(self._keys.removing(tag))
+        notes = pipe.execute()[1]
+        if notes:
             try:
-                self.finish_removals(server_tag(server_id))
+                self._finish(tag, notes)
             except BackendError as exc:  # a room's shard still away: a later beat finishes them
                 logger.debug("interrupted removals not finished yet: %s", exc)
-        return alive
 
     def finish_removals(self, tag: str) -> list[RemovedConnection]:
         """Take the connections noted in ``removing:{tag}`` (removals whose second step did
         not happen) out of their room sets; returns them, ``rooms_left`` as for a removal."""
         with translate_errors("finishing interrupted removals"):
             notes = self._r.hgetall(self._keys.removing(tag))
-            if not notes:
-                return []
+        return self._finish(tag, notes) if notes else []
+
+    def _finish(self, tag: str, notes: dict[bytes, bytes]) -> list[RemovedConnection]:
+        with translate_errors("finishing interrupted removals"):
             done = self._empty_rooms([_noted(cid, note) for cid, note in notes.items()])
         logger.warning("finished %d interrupted connection removal(s) (tag %s)", len(done), tag)
         return done
