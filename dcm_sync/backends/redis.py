@@ -1,4 +1,4 @@
-"""``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``: one Redis master.
+"""``redis://``, ``rediss://``, ``unix://`` and ``redis(s)+sentinel://``: one Redis master.
 
 Joins, leaves and removals are each one atomic script; the bus is classic pub/sub. Key names
 are in :mod:`.redis_keys` (the same as in Cluster), the connection settings in
@@ -20,7 +20,6 @@ from ..models import RemovedConnection
 from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket
 from .redis_pubsub import RedisSubscription
-from .redis_scripts import Scripts
 from .redis_urls import master_pools
 
 __all__ = ["RedisBackend"]
@@ -43,10 +42,8 @@ class RedisBackend(RedisBase):
         self._hot_client: redis.Redis | None = None
         self._hot_lock = threading.Lock()
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
-        scripts = Scripts(self.PUBLISH)
-        for name in ("add", "remove", "pop_server", "join", "leave", "route", "heartbeat",
-                     "to_live_server", "forget"):
-            self._scripts[name] = self._r.register_script(getattr(scripts, name))
+        self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
+                               "heartbeat", "to_live_server", "forget")
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:

@@ -23,6 +23,7 @@ from ..errors import BackendAuthenticationError, BackendError, BackendUnavailabl
 from ..models import RemovedConnection, ServerInfo
 from .base import ConnectionRecord
 from .redis_keys import KeyLayout, room_bucket
+from .redis_scripts import Scripts
 
 __all__ = ["translate_errors", "RedisBase", "CHUNK", "TRANSIENT_ERRORS", "as_str", "removed_row"]
 
@@ -30,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 500
 TRANSIENT_ERRORS = (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
-              redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
-              redis.exceptions.ReadOnlyError)
+                    redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
+                    redis.exceptions.ReadOnlyError)
 
 
 def as_str(value: Any) -> str:
@@ -95,6 +96,12 @@ class RedisBase:
         self._timeout = timeout
         self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
         self._scripts: dict[str, Any] = {}
+
+    def _register_scripts(self, *names: str) -> None:
+        """Register the named scripts of :class:`.Scripts` (filled in for ``PUBLISH``) on ``_r``."""
+        scripts = Scripts(self.PUBLISH)
+        for name in names:
+            self._scripts[name] = self._r.register_script(getattr(scripts, name))
 
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any],
                 client: Any = None) -> Any:

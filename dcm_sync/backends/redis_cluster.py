@@ -38,7 +38,6 @@ from ..models import RemovedConnection
 from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket, server_tag
 from .redis_pubsub import ShardedSubscription
-from .redis_scripts import Scripts
 from .redis_urls import cluster_clients
 
 __all__ = ["RedisClusterBackend"]
@@ -68,10 +67,8 @@ class RedisClusterBackend(RedisBase):
         self.url = redact_url(url)
         with translate_errors(f"connecting to the Redis Cluster at {self.url}"):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
-        scripts = Scripts(self.PUBLISH)
-        for name in ("add", "pop_server", "route", "heartbeat", "to_live_server",
-                     "room_add", "room_del", "conn_room", "conn_remove", "forget"):
-            self._scripts[name] = self._r.register_script(getattr(scripts, name))
+        self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
+                               "room_add", "room_del", "conn_room", "conn_remove", "forget")
         self._subscribed_before = False
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
