@@ -22,7 +22,7 @@ import time
 
 from tests.helpers.redis_server import RedisServer
 
-from .harness import summarize
+from .harness import span, summarize
 
 TIMEOUT = 120.0  # seconds per redis-benchmark run
 
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         p.wait(10)
                     server.cleanup()
             s = summarize(rates)
-            print(f"  {pub:<9} {size:>5} B: {s['median']:>12,.0f} deliveries/s "
-                  f"[{s['min']:,.0f}-{s['max']:,.0f}]  "
+            print(f"  {pub:<9} {size:>5} B: {span(s, ',.0f', ' deliveries/s', width=12)}  "
                   f"({s['median'] * (size + 40) / 1e6:,.0f} MB/s of payload and framing)")
     return 0
 
