@@ -42,7 +42,7 @@ from typing import Any
 from dcm_sync import Config, LocalConnectionManager, create_distributed_connection_manager
 
 from .harness import Context, NullSocket, RedisCounts, RedisProbe, in_threads, populate, read_line
-from .redis_stats import RedisNodes, key_class
+from .redis_stats import RedisNodes, key_class, used_memory
 from .scenarios import failover
 
 THREADS = 2
@@ -91,8 +91,7 @@ class Bench:
             while True:
                 time.sleep(0.2)
                 info = self.nodes.info("memory")
-                clients = int(info.get("mem_clients_normal", 0))
-                now = (int(info["used_memory"]) - clients, clients)
+                now = (used_memory(info), int(info.get("mem_clients_normal", 0)))
                 if last is not None and (abs(now[0] - last[0]) < 64 or time.monotonic() > deadline):
                     return now
                 last = now
