@@ -82,6 +82,17 @@ class RedisNodes:
         return str(self.nodes[0].info("server")["redis_version"])
 
     # -- keys
+    def holding(self, key: str) -> redis.Redis | None:
+        """The node where ``key`` exists (in a cluster, the masters not serving its slot answer
+        MOVED), or None."""
+        for node in self.nodes:
+            try:
+                if node.exists(key):
+                    return node
+            except redis.exceptions.MovedError:
+                continue
+        return None
+
     def scan(self, prefix: str) -> Iterator[tuple[redis.Redis, str]]:
         """Every key under ``prefix``, with the node holding it."""
         pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix) + "*"
