@@ -208,13 +208,13 @@ class RedisProbe:
             raise RuntimeError("one RedisProbe per process: a second would count round trips twice")
         _probe_made = True
         self.round_trips = 0
-        self._quiet = False
+        self._quiet = threading.local()  # .on: this thread's round trips are not counted
         self._stats = stats
         original = redis.connection.AbstractConnection.send_packed_command
         probe = self
 
         def counting(conn: Any, command: Any, check_health: bool = True) -> Any:
-            if not probe._quiet:
+            if not getattr(probe._quiet, "on", False):
                 probe.round_trips += 1
             return original(conn, command, check_health)
 
@@ -222,12 +222,14 @@ class RedisProbe:
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
-        """Round trips sent meanwhile (reading figures) are not counted."""
-        self._quiet = True
+        """Round trips this thread sends meanwhile (reading figures) are not counted; other
+        threads' still are."""
+        was = getattr(self._quiet, "on", False)
+        self._quiet.on = True
         try:
             yield
         finally:
-            self._quiet = False
+            self._quiet.on = was
 
     def snapshot(self) -> RedisCounts:
         with self.quiet():
