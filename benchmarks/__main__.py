@@ -12,16 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import Context, Result
+from .harness import Context, Result, span
 from .scenarios import SCENARIOS
-
-
-def _fmt(figure: Any) -> str:
-    if isinstance(figure, dict) and "median" in figure:
-        return f"{figure['median']:.4g} [{figure['min']:.4g}-{figure['max']:.4g}]"
-    if figure is None:
-        return "-"
-    return f"{figure:.4g}" if isinstance(figure, float) else str(figure)
 
 
 def print_result(name: str, result: Result) -> None:
@@ -30,8 +22,8 @@ def print_result(name: str, result: Result) -> None:
     metrics = list(dict.fromkeys([*result.dcm, *result.peer, *result.ceiling]))
     print(f"  {'metric':<28} {'dcm-sync':>26} {'python-socketio':>26} {'ceiling':>26}")
     for m in metrics:
-        print(f"  {m:<28} {_fmt(result.dcm.get(m)):>26} {_fmt(result.peer.get(m)):>26} "
-              f"{_fmt(result.ceiling.get(m)):>26}")
+        print(f"  {m:<28} {span(result.dcm.get(m)):>26} {span(result.peer.get(m)):>26} "
+              f"{span(result.ceiling.get(m)):>26}")
     r = result.ratio()
     print(f"  ratio (dcm vs peer on {result.headline}): {'-' if r is None else f'{r:.2f}x'}")
     for key, value in result.extra_ratios.items():

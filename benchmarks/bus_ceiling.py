@@ -20,48 +20,45 @@ import subprocess
 import sys
 import time
 
+import redis
+
 from tests.helpers.redis_server import RedisServer
 
-from .harness import summarize
+from .harness import span, summarize
 
 TIMEOUT = 120.0  # seconds per redis-benchmark run
 
 
-def _listening(port: int, command: str) -> int:
-    numsub = "SHARDNUMSUB" if command == "SSUBSCRIBE" else "NUMSUB"
-    out = subprocess.run(["redis-cli", "-p", str(port), "PUBSUB", numsub, "bus"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    return int(out[-1]) if out else 0
+def _listening(r: redis.Redis, command: str) -> int:
+    """How many clients are subscribed to ``bus`` (PUBSUB SHARDNUMSUB or NUMSUB)."""
+    reply = r.pubsub_shardnumsub("bus") if command == "SSUBSCRIBE" else r.pubsub_numsub("bus")
+    return int(reply[0][1]) if reply else 0
 
 
-def _drained(port: int) -> bool:
+def _drained(r: redis.Redis) -> bool:
     """No subscriber has output waiting: every message was written out to them."""
-    out = subprocess.run(["redis-cli", "-p", str(port), "CLIENT", "LIST", "TYPE", "pubsub"],
-                         capture_output=True, text=True, check=True).stdout
-    return all(" omem=0 " in line + " " for line in out.splitlines() if line)
+    return all(client["omem"] == "0" for client in r.client_list(_type="pubsub"))
 
 
-def _subscribers(port: int, command: str, count: int) -> list[subprocess.Popen[bytes]]:
+def _subscribers(port: int, r: redis.Redis, command: str, count: int) -> list[subprocess.Popen[bytes]]:
     procs = [subprocess.Popen(["redis-cli", "-p", str(port), command, "bus"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(count)]
     deadline = time.monotonic() + 20
     while True:
-        if _listening(port, command) == count:
+        if _listening(r, command) == count:
             return procs
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {_listening(port, command)} of {count} subscribers after 20 s")
+            raise RuntimeError(f"only {_listening(r, command)} of {count} subscribers after 20 s")
         time.sleep(0.05)
 
 
-def _publish_rate(port: int, command: str, size: int, messages: int) -> float:
-    out = subprocess.run(
+def _publish(port: int, command: str, size: int, messages: int) -> None:
+    """``messages`` publishes of ``size`` bytes to ``bus`` (its own rate is not the figure)."""
+    subprocess.run(
         ["redis-benchmark", "-p", str(port), "-c", "4", "-P", "16", "-n", str(messages), "-q",
          command, "bus", "x" * size],
-        capture_output=True, text=True, check=True, timeout=TIMEOUT).stdout
-    # "SPUBLISH bus xxx...: 123456.79 requests per second, p50=..." (last figure line)
-    line = [x for x in out.replace("\r", "\n").splitlines() if "requests per second" in x][-1]
-    return float(line.split(":")[-1].split("requests")[0].replace(",", "").strip())
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, timeout=TIMEOUT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,28 +80,31 @@ def main(argv: list[str] | None = None) -> int:
                 server = RedisServer(extra_args=("--client-output-buffer-limit",
                                                  "pubsub 256mb 128mb 60"))
                 procs: list[subprocess.Popen[bytes]] = []
+                r = None
                 try:
                     server.start()
-                    procs = _subscribers(server.port, sub, args.subscribers)
+                    r = server.client()  # one connection polls the whole run
+                    procs = _subscribers(server.port, r, sub, args.subscribers)
                     started = time.monotonic()
-                    _publish_rate(server.port, pub, size, args.messages)
+                    _publish(server.port, pub, size, args.messages)
                     # until every subscriber has been written everything (none cut for a full
                     # output buffer): deliveries, not a backlog
                     deadline = started + TIMEOUT
-                    while not _drained(server.port) and time.monotonic() < deadline:
+                    while not _drained(r) and time.monotonic() < deadline:
                         time.sleep(0.01)
                     elapsed = time.monotonic() - started
-                    if _listening(server.port, sub) != args.subscribers or not _drained(server.port):
+                    if _listening(r, sub) != args.subscribers or not _drained(r):
                         raise RuntimeError("a subscriber was cut or did not get every message")
                     rates.append(args.messages * args.subscribers / elapsed)
                 finally:
+                    if r is not None:
+                        r.close()
                     for p in procs:
                         p.kill()
                         p.wait(10)
                     server.cleanup()
             s = summarize(rates)
-            print(f"  {pub:<9} {size:>5} B: {s['median']:>12,.0f} deliveries/s "
-                  f"[{s['min']:,.0f}-{s['max']:,.0f}]  "
+            print(f"  {pub:<9} {size:>5} B: {span(s, ',.0f', ' deliveries/s', width=12)}  "
                   f"({s['median'] * (size + 40) / 1e6:,.0f} MB/s of payload and framing)")
     return 0
 

@@ -25,7 +25,7 @@ from typing import Any
 from dcm_sync.config import redact_url
 
 from .capacity_phases import BUS_SERVERS, HEARTBEAT_SERVERS, MESSAGE_SIZES, PHASES, Bench
-from .harness import summarize
+from .harness import span, summarize
 from .redis_stats import is_cluster_url
 
 SEED_BYTES_PER_CONNECTION = 500  # the seed design's estimate, "about 500 bytes per connection"
@@ -61,10 +61,7 @@ def _num(value: float) -> str:
 
 def _fmt(figure: dict[str, Any] | None) -> str:
     """The median, and [min-max] where the runs differ at the precision shown."""
-    if figure is None:
-        return "-"
-    med, low, high = _num(figure["median"]), _num(figure["min"]), _num(figure["max"])
-    return med if low == high else f"{med} [{low}-{high}]"
+    return span(figure, _num, collapse=True)
 
 
 def report(figures: dict[str, dict[str, Any]], b: Bench) -> list[str]:

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from dcm_sync import Config, LocalConnectionManager, create_distributed_connection_manager
+from dcm_sync.backends.redis_keys import KeyLayout
 
 from .harness import Context, NullSocket, RedisCounts, RedisProbe, in_threads, populate, read_line
-from .redis_stats import RedisNodes, key_class
+from .redis_stats import RedisNodes, used_memory
 from .scenarios import failover
 
 THREADS = 2
@@ -91,8 +92,7 @@ class Bench:
             while True:
                 time.sleep(0.2)
                 info = self.nodes.info("memory")
-                clients = int(info.get("mem_clients_normal", 0))
-                now = (int(info["used_memory"]) - clients, clients)
+                now = (used_memory(info), int(info.get("mem_clients_normal", 0)))
                 if last is not None and (abs(now[0] - last[0]) < 64 or time.monotonic() > deadline):
                     return now
                 last = now
@@ -384,16 +384,16 @@ def cleanup_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, floa
         cleaner = b.manager(rooms + 10)
         for k in range(rooms):  # a member in each room: every removal is announced
             cleaner.join_room(cleaner.register_connection(NullSocket(), f"stays-{k}"), f"room-{k}")
+        record = KeyLayout(prefix).server(sid)
         with b.probe.quiet():
-            record = [(node, k) for node, k in b.nodes.scan(prefix)
-                      if key_class(k, prefix) == "servers" and k.endswith(sid)]
-        if not record:
+            node = b.nodes.holding(record)
+        if node is None:
             raise RuntimeError(f"no servers key of {sid} under {prefix!r}")
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         deadline = time.monotonic() + 3 * failover.DEAD_HEARTBEAT[1] + 5
         with b.probe.quiet():
-            while any(node.exists(k) for node, k in record):
+            while node.exists(record):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server record of {sid} did not expire")
                 time.sleep(0.05)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Context", "Result", "summarize", "ratio", "repeat", "NullSocket", "in_threads", "populate",
-           "RedisCounts", "RedisProbe", "read_line"]
+__all__ = ["Context", "Result", "summarize", "span", "ratio", "repeat", "NullSocket", "in_threads",
+           "populate", "RedisCounts", "RedisProbe", "read_line"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,24 @@ class Result:
 def summarize(values: Sequence[float]) -> dict[str, Any]:
     vals = [float(v) for v in values]
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "runs": vals}
+
+
+def span(figure: Any, num: str | Callable[[float], str] = ".4g", unit: str = "", missing: str = "-",
+         collapse: bool = False, width: int = 0) -> str:
+    """A figure as text: ``summarize``'s dict as ``"<median><unit> [<min>-<max>]"`` (with
+    ``collapse``, the median alone where min and max print alike; the median right-aligned to
+    ``width`` characters), None as ``missing``, a plain number as its median would be, anything
+    else by ``str``. ``num`` is a format spec (``".2f"``, ``",.0f"``) or a function that prints
+    one number."""
+    def show(value: float) -> str:
+        return num(value) if callable(num) else format(value, num)
+
+    if isinstance(figure, dict) and "median" in figure:
+        med, low, high = f"{show(figure['median']):>{width}}", show(figure["min"]), show(figure["max"])
+        return f"{med}{unit}" if collapse and low == high else f"{med}{unit} [{low}-{high}]"
+    if figure is None:
+        return missing
+    return (show(figure) if isinstance(figure, float) else str(figure)) + unit
 
 
 def _median(figure: Any) -> float | None:
@@ -190,13 +208,13 @@ class RedisProbe:
             raise RuntimeError("one RedisProbe per process: a second would count round trips twice")
         _probe_made = True
         self.round_trips = 0
-        self._quiet = False
+        self._quiet = threading.local()  # .on: this thread's round trips are not counted
         self._stats = stats
         original = redis.connection.AbstractConnection.send_packed_command
         probe = self
 
         def counting(conn: Any, command: Any, check_health: bool = True) -> Any:
-            if not probe._quiet:
+            if not getattr(probe._quiet, "on", False):
                 probe.round_trips += 1
             return original(conn, command, check_health)
 
@@ -204,12 +222,14 @@ class RedisProbe:
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
-        """Round trips sent meanwhile (reading figures) are not counted."""
-        self._quiet = True
+        """Round trips this thread sends meanwhile (reading figures) are not counted; other
+        threads' still are."""
+        was = getattr(self._quiet, "on", False)
+        self._quiet.on = True
         try:
             yield
         finally:
-            self._quiet = False
+            self._quiet.on = was
 
     def snapshot(self) -> RedisCounts:
         with self.quiet():

@@ -38,6 +38,8 @@ from tests.helpers.processes import ServerProcess
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import RecordingSocket, connect
 
+from .harness import span
+
 __all__ = ["LIMIT", "DEFAULTS", "MeasurementError", "RunResult", "Route", "measure", "failing_calls",
            "state_present", "state_gone", "ExampleServer", "redis_server", "manager", "new_prefix",
            "Pair", "make_pair", "departures", "told_of", "Victim", "survivor_and_victim", "victim_routes",
@@ -386,10 +388,7 @@ Seen = list[dict[str, Any]]          # what the user saw, one dict per run
 
 
 def fmt(summary: Summary, key: str) -> str:
-    f = summary.get(key)
-    if f is None:
-        return "n/a"
-    return f"{f['median']:.2f} s [{f['min']:.2f}-{f['max']:.2f}]"
+    return span(summary.get(key), ".2f", " s", missing="n/a")
 
 
 def how_often(seen: Seen, key: str, yes: str, no: str) -> str:

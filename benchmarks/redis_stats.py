@@ -10,14 +10,14 @@ or ``index:rooms:{r3f}`` classify the same way).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
-__all__ = ["RedisNodes", "KeyInfo", "key_class", "is_cluster_url"]
+__all__ = ["RedisNodes", "KeyInfo", "key_class", "used_memory", "is_cluster_url"]
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
@@ -36,6 +36,12 @@ def key_class(key: str, prefix: str) -> str:
     if word == "index":
         return "index:" + re.split(r"[:{]", rest, maxsplit=1)[0]
     return word
+
+
+def used_memory(info: Mapping[str, Any]) -> int:
+    """``used_memory`` less ``mem_clients_normal`` of an ``INFO memory`` reply (client buffers,
+    which Redis grows and shrinks on its own: tens of KB of noise per client between two reads)."""
+    return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
 
 
 @dataclass(frozen=True)
@@ -72,16 +78,21 @@ class RedisNodes:
             _add(total, node.info(section))
         return total
 
-    def used_memory(self) -> int:
-        """``used_memory`` less ``mem_clients_normal`` (client buffers, which Redis grows and
-        shrinks on its own: tens of KB of noise per client between two reads)."""
-        info = self.info("memory")
-        return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
-
     def version(self) -> str:
         return str(self.nodes[0].info("server")["redis_version"])
 
     # -- keys
+    def holding(self, key: str) -> redis.Redis | None:
+        """The node where ``key`` exists (in a cluster, the masters not serving its slot answer
+        MOVED), or None."""
+        for node in self.nodes:
+            try:
+                if node.exists(key):
+                    return node
+            except redis.exceptions.MovedError:
+                continue
+        return None
+
     def scan(self, prefix: str) -> Iterator[tuple[redis.Redis, str]]:
         """Every key under ``prefix``, with the node holding it."""
         pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix) + "*"

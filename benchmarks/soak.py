@@ -45,6 +45,7 @@ from tests.helpers.processes import ServerProcess, rss_kb
 from tests.helpers.redis_server import RedisServer
 
 from .harness import pipe_reply
+from .redis_stats import key_class
 from .soak_clients import MODES, ChurnPlan, ClientReport, churn_main, observer_main
 from .soak_report import Observed, evaluate, print_figures
 
@@ -134,18 +135,16 @@ class Pipe:
 
 
 def classify_keys(redis: Any) -> dict[str, list[str]]:
-    """Every key of the database (this soak's own redis-server) by kind: ``servers``,
-    ``connections``, ``rooms``, ``index:rooms`` (its 256 buckets)... for keys under the prefix
-    (listed without it), ``foreign`` for others."""
+    """Every key of the database (this soak's own redis-server) by kind (``key_class``:
+    ``servers``, ``connections``, ``rooms``, ``index:rooms`` (its 256 buckets)...) for keys under
+    the prefix (listed without it), ``foreign`` for others."""
     out: dict[str, list[str]] = {}
     for raw in redis.scan_iter(count=1000):
         key = raw.decode()
         if not key.startswith(PREFIX):
             out.setdefault("foreign", []).append(key)
             continue
-        rest = key[len(PREFIX):]
-        kind = rest.split(":{", 1)[0] if rest.startswith("index:") else rest.split(":", 1)[0]
-        out.setdefault(kind, []).append(rest)
+        out.setdefault(key_class(key, PREFIX), []).append(key[len(PREFIX):])
     return {k: sorted(v) for k, v in out.items()}
 
 

@@ -22,7 +22,7 @@ from dcm_sync.backends import open_backend
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.topologies import ClusterTopology
 
-from .harness import summarize
+from .harness import span, summarize
 
 WAIT = 60.0  # seconds at most for one phase's messages to arrive
 
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'metric':<14} {'single Redis':>28} {'Cluster (3 masters)':>28} {'ratio':>7}")
     for metric in figures["single"]:
         s, c = summarize(figures["single"][metric]), summarize(figures["cluster"][metric])
-        print(f"  {metric:<14} {s['median']:>10,.1f} [{s['min']:,.1f}-{s['max']:,.1f}]"
-              f" {c['median']:>10,.1f} [{c['min']:,.1f}-{c['max']:,.1f}]"
+        print(f"  {metric:<14} {span(s, ',.1f', width=10)} {span(c, ',.1f', width=10)}"
               f" {c['median'] / s['median']:>6.2f}x")
     return 0
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..harness import Context, Result, populate, read_line, summarize
+from ..redis_stats import used_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "benchmarks" / "memory_server.py"
@@ -146,11 +147,11 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
     mgr = create_distributed_connection_manager(
         LocalConnectionManager(n + 10), Config(redis_url=redis_server.url, key_prefix=prefix))
     try:
-        before = _redis_used(r)
+        before = used_memory(r.info("memory"))
         b_rooms = max(1, n // ROOM_MEMBERS)
         ids = populate(mgr, n, lambda i: [f"a-{i // ROOM_MEMBERS}", f"b-{i % b_rooms}"],
                        POPULATE_THREADS)
-        after = _redis_used(r)
+        after = used_memory(r.info("memory"))
         per_conn = (after - before) / n
 
         def usage(key: str) -> int:
@@ -204,7 +205,7 @@ def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) ->
             _wait_count(port, 0, 10.0)
             time.sleep(0.2)
             rss_before = rss_kb(server.pid)
-            redis_before = _redis_used(r)
+            redis_before = used_memory(r.info("memory"))
             for start in range(0, m, SOCKETS_PER_CLIENT):
                 count = min(SOCKETS_PER_CLIENT, m - start)
                 with open(ctx.workdir / f"rss-{side}-{run_no}-clients-{start}.log", "wb") as log:
@@ -218,7 +219,7 @@ def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) ->
             _wait_count(port, m, 10.0)
             time.sleep(0.3)
             rss_after = rss_kb(server.pid)
-            redis_after = _redis_used(r)
+            redis_after = used_memory(r.info("memory"))
         finally:
             _kill(server)
     finally:
@@ -227,13 +228,6 @@ def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) ->
         r.close()
     return {"rss_kb_per_ws": (rss_after - rss_before) / m,
             "redis_bytes_per_ws": (redis_after - redis_before) / m}
-
-
-def _redis_used(r: Any) -> int:
-    """``used_memory`` less the clients' buffers, which Redis grows and shrinks on its own
-    (tens of KB per client connection, changing between two reads)."""
-    info = r.info("memory")
-    return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
