@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from redis.crc import key_slot
 
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from tests.conftest import Managers
@@ -38,8 +37,7 @@ class Setup:
         shards = cluster.slot_map()
 
         def master(key: str) -> int:
-            slot = key_slot(key.encode())
-            return next(port for first, last, port, _ in shards if first <= slot <= last)
+            return cluster.master_port_for(key, shards)
 
         home = master(keys.servers_index)
         ids = [s for s in (f"server-{i}" for i in range(2000)) if master(keys.server(s)) == home]

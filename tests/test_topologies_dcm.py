@@ -87,13 +87,14 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
                 mgr.join_room(cid, f"room-{r}")
             conns.append((mgr, cid, sock))
     # every server's record, connection set and connections' hashes are on one master
+    shards = redis_cluster.slot_map()
     for mgr in servers:
-        home = redis_cluster.master_for_key(keys.server(mgr.server_id)).port
+        home = redis_cluster.master_port_for(keys.server(mgr.server_id), shards)
         for other in (keys.server_connections(mgr.server_id), keys.channel(f"server:{mgr.server_id}"),
                       *(keys.connection(c) for m, c, _ in conns if m is mgr)):
-            assert redis_cluster.master_for_key(other).port == home
+            assert redis_cluster.master_port_for(other, shards) == home
     # rooms (and with them the keys) are spread over all three masters
-    holders = {redis_cluster.master_for_key(keys.room(f"room-{r}")).port for r in range(10)}
+    holders = {redis_cluster.master_port_for(keys.room(f"room-{r}"), shards) for r in range(10)}
     assert len(holders) == 3
     for master in redis_cluster.masters():
         with master.client() as r:
@@ -268,11 +269,12 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
     # nodes mark it failed after cluster-node-timeout). A server whose keys live elsewhere must
     # start and register connections meanwhile.
     down = fresh_cluster.masters()[0]
+    shards = fresh_cluster.slot_map()
     prefix = next(p for p in (f"t{i}:" for i in range(1000))
-                  if fresh_cluster.master_for_key(KeyLayout(p).servers_index).port != down.port)
+                  if fresh_cluster.master_port_for(KeyLayout(p).servers_index, shards) != down.port)
     keys = KeyLayout(prefix)
     server_id = next(s for s in (f"server-{i}" for i in range(1000))
-                     if fresh_cluster.master_for_key(keys.server(s)).port != down.port)
+                     if fresh_cluster.master_port_for(keys.server(s), shards) != down.port)
     fresh_cluster.kill(down)
     mgr = Managers(prefix, redis_url=fresh_cluster.url, **SLOW)
     try:
