@@ -25,7 +25,6 @@ from tests.helpers.topology_base import (
     Topology,
     _error,
     _pairs,
-    _probe,
     _require,
     _wait,
     start_together,
@@ -149,8 +148,7 @@ class SentinelTopology(Topology):
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A plain client to the current master."""
-        return redis.Redis(host=HOST, port=self.master().port,
-                           **{"socket_timeout": 5, **self._data_kwargs, **kwargs})
+        return self.master().client(**kwargs)
 
     # ------------------------------------------------------------------ acting
     def flushall(self) -> None:
@@ -188,9 +186,10 @@ class SentinelTopology(Topology):
 
     # ------------------------------------------------------------------ health
     def _probe(self, port: int) -> redis.Redis:
-        """A short-lived polling client to one of our processes, with its password and TLS."""
-        kwargs = self._data_kwargs if port in self.data_servers else self._sentinel_kwargs
-        return _probe(port, **kwargs)
+        """A short-lived polling client to one of our processes, with its password and TLS (use
+        it in ``with``: tests count Redis's clients)."""
+        server = self.data_servers.get(port) or next(s for s in self.sentinels if s.port == port)
+        return server.client(decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
 
     def _link_problems(self, replica_port: int) -> list[str]:
         try:

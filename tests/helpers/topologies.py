@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -57,14 +57,16 @@ class ClusterNode:
     role: str  # "master" or "replica"
     master_id: str | None  # the master a replica follows; None for a master
     alive: bool  # its process was running
+    server: RedisServer = field(repr=False, compare=False)  # its process
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A plain (non-cluster) client to this node alone."""
-        return redis.Redis(host=HOST, port=self.port, **{"socket_timeout": 5, **kwargs})
+        """A plain (non-cluster) client to this node alone (use it in ``with``: tests count
+        Redis's clients)."""
+        return self.server.client(**kwargs)
 
 
 class ClusterTopology(Topology):
@@ -152,7 +154,7 @@ class ClusterTopology(Topology):
                 else:
                     self._known[port] = ("replica", self._ids.get(int(info["master_port"])))
         return ClusterNode(port, self._ids[port], *self._known.get(port, ("unknown", None)),
-                           alive=server.alive)
+                           alive=server.alive, server=server)
 
     def masters(self) -> list[ClusterNode]:
         """The live masters."""
