@@ -67,14 +67,6 @@ def test_secured_sentinel_flow_over_tls_with_both_passwords(
         assert secret not in shown
 
 
-def _url_with(topology: SentinelTopology, *, data: str | None, sentinel: str | None) -> str:
-    """The set's URL with other passwords (None: none given)."""
-    hosts = ",".join(f"127.0.0.1:{p}" for p in topology.sentinel_ports)
-    userinfo = f":{quote(data, safe='')}@" if data is not None else ""
-    query = f"?sentinel_password={quote(sentinel, safe='')}" if sentinel is not None else ""
-    return f"rediss+sentinel://{userinfo}{hosts}/{topology.service}{query}"
-
-
 @pytest.mark.parametrize(("data", "sentinel", "use_other_ca", "error", "says"), [
     (DATA_PASSWORD, "wrong", False, BackendAuthenticationError, "sentinel_password"),
     (DATA_PASSWORD, None, False, BackendAuthenticationError, "sentinel_password"),
@@ -85,7 +77,7 @@ def test_secured_sentinel_refusals_are_fast_and_say_why(
         secured_sentinel: SentinelTopology, certs: Certs, managers_on: Callable[..., Managers],
         data: str, sentinel: str | None, use_other_ca: bool, error: type[Exception],
         says: str) -> None:
-    url = _url_with(secured_sentinel, data=data, sentinel=sentinel)
+    url = secured_sentinel.url_with(data, sentinel)
     ca = certs.other_ca if use_other_ca else certs.ca
     start = time.monotonic()
     with pytest.raises(error, match=says) as raised:

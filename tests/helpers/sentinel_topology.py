@@ -116,10 +116,14 @@ class SentinelTopology(Topology):
     @property
     def url(self) -> str:
         """The ``redis+sentinel://`` URL (``rediss+sentinel://`` with TLS), with the passwords."""
+        return self.url_with(self.password or None, self.sentinel_password or None)
+
+    def url_with(self, password: str | None, sentinel_password: str | None) -> str:
+        """:attr:`url` with other passwords, right or wrong (None: none given)."""
         scheme = "redis+sentinel" if self.certs is None else "rediss+sentinel"
-        userinfo = f":{quote(self.password, safe='')}@" if self.password else ""
-        query = (f"?sentinel_password={quote(self.sentinel_password, safe='')}"
-                 if self.sentinel_password else "")
+        userinfo = f":{quote(password, safe='')}@" if password is not None else ""
+        query = (f"?sentinel_password={quote(sentinel_password, safe='')}"
+                 if sentinel_password is not None else "")
         return (f"{scheme}://{userinfo}" + ",".join(f"{HOST}:{p}" for p in self.sentinel_ports)
                 + f"/{self.service}{query}")
 
