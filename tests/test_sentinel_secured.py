@@ -19,6 +19,7 @@ from tests.helpers.redis_server import free_port
 from tests.helpers.sockets import RecordingSocket, crash, wait_until
 from tests.helpers.tls import Certs, make_certs
 from tests.helpers.topologies import SentinelTopology
+from tests.helpers.topology_base import wait_until as wait_through_errors
 from tests.test_topologies_dcm import SLOW, Counter, counts, delivered, pair
 
 pytestmark = pytest.mark.topology
@@ -105,7 +106,10 @@ def test_secured_sentinel_master_killed_delivery_recovers(
         old = topology.master()
         topology.kill_master()
         assert topology.wait_failover().port != old.port
-        wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30)
-        wait_until(lambda: counts(a) == (2, 1, 2), 15)
+        # right after the failover a call may still fail (BackendUnavailableError): poll on
+        wait_through_errors(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+                            "broadcast and direct message reach bob after the failover")
+        wait_through_errors(lambda: counts(a) == (2, 1, 2), 15,
+                            "stats count both connections, the room and both servers")
         for m in (a, b):
             m.shutdown()

@@ -28,7 +28,9 @@ SlotRange = tuple[int, int, int, tuple[int, ...]]
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
     """Poll ``check`` until it is truthy (errors count as not yet: the topology may be between
-    owners); the seconds it took, or AssertionError saying ``what`` did not happen."""
+    owners); the seconds it took, or AssertionError saying ``what`` did not happen.
+    Unlike :func:`tests.helpers.sockets.wait_until`, which lets an exception from its predicate
+    through and returns the truthy value, this one retries on exceptions: use it after a failover."""
     start = time.monotonic()
     last: Exception | None = None
     while time.monotonic() - start < timeout:
