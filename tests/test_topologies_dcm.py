@@ -162,12 +162,12 @@ def test_cluster_dead_server_cleaned_after_failover(
     crash(b)  # stops without telling anyone, like a killed process
     wait_until(lambda: a.get_distributed_stats().active_servers == 1, 20, "b found dead")
 
-    def cleaned() -> bool:
-        with fresh_cluster.client() as r:
+    with fresh_cluster.client() as r:  # one client for the whole poll
+        def cleaned() -> bool:
             return (not any(r.exists(keys.connection(c)) for c in victims)
                     and {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca})
 
-    wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
+        wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
     wait_until(lambda: len(sa.of_type("user-disconnected")) == 5, 10,
                "alice told of the 5 departures")
     time.sleep(0.5)
