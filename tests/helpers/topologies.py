@@ -74,6 +74,8 @@ class ClusterTopology(Topology):
     ``redis-cli --cluster create``. :meth:`start` returns once every node says ``cluster_state:ok``,
     all agree on the slot map and every replica's link to its master is up."""
 
+    REQUIRES = ("redis-server", "redis-cli")
+
     def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, node_timeout_ms: int = 1000,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         if masters < 3:

@@ -104,6 +104,8 @@ class Topology:
     everything if it fails, and records :attr:`startup_seconds`; a context manager."""
 
     startup_seconds: float | None = None
+    #: The binaries it runs (tests/topology_fixtures.py checks them before making one).
+    REQUIRES: tuple[str, ...] = ("redis-server",)
 
     def _bring_up(self) -> None:
         raise NotImplementedError
