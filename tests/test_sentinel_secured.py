@@ -5,6 +5,7 @@ saying which; the passwords never show."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from tests.helpers.sockets import RecordingSocket, crash, wait_until
 from tests.helpers.tls import Certs, make_certs
 from tests.helpers.topologies import SentinelTopology
 from tests.helpers.topology_base import wait_until as wait_through_errors
-from tests.test_topologies_dcm import SLOW, Counter, counts, delivered, pair
+from tests.test_topologies_dcm import SLOW, counts, delivered, pair
 
 pytestmark = pytest.mark.topology
 
@@ -52,8 +53,8 @@ def test_secured_sentinel_flow_over_tls_with_both_passwords(
     assert url.startswith("rediss+sentinel://") and "sentinel_password=" in url
     caplog.set_level(logging.DEBUG)
     a, b, sa, sb, ca, cb = pair(managers_on(url, redis_ca_file=certs.ca, **SLOW), "lobby")
-    n = Counter()
-    assert delivered(a, "lobby", cb, sb, n.next()) and delivered(b, "lobby", ca, sa, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "lobby", cb, sb, next(n)) and delivered(b, "lobby", ca, sa, next(n))
     with Emitter(url, key_prefix=prefix, ca_file=certs.ca) as emitter:
         emitter.broadcast_to_room("lobby", {"text": "from a script"})
         assert emitter.get_distributed_stats().active_servers == 2
@@ -101,13 +102,13 @@ def test_secured_sentinel_master_killed_delivery_recovers(
     with secured(certs) as topology:
         a, b, sa, sb, ca, cb = pair(managers_on(topology.url, redis_ca_file=certs.ca, **SLOW),
                                     "lobby")
-        n = Counter()
-        assert delivered(a, "lobby", cb, sb, n.next())
+        n = itertools.count(1)
+        assert delivered(a, "lobby", cb, sb, next(n))
         old = topology.master()
         topology.kill_master()
         assert topology.wait_failover().port != old.port
         # right after the failover a call may still fail (BackendUnavailableError): poll on
-        wait_through_errors(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+        wait_through_errors(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
                             "broadcast and direct message reach bob after the failover")
         wait_through_errors(lambda: counts(a) == (2, 1, 2), 15,
                             "stats count both connections, the room and both servers")

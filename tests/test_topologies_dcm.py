@@ -8,6 +8,7 @@ The core flows (broadcast, direct, failure cleanup, stats) run on both topologie
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -27,10 +28,6 @@ pytestmark = pytest.mark.topology
 SLOW = dict(heartbeat_interval=0.3, heartbeat_ttl=1.5, probe_interval=1.0, probe_timeout=1.0)
 
 
-def texts(sock: RecordingSocket) -> list[str]:
-    return list(sock.frames)
-
-
 def delivered(a: DistributedConnectionManager, room: str, target: str, sock: RecordingSocket,
               n: int) -> bool:
     """Send broadcast n and direct message n from ``a``; True once both reached ``sock``."""
@@ -40,7 +37,7 @@ def delivered(a: DistributedConnectionManager, room: str, target: str, sock: Rec
     except Exception:
         return False
     time.sleep(0.1)
-    got = texts(sock)
+    got = list(sock.frames)
     return f'{{"b":{n}}}' in got and f'{{"d":{n}}}' in got
 
 
@@ -60,15 +57,6 @@ def counts(mgr: DistributedConnectionManager) -> tuple[int, int, int]:
     """``(connections, rooms, servers)`` as the cluster-wide stats give them."""
     stats = mgr.get_distributed_stats()
     return stats.total_connections, stats.total_rooms, stats.active_servers
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def next(self) -> int:
-        self.n += 1
-        return self.n
 
 
 # --------------------------------------------------------------------------- Cluster
@@ -107,7 +95,7 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
         assert r.execute_command("PUBSUB", "SHARDNUMSUB", room_channel)[1] == 3
     # a broadcast reaches all 12 members, across the 3 servers
     servers[0].broadcast_to_room("room-3", "hello")
-    wait_until(lambda: all("hello" in " ".join(texts(s)) for _, _, s in conns), 10,
+    wait_until(lambda: all("hello" in " ".join(s.frames) for _, _, s in conns), 10,
                "every member got the broadcast")
     assert counts(servers[1]) == (12, 10, 3)
 
@@ -119,12 +107,12 @@ def test_cluster_master_killed_delivery_and_state_recover(
     keys = KeyLayout(prefix)
     # the master holding b's server slot: its record, its connections, its channel
     victim = fresh_cluster.master_for_key(keys.server(b.server_id))
-    n = Counter()
-    assert delivered(a, room, cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, room, cb, sb, next(n))
     fresh_cluster.kill(victim)
     new_master = fresh_cluster.wait_failover(victim)
     assert new_master.port != victim.port
-    took = wait_until(lambda: delivered(a, room, cb, sb, n.next()), 30,
+    took = wait_until(lambda: delivered(a, room, cb, sb, next(n)), 30,
                       "broadcast and direct message reach bob after the failover")
     print(f"cluster failover: delivery back {took:.2f}s after the new master took over")
 
@@ -136,7 +124,7 @@ def test_cluster_master_killed_delivery_and_state_recover(
     cc = b.register_connection(sc, "carol")
     b.join_room(cc, room)
     a.broadcast_to_room(room, "after")
-    wait_until(lambda: "after" in " ".join(texts(sc)), 10, "carol hears alice")
+    wait_until(lambda: "after" in " ".join(sc.frames), 10, "carol hears alice")
 
 
 def test_cluster_dead_server_cleaned_after_failover(
@@ -157,8 +145,8 @@ def test_cluster_dead_server_cleaned_after_failover(
     fresh_cluster.kill(victim_master)
     fresh_cluster.wait_failover(victim_master)
     # a's subscriptions are back (pub/sub keeps nothing for a listener that is reconnecting)
-    n = Counter()
-    wait_until(lambda: delivered(b, "lobby", ca, sa, n.next()), 30, "b reaches alice again")
+    n = itertools.count(1)
+    wait_until(lambda: delivered(b, "lobby", ca, sa, next(n)), 30, "b reaches alice again")
     crash(b)  # stops without telling anyone, like a killed process
     wait_until(lambda: a.get_distributed_stats().active_servers == 1, 20, "b found dead")
 
@@ -179,14 +167,14 @@ def test_cluster_room_follows_a_moved_slot(
         fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
     a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), "moving")
     keys = KeyLayout(prefix)
-    n = Counter()
-    assert delivered(a, "moving", cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "moving", cb, sb, next(n))
     channel = keys.channel("room:moving")
     source = fresh_cluster.master_for_key(channel)
     target = next(m for m in fresh_cluster.masters() if m.port != source.port)
     fresh_cluster.move_slot_of(channel, target)
     assert fresh_cluster.master_for_key(channel).port == target.port
-    took = wait_until(lambda: delivered(a, "moving", cb, sb, n.next()), 20,
+    took = wait_until(lambda: delivered(a, "moving", cb, sb, next(n)), 20,
                       "room broadcasts reach bob after the room channel's slot moved")
     print(f"slot moved: delivery back after {took:.2f}s")
     with target.client() as r:
@@ -197,13 +185,13 @@ def test_cluster_room_follows_a_moved_slot(
 def test_sentinel_master_killed_delivery_and_state_recover(
         fresh_sentinel: SentinelTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
     a, b, sa, sb, ca, cb = pair(managers_on(fresh_sentinel.url, **SLOW), "lobby")
-    n = Counter()
-    assert delivered(a, "lobby", cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "lobby", cb, sb, next(n))
     old = fresh_sentinel.master()
     fresh_sentinel.kill_master()
     new = fresh_sentinel.wait_failover()
     assert new.port != old.port
-    took = wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+    took = wait_until(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
                       "broadcast and direct message reach bob after the failover")
     print(f"sentinel failover: delivery back {took:.2f}s after the new master took over")
 
@@ -311,13 +299,13 @@ def test_cluster_whole_outage_then_back(
     # every node down: the listener's rebuilds fail (no slot map can be read) and go on failing
     # until the cluster is back, empty; then both servers write themselves back
     a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), "lobby")
-    n = Counter()
-    assert delivered(a, "lobby", cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "lobby", cb, sb, next(n))
     for node in fresh_cluster.nodes:
         fresh_cluster.kill(node)
     time.sleep(2.0)  # several failed reconnect attempts
     fresh_cluster.restart_all()
-    wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+    wait_until(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
                "delivery both ways after the whole cluster came back")
     wait_until(lambda: counts(a) == (2, 1, 2), 15, "both servers wrote their state back")
     assert a._listener.worker is not None and a._listener.worker.is_alive()

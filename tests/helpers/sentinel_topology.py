@@ -73,8 +73,8 @@ class SentinelTopology(Topology):
                                       client_kwargs=self._sentinel_kwargs)
                           for p in sentinel_ports]
         self._master_port = master_port  # as the Sentinels are expected to name it
+        self._replica_port = replica_port  # at bring-up
         self._killed_master: tuple[int, float] | None = None
-        #: Seconds :meth:`start` took, from spawning the processes to every Sentinel being ready.
 
     def _tls(self, port: int) -> tuple[str, ...]:
         return () if self.certs is None else tls_args(self.certs, port)
@@ -103,10 +103,10 @@ class SentinelTopology(Topology):
         start_together(self.data_servers.values(), self.timeout)
         # Sentinels learn of replicas from the master's INFO, which they ask for every 10 s:
         # they start once the replica is attached, so their first INFO already names it.
-        (replica_port,) = set(self.data_servers) - {self._master_port}
-        _wait("replica sync", lambda: self._link_problems(replica_port), self.timeout)
+        _wait("replica sync", lambda: self._link_problems(self._replica_port), self.timeout)
         start_together(self.sentinels, self.timeout)
-        _wait("sentinel bring-up", lambda: self._problems(self._master_port, replica_port), self.timeout)
+        _wait("sentinel bring-up", lambda: self._problems(self._master_port, self._replica_port),
+              self.timeout)
 
     # ------------------------------------------------------------------ observing
     @property

@@ -99,7 +99,6 @@ class ClusterTopology(Topology):
         self._known: dict[int, tuple[str, str | None]] = {}  # port -> last seen (role, master_id)
         self._seeds: list[int] = []
         self._killed: dict[str, tuple[list[tuple[int, int]], list[int], float]] = {}
-        #: Seconds :meth:`start` took, from spawning the processes to a healthy cluster.
 
     def __repr__(self) -> str:
         return f"<ClusterTopology ports={sorted(self.servers)}>"
