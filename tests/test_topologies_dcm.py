@@ -264,22 +264,18 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
     server_id = next(s for s in (f"server-{i}" for i in range(1000))
                      if fresh_cluster.master_port_for(keys.server(s), shards) != down.port)
     fresh_cluster.kill(down)
-    mgr = Managers(prefix, redis_url=fresh_cluster.url, **SLOW)
-    try:
-        a = mgr(server_id=server_id)
-        cid = a.register_connection(RecordingSocket(), "alice")
-        assert a.send_to_connection(cid, "hi") is True
-        # then the whole cluster refuses commands (CLUSTERDOWN) until the replica takes over;
-        # afterwards a's state is in place (written back if its record expired meanwhile)
-        fresh_cluster.wait_failover(down)
+    a = managers_on(fresh_cluster.url, key_prefix=prefix, **SLOW)(server_id=server_id)
+    cid = a.register_connection(RecordingSocket(), "alice")
+    assert a.send_to_connection(cid, "hi") is True
+    # then the whole cluster refuses commands (CLUSTERDOWN) until the replica takes over;
+    # afterwards a's state is in place (written back if its record expired meanwhile)
+    fresh_cluster.wait_failover(down)
 
-        def present() -> bool:
-            with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
-                return bool(r.exists(keys.server(server_id)) and r.exists(keys.connection(cid)))
+    def present() -> bool:
+        with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
+            return bool(r.exists(keys.server(server_id)) and r.exists(keys.connection(cid)))
 
-        wait_until(present, 15, "a's record and connection on their shard")
-    finally:
-        mgr.shutdown_all()
+    wait_until(present, 15, "a's record and connection on their shard")
 
 
 def test_cluster_seeds_may_include_unreachable_nodes(
