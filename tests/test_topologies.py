@@ -37,9 +37,10 @@ def wait_message(pubsub: redis.client.PubSub, kind: str, timeout: float = 10.0) 
 def keys_on_distinct_masters(cluster: ClusterTopology, count: int) -> dict[int, str]:
     """Keys ``{tagN}k`` with hash tags chosen so that each lands on a different master: master port -> key."""
     found: dict[int, str] = {}
+    shards = cluster.slot_map()
     for n in range(1000):
         key = f"{{tag{n}}}k"
-        found.setdefault(cluster.master_for_key(key).port, key)
+        found.setdefault(cluster.master_port_for(key, shards), key)
         if len(found) == count:
             return found
     raise AssertionError(f"1000 hash tags reach only masters {sorted(found)}:\n{cluster.describe()}")

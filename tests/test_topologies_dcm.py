@@ -8,6 +8,7 @@ The core flows (broadcast, direct, failure cleanup, stats) run on both topologie
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -27,10 +28,6 @@ pytestmark = pytest.mark.topology
 SLOW = dict(heartbeat_interval=0.3, heartbeat_ttl=1.5, probe_interval=1.0, probe_timeout=1.0)
 
 
-def texts(sock: RecordingSocket) -> list[str]:
-    return list(sock.frames)
-
-
 def delivered(a: DistributedConnectionManager, room: str, target: str, sock: RecordingSocket,
               n: int) -> bool:
     """Send broadcast n and direct message n from ``a``; True once both reached ``sock``."""
@@ -40,7 +37,7 @@ def delivered(a: DistributedConnectionManager, room: str, target: str, sock: Rec
     except Exception:
         return False
     time.sleep(0.1)
-    got = texts(sock)
+    got = list(sock.frames)
     return f'{{"b":{n}}}' in got and f'{{"d":{n}}}' in got
 
 
@@ -62,15 +59,6 @@ def counts(mgr: DistributedConnectionManager) -> tuple[int, int, int]:
     return stats.total_connections, stats.total_rooms, stats.active_servers
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def next(self) -> int:
-        self.n += 1
-        return self.n
-
-
 # --------------------------------------------------------------------------- Cluster
 def test_cluster_uses_sharded_pubsub_and_spreads_keys(
         redis_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
@@ -87,13 +75,14 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
                 mgr.join_room(cid, f"room-{r}")
             conns.append((mgr, cid, sock))
     # every server's record, connection set and connections' hashes are on one master
+    shards = redis_cluster.slot_map()
     for mgr in servers:
-        home = redis_cluster.master_for_key(keys.server(mgr.server_id)).port
+        home = redis_cluster.master_port_for(keys.server(mgr.server_id), shards)
         for other in (keys.server_connections(mgr.server_id), keys.channel(f"server:{mgr.server_id}"),
                       *(keys.connection(c) for m, c, _ in conns if m is mgr)):
-            assert redis_cluster.master_for_key(other).port == home
+            assert redis_cluster.master_port_for(other, shards) == home
     # rooms (and with them the keys) are spread over all three masters
-    holders = {redis_cluster.master_for_key(keys.room(f"room-{r}")).port for r in range(10)}
+    holders = {redis_cluster.master_port_for(keys.room(f"room-{r}"), shards) for r in range(10)}
     assert len(holders) == 3
     for master in redis_cluster.masters():
         with master.client() as r:
@@ -106,7 +95,7 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
         assert r.execute_command("PUBSUB", "SHARDNUMSUB", room_channel)[1] == 3
     # a broadcast reaches all 12 members, across the 3 servers
     servers[0].broadcast_to_room("room-3", "hello")
-    wait_until(lambda: all("hello" in " ".join(texts(s)) for _, _, s in conns), 10,
+    wait_until(lambda: all("hello" in " ".join(s.frames) for _, _, s in conns), 10,
                "every member got the broadcast")
     assert counts(servers[1]) == (12, 10, 3)
 
@@ -118,12 +107,12 @@ def test_cluster_master_killed_delivery_and_state_recover(
     keys = KeyLayout(prefix)
     # the master holding b's server slot: its record, its connections, its channel
     victim = fresh_cluster.master_for_key(keys.server(b.server_id))
-    n = Counter()
-    assert delivered(a, room, cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, room, cb, sb, next(n))
     fresh_cluster.kill(victim)
     new_master = fresh_cluster.wait_failover(victim)
     assert new_master.port != victim.port
-    took = wait_until(lambda: delivered(a, room, cb, sb, n.next()), 30,
+    took = wait_until(lambda: delivered(a, room, cb, sb, next(n)), 30,
                       "broadcast and direct message reach bob after the failover")
     print(f"cluster failover: delivery back {took:.2f}s after the new master took over")
 
@@ -135,7 +124,7 @@ def test_cluster_master_killed_delivery_and_state_recover(
     cc = b.register_connection(sc, "carol")
     b.join_room(cc, room)
     a.broadcast_to_room(room, "after")
-    wait_until(lambda: "after" in " ".join(texts(sc)), 10, "carol hears alice")
+    wait_until(lambda: "after" in " ".join(sc.frames), 10, "carol hears alice")
 
 
 def test_cluster_dead_server_cleaned_after_failover(
@@ -156,17 +145,17 @@ def test_cluster_dead_server_cleaned_after_failover(
     fresh_cluster.kill(victim_master)
     fresh_cluster.wait_failover(victim_master)
     # a's subscriptions are back (pub/sub keeps nothing for a listener that is reconnecting)
-    n = Counter()
-    wait_until(lambda: delivered(b, "lobby", ca, sa, n.next()), 30, "b reaches alice again")
+    n = itertools.count(1)
+    wait_until(lambda: delivered(b, "lobby", ca, sa, next(n)), 30, "b reaches alice again")
     crash(b)  # stops without telling anyone, like a killed process
     wait_until(lambda: a.get_distributed_stats().active_servers == 1, 20, "b found dead")
 
-    def cleaned() -> bool:
-        with fresh_cluster.client() as r:
+    with fresh_cluster.client() as r:  # one client for the whole poll
+        def cleaned() -> bool:
             return (not any(r.exists(keys.connection(c)) for c in victims)
                     and {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca})
 
-    wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
+        wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
     wait_until(lambda: len(sa.of_type("user-disconnected")) == 5, 10,
                "alice told of the 5 departures")
     time.sleep(0.5)
@@ -178,14 +167,14 @@ def test_cluster_room_follows_a_moved_slot(
         fresh_cluster: ClusterTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
     a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), "moving")
     keys = KeyLayout(prefix)
-    n = Counter()
-    assert delivered(a, "moving", cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "moving", cb, sb, next(n))
     channel = keys.channel("room:moving")
     source = fresh_cluster.master_for_key(channel)
     target = next(m for m in fresh_cluster.masters() if m.port != source.port)
     fresh_cluster.move_slot_of(channel, target)
     assert fresh_cluster.master_for_key(channel).port == target.port
-    took = wait_until(lambda: delivered(a, "moving", cb, sb, n.next()), 20,
+    took = wait_until(lambda: delivered(a, "moving", cb, sb, next(n)), 20,
                       "room broadcasts reach bob after the room channel's slot moved")
     print(f"slot moved: delivery back after {took:.2f}s")
     with target.client() as r:
@@ -196,13 +185,13 @@ def test_cluster_room_follows_a_moved_slot(
 def test_sentinel_master_killed_delivery_and_state_recover(
         fresh_sentinel: SentinelTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
     a, b, sa, sb, ca, cb = pair(managers_on(fresh_sentinel.url, **SLOW), "lobby")
-    n = Counter()
-    assert delivered(a, "lobby", cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "lobby", cb, sb, next(n))
     old = fresh_sentinel.master()
     fresh_sentinel.kill_master()
     new = fresh_sentinel.wait_failover()
     assert new.port != old.port
-    took = wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+    took = wait_until(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
                       "broadcast and direct message reach bob after the failover")
     print(f"sentinel failover: delivery back {took:.2f}s after the new master took over")
 
@@ -268,28 +257,25 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
     # nodes mark it failed after cluster-node-timeout). A server whose keys live elsewhere must
     # start and register connections meanwhile.
     down = fresh_cluster.masters()[0]
+    shards = fresh_cluster.slot_map()
     prefix = next(p for p in (f"t{i}:" for i in range(1000))
-                  if fresh_cluster.master_for_key(KeyLayout(p).servers_index).port != down.port)
+                  if fresh_cluster.master_port_for(KeyLayout(p).servers_index, shards) != down.port)
     keys = KeyLayout(prefix)
     server_id = next(s for s in (f"server-{i}" for i in range(1000))
-                     if fresh_cluster.master_for_key(keys.server(s)).port != down.port)
+                     if fresh_cluster.master_port_for(keys.server(s), shards) != down.port)
     fresh_cluster.kill(down)
-    mgr = Managers(prefix, redis_url=fresh_cluster.url, **SLOW)
-    try:
-        a = mgr(server_id=server_id)
-        cid = a.register_connection(RecordingSocket(), "alice")
-        assert a.send_to_connection(cid, "hi") is True
-        # then the whole cluster refuses commands (CLUSTERDOWN) until the replica takes over;
-        # afterwards a's state is in place (written back if its record expired meanwhile)
-        fresh_cluster.wait_failover(down)
+    a = managers_on(fresh_cluster.url, key_prefix=prefix, **SLOW)(server_id=server_id)
+    cid = a.register_connection(RecordingSocket(), "alice")
+    assert a.send_to_connection(cid, "hi") is True
+    # then the whole cluster refuses commands (CLUSTERDOWN) until the replica takes over;
+    # afterwards a's state is in place (written back if its record expired meanwhile)
+    fresh_cluster.wait_failover(down)
 
-        def present() -> bool:
-            with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
-                return bool(r.exists(keys.server(server_id)) and r.exists(keys.connection(cid)))
+    def present() -> bool:
+        with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
+            return bool(r.exists(keys.server(server_id)) and r.exists(keys.connection(cid)))
 
-        wait_until(present, 15, "a's record and connection on their shard")
-    finally:
-        mgr.shutdown_all()
+    wait_until(present, 15, "a's record and connection on their shard")
 
 
 def test_cluster_seeds_may_include_unreachable_nodes(
@@ -309,13 +295,13 @@ def test_cluster_whole_outage_then_back(
     # every node down: the listener's rebuilds fail (no slot map can be read) and go on failing
     # until the cluster is back, empty; then both servers write themselves back
     a, b, sa, sb, ca, cb = pair(managers_on(fresh_cluster.url, **SLOW), "lobby")
-    n = Counter()
-    assert delivered(a, "lobby", cb, sb, n.next())
+    n = itertools.count(1)
+    assert delivered(a, "lobby", cb, sb, next(n))
     for node in fresh_cluster.nodes:
         fresh_cluster.kill(node)
     time.sleep(2.0)  # several failed reconnect attempts
     fresh_cluster.restart_all()
-    wait_until(lambda: delivered(a, "lobby", cb, sb, n.next()), 30,
+    wait_until(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
                "delivery both ways after the whole cluster came back")
     wait_until(lambda: counts(a) == (2, 1, 2), 15, "both servers wrote their state back")
     assert a._listener.worker is not None and a._listener.worker.is_alive()

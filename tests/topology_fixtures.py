@@ -19,7 +19,7 @@ T = TypeVar("T", bound=Topology)
 
 def _started(kind: type[T]) -> Iterator[T]:
     """A started topology of ``kind`` until the fixture ends (every process and file removed)."""
-    for binary in ("redis-server", "redis-cli"):
+    for binary in kind.REQUIRES:
         if shutil.which(binary) is None:
             pytest.fail(f"{binary} is not installed (Debian: apt-get install redis-server redis-tools)")
     with kind() as topology:

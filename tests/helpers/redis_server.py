@@ -81,8 +81,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **self.client_kwargs)
+    def client(self, **overrides: Any) -> redis.Redis:
+        """A new client to this server with :attr:`client_kwargs` and a 5 s socket timeout, either
+        overridden by ``overrides`` (use it in ``with``: tests count Redis's clients)."""
+        return redis.Redis(host="127.0.0.1", port=self.port,
+                           **{"socket_timeout": 5, **self.client_kwargs, **overrides})
 
     @property
     def alive(self) -> bool:

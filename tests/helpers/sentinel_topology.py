@@ -25,7 +25,6 @@ from tests.helpers.topology_base import (
     Topology,
     _error,
     _pairs,
-    _probe,
     _require,
     _wait,
     start_together,
@@ -74,8 +73,8 @@ class SentinelTopology(Topology):
                                       client_kwargs=self._sentinel_kwargs)
                           for p in sentinel_ports]
         self._master_port = master_port  # as the Sentinels are expected to name it
+        self._replica_port = replica_port  # at bring-up
         self._killed_master: tuple[int, float] | None = None
-        #: Seconds :meth:`start` took, from spawning the processes to every Sentinel being ready.
 
     def _tls(self, port: int) -> tuple[str, ...]:
         return () if self.certs is None else tls_args(self.certs, port)
@@ -104,10 +103,10 @@ class SentinelTopology(Topology):
         start_together(self.data_servers.values(), self.timeout)
         # Sentinels learn of replicas from the master's INFO, which they ask for every 10 s:
         # they start once the replica is attached, so their first INFO already names it.
-        (replica_port,) = set(self.data_servers) - {self._master_port}
-        _wait("replica sync", lambda: self._link_problems(replica_port), self.timeout)
+        _wait("replica sync", lambda: self._link_problems(self._replica_port), self.timeout)
         start_together(self.sentinels, self.timeout)
-        _wait("sentinel bring-up", lambda: self._problems(self._master_port, replica_port), self.timeout)
+        _wait("sentinel bring-up", lambda: self._problems(self._master_port, self._replica_port),
+              self.timeout)
 
     # ------------------------------------------------------------------ observing
     @property
@@ -117,10 +116,14 @@ class SentinelTopology(Topology):
     @property
     def url(self) -> str:
         """The ``redis+sentinel://`` URL (``rediss+sentinel://`` with TLS), with the passwords."""
+        return self.url_with(self.password or None, self.sentinel_password or None)
+
+    def url_with(self, password: str | None, sentinel_password: str | None) -> str:
+        """:attr:`url` with other passwords, right or wrong (None: none given)."""
         scheme = "redis+sentinel" if self.certs is None else "rediss+sentinel"
-        userinfo = f":{quote(self.password, safe='')}@" if self.password else ""
-        query = (f"?sentinel_password={quote(self.sentinel_password, safe='')}"
-                 if self.sentinel_password else "")
+        userinfo = f":{quote(password, safe='')}@" if password is not None else ""
+        query = (f"?sentinel_password={quote(sentinel_password, safe='')}"
+                 if sentinel_password is not None else "")
         return (f"{scheme}://{userinfo}" + ",".join(f"{HOST}:{p}" for p in self.sentinel_ports)
                 + f"/{self.service}{query}")
 
@@ -149,8 +152,7 @@ class SentinelTopology(Topology):
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A plain client to the current master."""
-        return redis.Redis(host=HOST, port=self.master().port,
-                           **{"socket_timeout": 5, **self._data_kwargs, **kwargs})
+        return self.master().client(**kwargs)
 
     # ------------------------------------------------------------------ acting
     def flushall(self) -> None:
@@ -188,9 +190,10 @@ class SentinelTopology(Topology):
 
     # ------------------------------------------------------------------ health
     def _probe(self, port: int) -> redis.Redis:
-        """A short-lived polling client to one of our processes, with its password and TLS."""
-        kwargs = self._data_kwargs if port in self.data_servers else self._sentinel_kwargs
-        return _probe(port, **kwargs)
+        """A short-lived polling client to one of our processes, with its password and TLS (use
+        it in ``with``: tests count Redis's clients)."""
+        server = self.data_servers.get(port) or next(s for s in self.sentinels if s.port == port)
+        return server.client(decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
 
     def _link_problems(self, replica_port: int) -> list[str]:
         try:

@@ -7,8 +7,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-
 from tests.helpers.redis_server import RedisServer
 
 _EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")  # fast to make
@@ -62,14 +60,10 @@ class TLSRedisServer(RedisServer):
     """redis-server with TLS on its port and no plain-text port; clients need no certificate."""
 
     def __init__(self, certs: Certs) -> None:
-        super().__init__()
+        super().__init__(client_kwargs={"ssl": True, "ssl_ca_certs": certs.ca})
         self.certs = certs
         self.extra_args = tls_args(certs, self.port)
 
     @property
     def url(self) -> str:
         return f"rediss://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, ssl=True,
-                           ssl_ca_certs=self.certs.ca)

@@ -18,11 +18,12 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from redis.cluster import ClusterNode as RedisClusterNode
+from redis.crc import key_slot
 
 from tests.helpers.redis_server import RedisServer, free_ports
 from tests.helpers.sentinel_topology import SentinelTopology
@@ -56,20 +57,24 @@ class ClusterNode:
     role: str  # "master" or "replica"
     master_id: str | None  # the master a replica follows; None for a master
     alive: bool  # its process was running
+    server: RedisServer = field(repr=False, compare=False)  # its process
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A plain (non-cluster) client to this node alone."""
-        return redis.Redis(host=HOST, port=self.port, **{"socket_timeout": 5, **kwargs})
+        """A plain (non-cluster) client to this node alone (use it in ``with``: tests count
+        Redis's clients)."""
+        return self.server.client(**kwargs)
 
 
 class ClusterTopology(Topology):
     """``masters`` masters with ``replicas_per_master`` replicas each, made with
     ``redis-cli --cluster create``. :meth:`start` returns once every node says ``cluster_state:ok``,
     all agree on the slot map and every replica's link to its master is up."""
+
+    REQUIRES = ("redis-server", "redis-cli")
 
     def __init__(self, masters: int = 3, replicas_per_master: int = 1, *, node_timeout_ms: int = 1000,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -94,7 +99,6 @@ class ClusterTopology(Topology):
         self._known: dict[int, tuple[str, str | None]] = {}  # port -> last seen (role, master_id)
         self._seeds: list[int] = []
         self._killed: dict[str, tuple[list[tuple[int, int]], list[int], float]] = {}
-        #: Seconds :meth:`start` took, from spawning the processes to a healthy cluster.
 
     def __repr__(self) -> str:
         return f"<ClusterTopology ports={sorted(self.servers)}>"
@@ -129,27 +133,29 @@ class ClusterTopology(Topology):
     @property
     def nodes(self) -> list[ClusterNode]:
         """Every node, by port: a live node's role as it reports it now, a dead one's as last seen."""
-        for port, server in self.servers.items():
-            if not server.alive:
-                continue
+        return [self._snapshot(port) for port in sorted(self.servers)]
+
+    def node(self, port: int) -> ClusterNode:
+        """Node ``port`` as :attr:`nodes` would show it (asking only that node)."""
+        if port not in self.servers:
+            raise LookupError(f"no node on port {port} in {self!r}")
+        return self._snapshot(port)
+
+    def _snapshot(self, port: int) -> ClusterNode:
+        server = self.servers[port]
+        if server.alive:
             try:
                 with _probe(port) as r:
                     info = r.info("replication")
             except redis.RedisError:
-                continue  # e.g. still loading after a restart: keep the last known role
-            if info["role"] == "master":
-                self._known[port] = ("master", None)
+                pass  # e.g. still loading after a restart: keep the last known role
             else:
-                self._known[port] = ("replica", self._ids.get(int(info["master_port"])))
-        return [ClusterNode(port, self._ids[port], *self._known.get(port, ("unknown", None)),
-                            alive=self.servers[port].alive)
-                for port in sorted(self.servers)]
-
-    def node(self, port: int) -> ClusterNode:
-        for node in self.nodes:
-            if node.port == port:
-                return node
-        raise LookupError(f"no node on port {port} in {self!r}")
+                if info["role"] == "master":
+                    self._known[port] = ("master", None)
+                else:
+                    self._known[port] = ("replica", self._ids.get(int(info["master_port"])))
+        return ClusterNode(port, self._ids[port], *self._known.get(port, ("unknown", None)),
+                           alive=server.alive, server=server)
 
     def masters(self) -> list[ClusterNode]:
         """The live masters."""
@@ -171,18 +177,24 @@ class ClusterTopology(Topology):
         with _probe(port if port is not None else self._any_live()) as r:
             return self._normalise(r.execute_command("CLUSTER", "SLOTS"))
 
-    def keyslot(self, key: str) -> int:
-        with _probe(self._any_live()) as r:
-            return int(r.execute_command("CLUSTER", "KEYSLOT", key))
+    @staticmethod
+    def keyslot(key: str) -> int:
+        """The slot of ``key`` (hash tags included), computed as Redis does: no round trip."""
+        return key_slot(key.encode())
+
+    def master_port_for(self, key: str, slot_map: tuple[SlotRange, ...] | None = None) -> int:
+        """The port of the master serving ``key``'s slot per ``slot_map`` (default: one
+        ``CLUSTER SLOTS`` now): pass a map taken once to look up many keys without a round trip."""
+        shards = self.slot_map() if slot_map is None else slot_map
+        slot = self.keyslot(key)
+        for first, last, master_port, _ in shards:
+            if first <= slot <= last:
+                return master_port
+        raise LookupError(f"slot {slot} of {key!r} is served by no node in {shards}")
 
     def master_for_key(self, key: str) -> ClusterNode:
-        """The master serving ``key``'s slot, per ``CLUSTER KEYSLOT`` and ``CLUSTER SLOTS``."""
-        port = self._any_live()
-        slot = self.keyslot(key)
-        for first, last, master_port, _ in self.slot_map(port):
-            if first <= slot <= last:
-                return self.node(master_port)
-        raise LookupError(f"slot {slot} of {key!r} is served by no node (per node {port})")
+        """The master serving ``key``'s slot, per ``CLUSTER SLOTS`` now (asking only it for its role)."""
+        return self.node(self.master_port_for(key))
 
     def client(self, **kwargs: Any) -> redis.RedisCluster:
         """A ``redis.RedisCluster`` on the seeds of :attr:`url`."""

@@ -28,7 +28,9 @@ SlotRange = tuple[int, int, int, tuple[int, ...]]
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
     """Poll ``check`` until it is truthy (errors count as not yet: the topology may be between
-    owners); the seconds it took, or AssertionError saying ``what`` did not happen."""
+    owners); the seconds it took, or AssertionError saying ``what`` did not happen.
+    Unlike :func:`tests.helpers.sockets.wait_until`, which lets an exception from its predicate
+    through and returns the truthy value, this one retries on exceptions: use it after a failover."""
     start = time.monotonic()
     last: Exception | None = None
     while time.monotonic() - start < timeout:
@@ -102,6 +104,8 @@ class Topology:
     everything if it fails, and records :attr:`startup_seconds`; a context manager."""
 
     startup_seconds: float | None = None
+    #: The binaries it runs (tests/topology_fixtures.py checks them before making one).
+    REQUIRES: tuple[str, ...] = ("redis-server",)
 
     def _bring_up(self) -> None:
         raise NotImplementedError
