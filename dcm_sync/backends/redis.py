@@ -20,6 +20,7 @@ from ..models import RemovedConnection
 from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket
 from .redis_pubsub import RedisSubscription
+from .redis_typed import close, redis_client
 from .redis_urls import master_pools
 
 __all__ = ["RedisBackend"]
@@ -33,7 +34,7 @@ class RedisBackend(RedisBase):
         super().__init__(key_prefix, timeout)
         pools = master_pools(url, timeout, ca_file)
         self.url = pools.shown_url  # for messages: never the password
-        self._r = redis.Redis(connection_pool=pools.commands)
+        self._r = redis_client(connection_pool=pools.commands)
         # PUBLISH and routing (the per-message commands) go over one dedicated connection:
         # a pool checkout polls the socket first, which costs more than the command itself
         # under gevent. Connected on first use.
@@ -60,8 +61,8 @@ class RedisBackend(RedisBase):
                     f"Redis unreachable during {what}: the call before this one failed")
             with translate_errors(what):
                 if self._hot_client is None:  # connected on first use
-                    self._hot_client = redis.Redis(connection_pool=self._hot_pool,
-                                                   single_connection_client=self._hot_held)
+                    self._hot_client = redis_client(connection_pool=self._hot_pool,
+                                                    single_connection_client=self._hot_held)
                 yield self._hot_client
         except BackendUnavailableError:
             self._hot_failed_at = time.monotonic()
@@ -122,13 +123,13 @@ class RedisBackend(RedisBase):
             logger.debug("closing idle Redis connections: %s", exc)
 
     def subscription(self) -> RedisSubscription:
-        return RedisSubscription(redis.Redis(connection_pool=self._new_sub_pool()), self._keys)
+        return RedisSubscription(redis_client(connection_pool=self._new_sub_pool()), self._keys)
 
     def close(self) -> None:
         hot = [self._hot_client] if self._hot_client is not None else []
         for client in (self._r, *hot):
             try:
-                client.close()
+                close(client)
                 client.connection_pool.disconnect()
             except (redis.RedisError, OSError) as exc:
                 logger.debug("closing Redis client: %s", exc)

@@ -17,13 +17,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
-from redis.backoff import EqualJitterBackoff
 
 from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError
 from ..models import RemovedConnection, ServerInfo
 from .base import ConnectionRecord
 from .redis_keys import KeyLayout, room_bucket
 from .redis_scripts import Scripts
+from .redis_typed import equal_jitter_backoff
 
 __all__ = ["translate_errors", "RedisBase", "CHUNK", "TRANSIENT_ERRORS", "as_str", "removed_row"]
 
@@ -94,7 +94,7 @@ class RedisBase:
         self.key_prefix = key_prefix
         self._keys = KeyLayout(key_prefix)
         self._timeout = timeout
-        self._backoff = EqualJitterBackoff(cap=2.0, base=0.05)
+        self._backoff = equal_jitter_backoff(cap=2.0, base=0.05)
         self._scripts: dict[str, Any] = {}
 
     def _register_scripts(self, *names: str) -> None:

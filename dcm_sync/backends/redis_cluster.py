@@ -38,6 +38,7 @@ from ..models import RemovedConnection
 from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket, server_tag
 from .redis_pubsub import ShardedSubscription
+from .redis_typed import close, evalsha
 from .redis_urls import cluster_clients
 
 __all__ = ["RedisClusterBackend"]
@@ -145,7 +146,7 @@ class RedisClusterBackend(RedisBase):
                     redis.exceptions.AskError, *TRANSIENT_ERRORS) as exc:
                 logger.debug("held connection to %s: %s; through the cluster client", node.name, exc)
                 self._hot.pop(node.name, None)
-                client.close()
+                close(client)
         finally:
             self._hot_lock.release()
         return fallback()
@@ -252,7 +253,7 @@ class RedisClusterBackend(RedisBase):
         args: list[Any] = [self.key_prefix, connection_id, caller, data]
         sha = self._scripts["route"].sha
         with translate_errors("routing to a connection's server"):
-            owner = self._on_master(key, lambda c: c.evalsha(sha, 1, key, *args),
+            owner = self._on_master(key, lambda c: evalsha(c, sha, [key], args),
                                     lambda: self._script("route", [key], args))
         return None if owner is None else as_str(owner)
 
@@ -303,7 +304,7 @@ class RedisClusterBackend(RedisBase):
             held, self._hot = list(self._hot.values()), {}
         for client in held:
             try:
-                client.close()
+                close(client)
             except (redis.RedisError, OSError) as exc:
                 logger.debug("closing a held Redis connection: %s", exc)
         try:

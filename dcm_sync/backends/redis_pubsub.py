@@ -20,6 +20,7 @@ from ..concurrency import get_driver
 from ..errors import BackendUnavailableError
 from .redis_base import as_str, translate_errors
 from .redis_keys import KeyLayout
+from .redis_typed import pubsub
 
 __all__ = ["RedisSubscription", "ShardedSubscription"]
 
@@ -38,7 +39,7 @@ class RedisSubscription:
     """
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, sharded: bool = False) -> None:
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = pubsub(client)
         self._pool = client.connection_pool
         self._keys = keys
         self._sub_type, self._unsub_type, self._msg_type = _SHARDED if sharded else _CLASSIC

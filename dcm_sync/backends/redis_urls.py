@@ -23,11 +23,20 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.backoff import EqualJitterBackoff, NoBackoff
-from redis.retry import Retry
 
 from ..config import redact_url
 from ..errors import ConfigError
+from .redis_typed import (
+    Retry,
+    cluster_client,
+    equal_jitter_backoff,
+    no_backoff,
+    pool_from_url,
+    redis_client,
+    retry,
+    sentinel_discover_master,
+    sentinel_pool,
+)
 
 __all__ = ["MasterPools", "master_pools", "cluster_clients", "parse_hosts"]
 
@@ -37,11 +46,11 @@ REDIS_PORT = 6379
 
 
 def _retry() -> Retry:
-    return Retry(EqualJitterBackoff(cap=0.05, base=0.01), 1)
+    return retry(equal_jitter_backoff(cap=0.05, base=0.01), 1)
 
 
 def _no_retry() -> Retry:
-    return Retry(NoBackoff(), 0, supported_errors=())
+    return retry(no_backoff(), 0, supported_errors=())
 
 
 def _common(timeout: float, tls: bool, ca_file: str | None) -> dict[str, Any]:
@@ -107,14 +116,15 @@ def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
     try:
         # A burst of calls must wait for a pooled connection (up to ``timeout``/2), not
         # fail with "Too many connections" as redis-py's default pool does when full.
-        commands = redis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=timeout / 2, retry=_retry(), **common)
-        hot = redis.ConnectionPool.from_url(url, max_connections=1, retry=_retry(), **common)
+        commands = pool_from_url(redis.BlockingConnectionPool, url, max_connections=POOL_SIZE,
+                                 timeout=timeout / 2, retry=_retry(), **common)
+        hot = pool_from_url(redis.ConnectionPool, url, max_connections=1, retry=_retry(), **common)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from exc
 
     def subscriber() -> redis.ConnectionPool:
-        return redis.ConnectionPool.from_url(url, max_connections=1, retry=_no_retry(), **common)
+        return pool_from_url(redis.ConnectionPool, url, max_connections=1, retry=_no_retry(),
+                             **common)
 
     return MasterPools(commands, hot, subscriber, redact_url(url))
 
@@ -146,9 +156,9 @@ def _sentinel_class() -> type:
         refused the credentials (AuthenticationError), could not be reached (the first
         sentinel's error, TLS ones included, as the cause), or name no master."""
 
-        def discover_master(self, service_name: str) -> Any:
+        def discover_master(self, service_name: str) -> tuple[str, int]:
             try:
-                return super().discover_master(service_name)  # type: ignore[no-untyped-call]
+                return sentinel_discover_master(super(), service_name)
             except MasterNotFoundError:
                 error = self._why(service_name)
             raise error  # outside the except block: keeps the cause _why gave it
@@ -175,7 +185,7 @@ def _sentinel_class() -> type:
 
 
 def _sentinel_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
-    from redis.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
+    from redis.sentinel import SentinelManagedSSLConnection
 
     hosts, creds, path = parse_hosts(url, SENTINEL_PORT)
     segments = [unquote(s) for s in path.split("/") if s]
@@ -196,9 +206,8 @@ def _sentinel_pools(url: str, timeout: float, ca_file: str | None) -> MasterPool
     if tls:
         common["connection_class"] = SentinelManagedSSLConnection
 
-    def pool(retry: Retry, **extra: Any) -> SentinelConnectionPool:
-        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            service, sentinel, db=db, retry=retry, **creds, **common, **extra)
+    def pool(policy: Retry, **extra: Any) -> redis.ConnectionPool:
+        return sentinel_pool(service, sentinel, db=db, retry=policy, **creds, **common, **extra)
 
     return MasterPools(pool(_retry()), pool(_retry(), max_connections=1),
                        lambda: pool(_no_retry(), max_connections=1), redact_url(url),
@@ -208,7 +217,7 @@ def _sentinel_pools(url: str, timeout: float, ca_file: str | None) -> MasterPool
 def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any, Any, Any]:
     """A ``RedisCluster`` for commands; ``node -> Redis`` for one shard's subscriber; and
     ``node -> Redis`` holding one connection to a master for the per-message commands."""
-    from redis.cluster import ClusterNode, RedisCluster
+    from redis.cluster import ClusterNode
 
     hosts, creds, path = parse_hosts(url, REDIS_PORT)
     if path.strip("/") not in ("", "0"):
@@ -217,16 +226,13 @@ def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any,
     common = {**_common(timeout, tls, ca_file), **creds}
     if tls:
         common["ssl"] = True
-    cluster = RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in hosts],  # type: ignore[no-untyped-call]
-        retry=_retry(),
-        require_full_coverage=False, **common)
+    cluster = cluster_client(hosts, retry=_retry(), require_full_coverage=False, **common)
 
     def subscriber(node: ClusterNode) -> redis.Redis:
-        return redis.Redis(host=node.host, port=node.port, retry=_no_retry(), **common)
+        return redis_client(host=node.host, port=node.port, retry=_no_retry(), **common)
 
     def held(node: ClusterNode) -> redis.Redis:
-        return redis.Redis(host=node.host, port=node.port, retry=_retry(),
-                           single_connection_client=True, **common)
+        return redis_client(host=node.host, port=node.port, retry=_retry(),
+                      single_connection_client=True, **common)
 
     return cluster, subscriber, held
