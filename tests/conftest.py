@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
+from tests.helpers.closing import close_all
 from tests.helpers.redis_server import RedisServer
 
 # redis_cluster, cluster_url, fresh_cluster, redis_sentinel, sentinel_url, fresh_sentinel
@@ -27,6 +28,12 @@ def pytest_configure(config: pytest.Config) -> None:
         msg = "redis-server is required for the tests (apt-get install redis-server)"
         if IN_CI:
             raise pytest.UsageError(msg)
+
+
+@pytest.fixture(autouse=True)
+def _close_what_the_test_opened() -> Iterator[None]:
+    yield
+    close_all()
 
 
 @pytest.fixture(scope="session")

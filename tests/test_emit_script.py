@@ -13,6 +13,7 @@ import pytest
 import websocket
 
 from tests.browser.chat_app import ChatApp, app_env
+from tests.helpers.closing import ws_connect
 from tests.helpers.processes import ROOT
 from tests.helpers.redis_server import RedisServer
 
@@ -42,7 +43,7 @@ def recv_json(ws: websocket.WebSocket) -> Any:
 
 
 def test_script_speaks_in_a_room_and_prints_stats(chat_app: ChatApp) -> None:
-    ws = websocket.create_connection(f"ws://127.0.0.1:{chat_app.port}/ws?token=alice", timeout=5,
+    ws = ws_connect(f"ws://127.0.0.1:{chat_app.port}/ws?token=alice", timeout=5,
                                      skip_utf8_validation=True)
     try:
         welcome = recv_json(ws)

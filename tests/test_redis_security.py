@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import redis
-import websocket
 from flask import Flask
 from werkzeug.serving import make_server
 
@@ -35,6 +34,7 @@ from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.config import redact_url
 from flask_ext import DistributedWebSockets, WebSocketConnection
 from tests.conftest import FAST, Managers
+from tests.helpers.closing import ws_connect
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.sockets import RecordingSocket, connect, crash, wait_until
 from tests.helpers.tls import Certs, TLSRedisServer, make_certs
@@ -339,7 +339,7 @@ def _flask_clients(url: str, prefix: str, bearer: str, query: str) -> list[str]:
     seen = []
     try:
         for headers, q in (([f"Authorization: Bearer {bearer}"], ""), ([], f"?token={query}")):
-            ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws{q}", header=headers,
+            ws = ws_connect(f"ws://127.0.0.1:{port}/ws{q}", header=headers,
                                              timeout=10)
             seen.append(json.loads(ws.recv())["user"])
             ws.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 import websocket
 
+from tests.helpers.closing import ws_connect
 from tests.helpers.processes import ROOT, ServerProcess
 
 EXAMPLE = ROOT / "examples" / "gevent_chat_server.py"
@@ -57,7 +58,7 @@ class ChatClient:
 
     def __init__(self, port: int, user: str, timeout: float = 10.0) -> None:
         self.user = user
-        self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws?user={user}", timeout=5,
+        self.ws = ws_connect(f"ws://127.0.0.1:{port}/ws?user={user}", timeout=5,
                                               skip_utf8_validation=True)
         self.ws.settimeout(None)  # the reader blocks; abort() wakes it
         self.frames: list[Frame] = []

@@ -12,6 +12,7 @@ import websocket
 
 from dcm_sync.backends.redis_keys import KeyLayout
 from tests.e2e.chat import ChatClient, ChatServer, Frame, Predicate, is_departure, is_message
+from tests.helpers.closing import ws_connect
 from tests.helpers.redis_server import RedisServer
 
 Launch = Callable[..., list[ChatServer]]
@@ -195,7 +196,7 @@ def test_example_on_memory_backend(launch: Launch, connect: Connect) -> None:
     (server,) = launch(None)  # no REDIS_URL: the embedded memory:// backend
     assert server.wait_stats(lambda s: s["active_servers"] == 1)["driver"] == "gevent"
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws", timeout=5)
+        ws_connect(f"ws://127.0.0.1:{server.port}/ws", timeout=5)
     assert refused.value.status_code == 400
     alice, bob = connect(server, "alice"), connect(server, "bob")
     alice.join("lobby")

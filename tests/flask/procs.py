@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import websocket
-
+from tests.helpers.closing import ws_connect
 from tests.helpers.processes import HEALTH_PATH, Json, ServerProcess, is_ready
 from tests.helpers.redis_server import free_port
 
@@ -75,7 +74,7 @@ class Client:
 
     def __init__(self, url: str, token: str | None = "alice", origin: str | None = None) -> None:
         query = f"?token={token}" if token else ""
-        self.ws = websocket.create_connection(url + query, timeout=10, origin=origin,
+        self.ws = ws_connect(url + query, timeout=10, origin=origin,
                                               skip_utf8_validation=True)
         self.welcome = self.recv()
         assert self.welcome["type"] == "welcome"

@@ -23,6 +23,7 @@ from flask_ext import DistributedWebSockets
 from flask_ext.limits import InboundLimits, Violation
 from flask_ext.transports import GeventTransport
 from tests.flask.procs import Client, Server, Servers
+from tests.helpers.closing import closed_after_test, ws_connect
 from tests.helpers.redis_server import RedisServer
 
 MAX_BYTES = 16 * 1024
@@ -50,7 +51,7 @@ def werkzeug_server(module_servers: Servers) -> Server:
 
 def raw(server: Server, token: str) -> websocket.WebSocket:
     """A socket that has read its welcome and then speaks whatever the test sends."""
-    ws = websocket.create_connection(server.ws_url(f"?token={token}"), timeout=10,
+    ws = ws_connect(server.ws_url(f"?token={token}"), timeout=10,
                                      skip_utf8_validation=True)
     assert json.loads(ws.recv())["type"] == "welcome"
     return ws
@@ -160,12 +161,12 @@ def test_bad_room_names_get_an_error_reply_not_a_closed_socket(dcm: Server) -> N
 def test_connections_per_user_are_limited(dcm: Server) -> None:
     user = f"u{uuid.uuid4().hex[:6]}"
     first, second = Client(dcm.ws_url(), user), Client(dcm.ws_url(), user)
-    third = websocket.create_connection(dcm.ws_url(f"?token={user}"), timeout=10)
+    third = ws_connect(dcm.ws_url(f"?token={user}"), timeout=10)
     assert close_of(third) == (1008, "too many connections")
     other = Client(dcm.ws_url(), f"o{user}")  # another user is not affected
     first.close()
     for _ in range(100):  # the server frees the slot once it has seen the socket go
-        ws = websocket.create_connection(dcm.ws_url(f"?token={user}"), timeout=10)
+        ws = ws_connect(dcm.ws_url(f"?token={user}"), timeout=10)
         frame = ws.recv_frame()
         if frame.opcode == ABNF.OPCODE_TEXT:
             assert json.loads(frame.data)["type"] == "welcome"
@@ -184,7 +185,7 @@ def test_half_open_handshakes_do_not_block_others_and_are_dropped(dcm: Server) -
     # half a request line and one header
     lurkers = []
     for i in range(50):
-        s = socket.create_connection(("127.0.0.1", dcm.port), timeout=10)
+        s = closed_after_test(socket.create_connection(("127.0.0.1", dcm.port), timeout=10))
         if i % 2:
             s.sendall(b"GET /ws?token=lurker HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         lurkers.append(s)
@@ -240,8 +241,8 @@ def test_werkzeug_closes_with_the_same_codes(werkzeug_server: Server, case: str)
 
 
 def _transport(**limits: Any) -> tuple[GeventTransport, gsocket.socket]:
-    server, client = gsocket.socketpair()
-    handler = SimpleNamespace(socket=server, rfile=server.makefile("rb"))
+    server, client = map(closed_after_test, gsocket.socketpair())
+    handler = SimpleNamespace(socket=server, rfile=closed_after_test(server.makefile("rb")))
     ws = WebSocket({}, Stream(handler), handler)
     return GeventTransport(ws, InboundLimits(**limits)), client
 

@@ -12,6 +12,7 @@ import websocket
 
 from dcm_sync.backends.redis_keys import KeyLayout
 from tests.flask.procs import Client, Server, Servers
+from tests.helpers.closing import ws_connect
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import wait_until
 
@@ -21,7 +22,7 @@ STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 
 def open_raw(url: str, token: str | None, origin: str | None = None) -> websocket.WebSocket:
     query = f"?token={token}" if token else ""
-    return websocket.create_connection(url + query, timeout=10, origin=origin)
+    return ws_connect(url + query, timeout=10, origin=origin)
 
 
 def test_pywsgi_two_processes(servers: Servers) -> None:

@@ -16,6 +16,7 @@ import time
 import websocket
 
 from tests.flask.procs import Server, Servers
+from tests.helpers.closing import closed_after_test, ws_connect
 from tests.helpers.processes import rss_kb
 from tests.helpers.redis_server import free_port
 
@@ -26,7 +27,7 @@ SIZE = 32 * 1024
 
 def stalled_client(server: Server) -> socket.socket:
     """Completes the handshake with a tiny receive buffer, then never reads again."""
-    sock = socket.socket()
+    sock = closed_after_test(socket.socket())
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", server.port))
     key = base64.b64encode(os.urandom(16)).decode()
@@ -78,7 +79,7 @@ def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(server
     port = free_port()
     a = servers._start(f"stream-{port}", [sys.executable, "-m", "tests.flask.stream_app", str(port)],
                        port, {"DCM_SEND_QUEUE_MAX_BYTES": str(256 * 1024)})
-    readers = [websocket.create_connection(a.ws_url(f"?token=r{i}"), timeout=10,
+    readers = [ws_connect(a.ws_url(f"?token=r{i}"), timeout=10,
                                            origin=f"http://127.0.0.1:{a.port}",
                                            skip_utf8_validation=True) for i in range(READERS)]
     for r in readers:
@@ -132,7 +133,7 @@ def test_pongs_go_out_between_messages_never_inside_one(servers: Servers) -> Non
     port = free_port()
     a = servers._start(f"stream-{port}", [sys.executable, "-m", "tests.flask.stream_app", str(port)],
                        port)
-    sender, pinger = (websocket.create_connection(a.ws_url(f"?token={u}"), timeout=10,
+    sender, pinger = (ws_connect(a.ws_url(f"?token={u}"), timeout=10,
                                                   origin=f"http://127.0.0.1:{a.port}",
                                                   skip_utf8_validation=True) for u in ("s", "p"))
     for c in (sender, pinger):

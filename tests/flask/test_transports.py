@@ -12,11 +12,12 @@ from geventwebsocket.websocket import Stream, WebSocket
 
 from dcm_sync.local import text_frame
 from flask_ext.transports import GeventTransport
+from tests.helpers.closing import closed_after_test
 
 
 def _pair() -> tuple[GeventTransport, gsocket.socket]:
-    server, client = gsocket.socketpair()
-    handler = SimpleNamespace(socket=server, rfile=server.makefile("rb"))
+    server, client = map(closed_after_test, gsocket.socketpair())
+    handler = SimpleNamespace(socket=server, rfile=closed_after_test(server.makefile("rb")))
     ws = WebSocket({}, Stream(handler), handler)
     return GeventTransport(ws), client
 

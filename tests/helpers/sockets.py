@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.helpers.closing import closed_after_test
+
 
 class RecordingSocket:
     """Records every text frame; ``fail=True`` makes ``send`` raise like a dead peer."""
@@ -78,7 +80,7 @@ class PairSocket:
 
         from dcm_sync.local import text_frame
 
-        self.server, self.client = _socket.socketpair()
+        self.server, self.client = map(closed_after_test, _socket.socketpair())
         self.shares_frames = shares_frames
         self._frame = text_frame
         self.aborted: tuple[int, str] | None = None
