@@ -86,10 +86,12 @@ class RedisSubscription:
         try:
             with translate_errors("listen"):
                 msg = self._pubsub.get_message(timeout=timeout)
-        except (AttributeError, RuntimeError) as exc:
+        except Exception as exc:
             if not self._closed:
                 raise
-            # close() from another thread took the connection away mid-read
+            # close() from another thread took the connection away mid-read: what redis-py
+            # raises then differs between its releases (AttributeError, RuntimeError,
+            # ValueError "I/O operation on closed file")
             raise BackendUnavailableError("the subscription is closed") from exc
         if msg is None:
             return None
