@@ -19,7 +19,7 @@ import redis
 
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from tests.conftest import Managers
-from tests.helpers.sockets import connect, crash
+from tests.helpers.sockets import connect, crash, settle
 from tests.helpers.topologies import ClusterNode, ClusterTopology
 from tests.helpers.topology_base import wait_until
 
@@ -126,5 +126,6 @@ def test_dead_servers_cleanup_interrupted_then_finished_and_announced(
     assert notice["reason"] == "server-failure" and notice["connectionId"] == ca
     assert [s.server_id for s in b.get_active_servers()] == [b.server_id]
     assert not noted(home, keys, ca)
-    time.sleep(0.5)
+    assert b.handle_server_failure(a.server_id) == 0  # another pass finds nothing to clean
+    settle(room, [b], [wb])
     assert len(wb.of_type("user-disconnected")) == 1  # once

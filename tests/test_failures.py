@@ -10,7 +10,7 @@ import pytest
 
 from dcm_sync import DistributedConnectionManager
 from dcm_sync.models import RemovedConnection
-from tests.helpers.sockets import connect, crash, wait_until
+from tests.helpers.sockets import connect, crash, settle, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
 
@@ -30,7 +30,8 @@ def test_dead_server_is_detected_and_cleaned(make_manager: Make) -> None:
     assert (stats.total_connections, stats.total_rooms) == (1, 2)  # r1, r2; only-b is gone
     # counted once the cleanup is over (stats may show B gone a moment before)
     wait_until(lambda: a.metrics()["connections_cleaned"] == 4)
-    time.sleep(0.3)
+    assert a.handle_server_failure(b.server_id) == 0  # another pass finds nothing to clean
+    settle("r1", [a], [wa])
     assert len(wa.of_type("user-disconnected")) == 3
     assert a.metrics()["connections_cleaned"] == 4
 
@@ -61,7 +62,7 @@ def test_concurrent_failure_handling_cleans_exactly_once(make_manager: Make) -> 
     assert a.handle_server_failure(victim.server_id) == 0  # idempotent
     for ws in (wa, wb):
         wait_until(lambda ws=ws: len(ws.of_type("user-disconnected")) == 200, timeout=10)
-    time.sleep(0.2)
+    settle("room", [a, b, c], [wa, wb])  # a notice sent twice by any cleaner is there by now
     for ws in (wa, wb):
         got = [n["connectionId"] for n in ws.of_type("user-disconnected")]
         assert sorted(got) == sorted(ids)
@@ -108,7 +109,7 @@ def test_server_back_during_its_cleanup_keeps_its_state(make_manager: Make,
     assert a.handle_server_failure(b.server_id) == 1
     assert [len(x) for x in batches] == [1, 0]  # nothing popped once b was back
     notices = wait_until(lambda: wa.of_type("user-disconnected"))
-    time.sleep(0.2)
+    settle("r", [a, b], [wa])
     assert len(wa.of_type("user-disconnected")) == 1 and notices[0]["connectionId"] in bobs
     stats = a.get_distributed_stats()  # b's record, index entry and connections stay
     assert (stats.active_servers, stats.total_connections) == (2, 4)

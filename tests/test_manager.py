@@ -18,7 +18,7 @@ from dcm_sync import (
     UnknownConnectionError,
 )
 from dcm_sync.backends.redis_keys import server_tag
-from tests.helpers.sockets import RecordingSocket, connect, wait_until
+from tests.helpers.sockets import RecordingSocket, connect, settle, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
 
@@ -70,7 +70,7 @@ def test_broadcast_reaches_every_member_on_every_server_once(make_manager: Make)
     _, wc = connect(c, "carol", "elsewhere")
     a.broadcast_to_room("lobby", {"text": "hi", "n": 1})
     wait_until(lambda: wb.frames)
-    time.sleep(0.1)  # give any duplicate a chance to arrive
+    settle("lobby", [a, b], [wa, wb])  # a duplicate would have arrived before the markers
     assert wa.messages() == [{"text": "hi", "n": 1}]
     assert wb.messages() == [{"text": "hi", "n": 1}]
     assert wc.frames == []
@@ -85,7 +85,7 @@ def test_broadcast_exclude_and_plain_text(make_manager: Make) -> None:
     wait_until(lambda: wb.frames)
     a.broadcast_to_room("r", "second", exclude={cb})
     wait_until(lambda: wa.frames and len(wb2.frames) == 1)
-    time.sleep(0.1)
+    settle("r", [a, b], [wa, wb, wb2])  # what either sent to the room before has arrived
     assert wb.frames == ["plain text"]
     assert wa.frames == ["second"]
     assert wb2.frames == ["second"]
@@ -115,8 +115,9 @@ def test_join_and_leave_a_remote_connection(make_manager: Make) -> None:
     wait_until(lambda: not b.local.members("r"))
     a.broadcast_to_room("r", "two")
     b.broadcast_to_room("r", "three")
-    time.sleep(0.2)
-    assert wb.frames == ["one"]
+    a.send_to_connection(cb, "marker")  # through b's listener, after "two" went out
+    wait_until(lambda: "marker" in wb.frames)
+    assert wb.frames == ["one", "marker"]
     assert a.get_distributed_stats().total_rooms == 0
 
 
@@ -129,8 +130,9 @@ def test_leave_stops_delivery_and_leaving_twice_is_fine(make_manager: Make) -> N
     a.leave_room(ca, "never-joined")
     b.broadcast_to_room("r", "after")
     wait_until(lambda: wb.frames)
-    time.sleep(0.1)
-    assert wa.frames == []
+    b.send_to_connection(ca, "marker")  # through a's listener, after "after" went out
+    wait_until(lambda: "marker" in wa.frames)
+    assert wa.frames == ["marker"]
 
 
 def test_remove_local_connection_notifies_rooms_everywhere(make_manager: Make) -> None:
@@ -162,7 +164,7 @@ def test_remove_remote_connection_is_closed_by_its_owner(make_manager: Make) -> 
     assert wa.of_type("user-disconnected")[0]["connectionId"] == cb
     assert cb not in b.local
     assert b.get_distributed_stats().total_connections == 1
-    time.sleep(0.1)
+    settle("r", [a, b], [wa])  # a second notice from either would have arrived by now
     assert len(wa.of_type("user-disconnected")) == 1
     assert wb.of_type("user-disconnected") == []  # never told of its own removal
 
@@ -172,7 +174,7 @@ def test_notify_on_disconnect_off(make_manager: Make) -> None:
     ca, _ = connect(a, "alice", "r")
     _, w2 = connect(a, "bob", "r")
     a.remove_connection(ca)
-    time.sleep(0.1)
+    settle("r", [a], [w2])  # a notice is delivered here during the removal, if at all
     assert w2.frames == []
 
 

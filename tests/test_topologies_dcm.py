@@ -18,7 +18,7 @@ from dcm_sync import DistributedConnectionManager, Emitter
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from tests.conftest import Managers
 from tests.helpers.redis_server import free_port
-from tests.helpers.sockets import RecordingSocket, connect, crash
+from tests.helpers.sockets import RecordingSocket, connect, crash, settle
 from tests.helpers.topologies import ClusterTopology, SentinelTopology
 from tests.helpers.topology_base import wait_until
 from tests.test_redis_security import EXACT
@@ -158,7 +158,8 @@ def test_cluster_dead_server_cleaned_after_failover(
         wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
     wait_until(lambda: len(sa.of_type("user-disconnected")) == 5, 10,
                "alice told of the 5 departures")
-    time.sleep(0.5)
+    assert a.handle_server_failure(b.server_id) == 0  # another pass finds nothing to clean
+    settle("lobby", [a], [sa])
     assert len(sa.of_type("user-disconnected")) == 5  # each once
     assert {n["reason"] for n in sa.of_type("user-disconnected")} == {"server-failure"}
 

@@ -20,7 +20,7 @@ from dcm_sync.backends.redis_keys import KeyLayout
 from tests.faults.conftest import Make
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import RecordingSocket, connect, wait_until
+from tests.helpers.sockets import RecordingSocket, connect, settle, wait_until
 
 REDIS_TIMEOUT = 1.0
 BOUND = REDIS_TIMEOUT + 1.5  # "within about redis_timeout", with room for scheduling
@@ -300,7 +300,7 @@ def test_redis_killing_pubsub_connections_is_survived(own_redis: RedisServer, pr
     wb1.frames.clear()
     b.broadcast_to_room("lobby", "once")
     wait_until(lambda: "once" in wa1.frames, timeout=3)
-    time.sleep(0.2)
+    settle("lobby", [b], [wa1, wb1])  # a second copy would have come before the marker
     assert wa1.frames.count("once") == 1 and wb1.frames.count("once") == 1
     stats = b.get_distributed_stats()
     assert (stats.active_servers, stats.total_connections) == (2, 2)

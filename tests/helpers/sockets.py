@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tests.helpers.closing import closed_after_test
@@ -31,6 +32,11 @@ class RecordingSocket:
     def close(self) -> None:
         self.closed = True
 
+    def drop(self, frames: Sequence[str]) -> None:
+        """Forget the given frames (markers, see :func:`settle`)."""
+        with self._lock:
+            self.frames = [f for f in self.frames if f not in frames]
+
     def messages(self) -> list[Any]:
         with self._lock:
             return [json.loads(f) for f in self.frames]
@@ -49,6 +55,27 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def settle(room: str, senders: Sequence[Any], witnesses: Sequence[RecordingSocket],
+           timeout: float = 10.0) -> None:
+    """Broadcast a marker to ``room`` from each manager in ``senders`` and wait until every
+    socket in ``witnesses`` (members of the room) has all of them; then take the markers out
+    of the witnesses' frames.
+
+    A test that must show that something did *not* arrive calls this after the thing that
+    must not arrive, instead of sleeping: one publisher's messages on one room reach every
+    server in the order they were sent, on every backend, and a message published after
+    another one returned reaches each server after it. So whatever those managers published
+    to the room before (a duplicate, a notice sent twice) has been delivered by the time the
+    markers are.
+    """
+    markers = [f"marker-{uuid.uuid4().hex}" for _ in senders]
+    for sender, marker in zip(senders, markers, strict=True):
+        sender.broadcast_to_room(room, marker)
+    wait_until(lambda: all(m in ws.frames for ws in witnesses for m in markers), timeout)
+    for ws in witnesses:
+        ws.drop(markers)
 
 
 def crash(manager: Any) -> None:
