@@ -3,6 +3,8 @@ so refused tokens get HTTP 401 and foreign origins 403 before any handshake.
 
     gunicorn -k flask_ext.gunicorn_worker.DCMGeventWebSocketWorker -w 4 --no-control-socket app:app
 
+(``--no-control-socket``: gunicorn 27 and newer; older releases have no control socket.)
+
 On SIGTERM it also shuts the app's ``DistributedWebSockets`` down at once: WebSockets never end
 by themselves, and a worker still holding them when ``graceful_timeout`` runs out is killed by
 the master before any exit hook runs. Shutting down closes them (their rooms are told, reason

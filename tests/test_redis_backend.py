@@ -262,3 +262,11 @@ def test_an_idle_listener_keeps_its_subscription(redis_server: RedisServer, pref
     finally:
         for m in made:
             m.shutdown()
+
+
+def test_the_hiredis_extra_is_what_redis_py_parses_with() -> None:
+    # the hiredis extra's lower bound is one redis-py accepts (it ignores hiredis below 3.2)
+    import hiredis
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE, f"redis-py {redis.__version__} ignores hiredis {hiredis.__version__}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ from tests.helpers.closing import ws_connect
 from tests.helpers.processes import HEALTH_PATH, Json, ServerProcess, is_ready
 from tests.helpers.redis_server import free_port
 
+# gunicorn 27 opens a control socket under ~/.gunicorn/ unless told not to; older releases
+# have neither the socket nor the option
+NO_CONTROL_SOCKET = ["--no-control-socket"] if int(version("gunicorn").split(".")[0]) >= 27 else []
 FAST_ENV = {"DCM_HEARTBEAT_INTERVAL": "0.2", "DCM_HEARTBEAT_TTL": "1.0", "DCM_CLEANUP_INTERVAL": "0.5"}
 
 
@@ -50,7 +54,7 @@ class Servers:
         """gunicorn with ``workers`` workers of class ``worker`` serving the chat app, once ready."""
         port = free_port()
         argv = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "-b",
-                f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "2",
+                f"127.0.0.1:{port}", *NO_CONTROL_SOCKET, "--graceful-timeout", "2",
                 "examples.chat.app:app"]
         return self._start(f"gunicorn-{port}", argv, port)
 
