@@ -18,7 +18,7 @@ from dcm_sync import (
     UnknownConnectionError,
 )
 from dcm_sync.backends.redis_keys import server_tag
-from tests.helpers.sockets import RecordingSocket, connect, settle, wait_until
+from tests.helpers.sockets import RecordingSocket, connect, settle, until_reached, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
 
@@ -106,8 +106,8 @@ def test_send_to_connection_local_remote_unknown(make_manager: Make) -> None:
 def test_join_and_leave_a_remote_connection(make_manager: Make) -> None:
     a, b = make_manager(), make_manager()
     cb, wb = connect(b, "bob")
-    a.join_room(cb, "r")            # routed to b, which subscribes
-    wait_until(lambda: b.local.members("r"))
+    a.join_room(cb, "r")            # routed to b, which subscribes when it reads it
+    until_reached(a, "r", wb)
     a.broadcast_to_room("r", "one")
     wait_until(lambda: wb.frames == ["one"])
     assert a.get_distributed_stats().total_rooms == 1

@@ -20,7 +20,7 @@ from dcm_sync.backends.redis_keys import KeyLayout
 from tests.faults.conftest import Make
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import RecordingSocket, connect, settle, wait_until
+from tests.helpers.sockets import RecordingSocket, connect, settle, until_reached, wait_until
 
 REDIS_TIMEOUT = 1.0
 BOUND = REDIS_TIMEOUT + 1.5  # "within about redis_timeout", with room for scheduling
@@ -207,8 +207,7 @@ def test_slow_link_everything_works(own_redis: RedisServer, proxy: TcpProxy, mak
     assert b.send_to_connection(a1, "direct B->A") is True
     wait_until(lambda: "direct A->B" in wb1.frames and "direct B->A" in wa1.frames, timeout=3)
     a.join_room(b1, "games")  # a room change of B's connection, routed from A
-    wait_until(lambda: b.local.get(b1) is not None and "games" in b.local.get(b1).rooms,  # type: ignore[union-attr]
-               timeout=3)
+    until_reached(a, "games", wb1)  # B subscribes when it reads the routed join
     a.broadcast_to_room("games", "games from A")
     wait_until(lambda: "games from A" in wb1.frames, timeout=3)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -76,6 +77,24 @@ def settle(room: str, senders: Sequence[Any], witnesses: Sequence[RecordingSocke
     wait_until(lambda: all(m in ws.frames for ws in witnesses for m in markers), timeout)
     for ws in witnesses:
         ws.drop(markers)
+
+
+def until_reached(sender: Any, room: str, ws: RecordingSocket, timeout: float = 10.0) -> None:
+    """Broadcast probes to ``room`` from ``sender`` until one reaches ``ws``, then settle and
+    forget the probes. For a member whose server subscribes to the room on its own time (a
+    remote join: the owner subscribes when it reads the routed join): from then on, what
+    ``sender`` broadcasts to the room reaches ``ws``."""
+    probes = (f"probe-{uuid.uuid4().hex}" for _ in itertools.count())
+    sent: list[str] = []
+
+    def reached() -> bool:
+        sent.append(next(probes))
+        sender.broadcast_to_room(room, sent[-1])
+        return any(p in ws.frames for p in sent)
+
+    wait_until(reached, timeout, interval=0.05)
+    settle(room, [sender], [ws], timeout)
+    ws.drop(sent)
 
 
 def crash(manager: Any) -> None:
