@@ -5,14 +5,16 @@ Every error the library raises on purpose derives from :class:`DCMError`::
     DCMError
      ├── ConfigError (also ValueError)          invalid Config field or override
      ├── UnknownConnectionError (also KeyError)  no such connection on any server
-     ├── ConnectionLimitError                   this process holds max_connections already
+     ├── ConnectionLimitError                   max_connections or max_rooms_per_connection reached
      ├── MessageTooLargeError (also ValueError)  encoded message over max_message_bytes
      ├── AuthenticationError                    Config.authenticate refused a token
      └── BackendError                           the coordinator (Redis) failed
           └── BackendUnavailableError           it could not be reached in time
                └── BackendAuthenticationError   it refused the credentials (Redis ACL / password)
 
-Wrong argument types raise the builtin ``TypeError``; malformed ids raise ``ValueError``.
+Wrong argument types raise the builtin ``TypeError``; malformed ids (empty, too long, or not
+valid Unicode text: a lone surrogate) and message text that is not valid Unicode raise
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class UnknownConnectionError(DCMError, KeyError):
 
 
 class ConnectionLimitError(DCMError):
-    """This process already holds ``max_connections`` local connections."""
+    """A limit is reached: this process holds ``max_connections`` local connections, or the
+    connection is in ``max_rooms_per_connection`` rooms already."""
 
 
 class MessageTooLargeError(DCMError, ValueError):

@@ -190,7 +190,8 @@ class DistributedConnectionManager(ClusterMaintenance):
         raise DCMError(f"no free connection id after {ID_ATTEMPTS} random draws")
 
     def join_room(self, connection_id: str, room_id: str) -> None:
-        """Put a connection (on any server) in a room."""
+        """Put a connection (on any server) in a room. :class:`ConnectionLimitError` if it is
+        in ``max_rooms_per_connection`` other rooms already."""
         self._room_change(connection_id, room_id, join=True)
 
     def leave_room(self, connection_id: str, room_id: str) -> None:
@@ -204,8 +205,11 @@ class DistributedConnectionManager(ClusterMaintenance):
         kind = "join" if join else "leave"
         local = connection_id in self.local
         route = b"" if local else self._envelope(kind, c=connection_id, r=room_id)
-        op = self._backend.join_room if join else self._backend.leave_room
-        owner = op(connection_id, room_id, self.server_id, route)
+        if join:
+            owner = self._backend.join_room(connection_id, room_id, self.server_id, route,
+                                            self.config.max_rooms_per_connection)
+        else:
+            owner = self._backend.leave_room(connection_id, room_id, self.server_id, route)
         if owner is None:
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
         if owner == self.server_id:

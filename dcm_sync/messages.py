@@ -117,20 +117,34 @@ class Envelope:
 
 def validate_id(value: object, what: str) -> str:
     """Return ``value`` if it is a usable id: ``TypeError`` if not a str, ``ValueError`` if
-    empty or longer than :data:`MAX_ID_LENGTH` characters."""
+    empty, longer than :data:`MAX_ID_LENGTH` characters, or not valid Unicode text (a lone
+    surrogate, such as ``json.loads('"\\ud800"')`` gives: it cannot be stored or sent)."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{what} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise ValueError(f"{what} is {len(value)} characters; at most {MAX_ID_LENGTH} allowed")
+    if not value.isascii():
+        utf8_length(value, what)
     return value
+
+
+def utf8_length(text: str, what: str) -> int:
+    """``len(text.encode("utf-8"))``; ``ValueError`` naming the first lone surrogate if
+    ``text`` has one (no UTF-8 form)."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode text: a lone surrogate "
+                         f"{text[exc.start]!r} at position {exc.start}") from None
 
 
 def encode_message(message: object, max_bytes: int) -> str:
     """The text frame a client receives: ``message`` itself if it is a ``str``, else its
-    compact JSON. ``TypeError`` if not JSON-serializable, :class:`MessageTooLargeError` if
-    over ``max_bytes`` (UTF-8)."""
+    compact JSON. ``TypeError`` if not JSON-serializable, ``ValueError`` if its text is not
+    valid Unicode (a lone surrogate), :class:`MessageTooLargeError` if over ``max_bytes``
+    (UTF-8)."""
     if isinstance(message, str):
         text = message
     else:
@@ -138,7 +152,7 @@ def encode_message(message: object, max_bytes: int) -> str:
             text = _dumps(message)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"message is not JSON-serializable: {exc}") from exc
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    size = len(text) if text.isascii() else utf8_length(text, "message")
     if size > max_bytes:
         raise MessageTooLargeError(f"message is {size} bytes; max_message_bytes is {max_bytes}")
     return text

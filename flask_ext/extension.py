@@ -126,19 +126,27 @@ class DistributedWebSockets:
 
     @property
     def health_blueprint(self) -> Blueprint:
-        """``GET <prefix>/health``: 200 with readiness and stats as JSON, 503 when not ready."""
+        """``GET <prefix>/health``: 200 ``{"ready": true}``, 503 ``{"ready": false}`` when not
+        ready. With ``DCM_HEALTH_DETAILS`` on, also ``server_id`` and ``stats`` (the cluster's
+        stats, naming every server's host, port and pid: keep that from the public, behind the
+        app's own auth or a private listener), and the error when not ready."""
         if self._health is None:
             bp = Blueprint("dcm_health", __name__)
 
             @bp.get("/health")
             def health() -> tuple[Response, int]:
+                details = self._state().health_details
                 try:
                     mgr = self.manager
-                    stats = dataclasses.asdict(mgr.get_distributed_stats())
                     ready = mgr.is_ready()
+                    stats = dataclasses.asdict(mgr.get_distributed_stats()) if details else None
                 except DCMError as exc:
-                    return jsonify(ready=False, error=str(exc)), 503
-                return jsonify(ready=ready, server_id=mgr.server_id, stats=stats), 200 if ready else 503
+                    return (jsonify(ready=False, error=str(exc)) if details
+                            else jsonify(ready=False)), 503
+                code = 200 if ready else 503
+                if not details:
+                    return jsonify(ready=ready), code
+                return jsonify(ready=ready, server_id=mgr.server_id, stats=stats), code
 
             self._health = bp
         return self._health

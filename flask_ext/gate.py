@@ -45,11 +45,16 @@ def parse_origins(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
 
 def origin_allowed(environ: Mapping[str, Any], allowed: tuple[str, ...] | None) -> bool:
     """A request without ``Origin`` (not a browser) is allowed. A browser's ``Origin`` must be
-    in ``allowed``; with ``allowed`` None it must match the request's own ``Host``."""
+    in ``allowed``; with ``allowed`` None it must be the request's own origin: its ``Host`` and
+    its scheme (``wsgi.url_scheme``: a page on ``https://host`` may not open a socket on
+    ``http://host``, nor the other way round). Behind a proxy that ends TLS, let the app see the
+    client's scheme (werkzeug's ``ProxyFix(x_proto=1)``) or list the origin."""
     origin = str(environ.get("HTTP_ORIGIN", "")).strip().rstrip("/").lower()
     if not origin:
         return True
     if allowed is None:
         host = str(environ.get("HTTP_HOST", "")).lower()
-        return bool(host) and urlsplit(origin).netloc == host
+        scheme = str(environ.get("wsgi.url_scheme", "http")).lower()
+        parts = urlsplit(origin)
+        return bool(host) and parts.netloc == host and parts.scheme == scheme
     return "*" in allowed or origin in allowed

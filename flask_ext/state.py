@@ -24,13 +24,28 @@ from dcm_sync.config import field_names
 from .gate import parse_origins
 from .limits import InboundLimits, UserSlots, handshake_timeout, max_connections_per_user, setdefault_limits
 
-__all__ = ["AppState", "build_config", "FLASK_ONLY_KEYS"]
+__all__ = ["AppState", "build_config", "health_details", "FLASK_ONLY_KEYS"]
 
 logger = logging.getLogger(__name__)
 
 #: DCM_* keys that belong to the extension, not to dcm_sync.Config.
 FLASK_ONLY_KEYS = frozenset({"allowed_origins", "rate_limit", "rate_burst", "rate_limit_action",
-                             "max_connections_per_user", "handshake_timeout"})
+                             "max_connections_per_user", "handshake_timeout", "health_details"})
+
+
+def health_details(app: Flask) -> bool:
+    """``DCM_HEALTH_DETAILS`` (the app's config, else the environment; default off): whether
+    the health route shows this server's id and the cluster's stats (every server's host, port
+    and pid) or readiness alone. ``ConfigError`` if it is not a yes/no value."""
+    raw = app.config.get("DCM_HEALTH_DETAILS", os.environ.get("DCM_HEALTH_DETAILS", False))
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"DCM_HEALTH_DETAILS must be true or false, got {raw!r}")
 
 
 def build_config(app: Flask) -> Config:
@@ -51,6 +66,7 @@ class AppState:
         self.limits = InboundLimits.from_config(app.config, self.config.max_message_bytes)
         self.user_slots = UserSlots(max_connections_per_user(app.config))
         handshake_timeout(app.config)  # checked here, read by flask_ext.handler
+        self.health_details = health_details(app)
         self.endpoints: set[str] = set()
         self._manager: DistributedConnectionManager | None = None
         self._pid = 0

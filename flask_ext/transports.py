@@ -172,12 +172,28 @@ class GeventTransport(_Guarded):
 _FIXED: dict[type, type] = {}
 
 
+def close_reply_code(payload: bytes) -> int:
+    """The code that answers a client's close frame (RFC 6455 5.5.1, 7.1.6, 7.4): its own code;
+    1000 when it gave none; 1002 for a 1-byte payload or a code that must not be sent; 1007
+    when its reason is not valid UTF-8."""
+    if not payload:
+        return 1000
+    if len(payload) == 1:
+        return 1002
+    code = int.from_bytes(payload[:2], "big")
+    if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015) or 1016 <= code <= 2999:
+        return 1002
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return 1007
+    return code
+
+
 def _close_fixed_class(base: type) -> type:
     if base not in _FIXED:
         def handle_close(self: Any, header: Any, payload: bytes) -> None:
-            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
-            if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015):
-                code = 1002  # the client sent a code that must not be sent: protocol error
+            code = close_reply_code(payload)
             try:
                 self.send_frame(_close_payload(code, ""), self.OPCODE_CLOSE)
             except Exception as exc:  # the peer may be gone already

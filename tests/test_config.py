@@ -19,13 +19,15 @@ def test_defaults_use_embedded_backend() -> None:
 def test_from_env_reads_seed_variables_and_dcm_fields() -> None:
     env = {"REDIS_URL": "redis://127.0.0.1:7000/2", "SERVER_HOST": "10.0.0.5", "PORT": "3001",
            "DCM_HEARTBEAT_INTERVAL": "0.5", "DCM_HEARTBEAT_TTL": "2", "DCM_KEY_PREFIX": "app:",
-           "DCM_NOTIFY_ON_DISCONNECT": "false", "DCM_MAX_CONNECTIONS": "50_000"}
+           "DCM_NOTIFY_ON_DISCONNECT": "false", "DCM_MAX_CONNECTIONS": "50_000",
+           "DCM_MAX_ROOMS_PER_CONNECTION": "128"}
     cfg = Config.from_env(env)
     assert cfg.redis_url == "redis://127.0.0.1:7000/2"
     assert cfg.server_host == "10.0.0.5" and cfg.server_port == 3001
     assert cfg.heartbeat_interval == 0.5 and cfg.heartbeat_ttl == 2.0
     assert cfg.key_prefix == "app:" and cfg.notify_on_disconnect is False
     assert cfg.max_connections == 50_000
+    assert cfg.max_rooms_per_connection == 128 and Config().max_rooms_per_connection == 100
 
 
 def test_from_env_dcm_name_wins_and_overrides_win() -> None:
@@ -49,6 +51,7 @@ def test_from_env_empty_is_memory() -> None:
     dict(key_prefix="app{1}:"),  # braces would put every key in one Cluster slot
     dict(redis_url="redis+sentinel://127.0.0.1:26379/mymaster", redis_ca_file="/etc/hostname"),
     dict(max_connections=0),
+    dict(max_rooms_per_connection=-1),
     dict(max_message_bytes=10),
     dict(server_port="3000"),
     dict(notify_on_disconnect="yes"),

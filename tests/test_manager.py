@@ -264,7 +264,8 @@ def test_malformed_bus_messages_are_dropped(make_manager: Make) -> None:
 def test_bad_input(make_manager: Make) -> None:
     a = make_manager(max_message_bytes=100)
     ca, wa = connect(a, "alice", "r")
-    for bad_id, exc in ((None, TypeError), (3, TypeError), ("", ValueError), ("x" * 257, ValueError)):
+    for bad_id, exc in ((None, TypeError), (3, TypeError), ("", ValueError), ("x" * 257, ValueError),
+                        ("\ud800", ValueError), ("ok\udcff", ValueError)):  # lone surrogates
         with pytest.raises(exc):
             a.join_room(bad_id, "r")  # type: ignore[arg-type]
         with pytest.raises(exc):
@@ -286,6 +287,11 @@ def test_bad_input(make_manager: Make) -> None:
         a.send_to_connection(ca, {1, 2})
     with pytest.raises(MessageTooLargeError):
         a.broadcast_to_room("r", "x" * 101)
+    for text in ("\udcff", {"text": "a\ud800"}):  # what json.loads makes of "\udcff"
+        with pytest.raises(ValueError, match="not valid Unicode text: a lone surrogate"):
+            a.broadcast_to_room("r", text)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            a.send_to_connection(ca, text)
     with pytest.raises(TypeError):
         a.broadcast_to_room("r", "x", exclude=ca)  # a str, not an iterable of ids
     with pytest.raises(TypeError):
@@ -301,6 +307,24 @@ def test_connection_limit(make_manager: Make) -> None:
     with pytest.raises(ConnectionLimitError):
         connect(a, "u3")
     assert a.get_distributed_stats().total_connections == 2
+
+
+def test_rooms_per_connection_are_limited_from_any_server(make_manager: Make) -> None:
+    a, b = make_manager(max_rooms_per_connection=3), make_manager(max_rooms_per_connection=3)
+    ca, _ = connect(a, "alice", "r1", "r2", "r3")
+    a.join_room(ca, "r3")  # a room it is in already is not one more
+    with pytest.raises(ConnectionLimitError, match="max_rooms_per_connection"):
+        a.join_room(ca, "r4")
+    with pytest.raises(ConnectionLimitError, match="max_rooms_per_connection"):
+        b.join_room(ca, "r4")  # routed joins are held to it too, in the same atomic step
+    assert a.get_distributed_stats().total_rooms == 3  # a refused join leaves nothing behind
+    assert not a.local.members("r4")
+    a.leave_room(ca, "r1")
+    b.join_room(ca, "r4")
+    wait_until(lambda: a.local.members("r4"))
+    assert a.get_distributed_stats().total_rooms == 3
+    unlimited = make_manager(max_rooms_per_connection=0)
+    connect(unlimited, "bob", *(f"many-{i}" for i in range(120)))
 
 
 def test_authenticate(make_manager: Make) -> None:

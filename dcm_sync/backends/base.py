@@ -15,9 +15,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import ConnectionLimitError
 from ..models import RemovedConnection, ServerInfo
 
-__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation"]
+__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "rooms_full"]
+
+
+def rooms_full(connection_id: str, max_rooms: int) -> ConnectionLimitError:
+    """The error of a join refused by ``max_rooms_per_connection``."""
+    return ConnectionLimitError(f"connection {connection_id} is in {max_rooms} rooms already "
+                                "(max_rooms_per_connection); leave one first")
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,12 @@ class Backend(Protocol):
 
     def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None: ...
 
-    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                  max_rooms: int = 0) -> str | None:
         """Add to the room; return the owning server id (None if unknown). If the owner is not
-        ``caller``, ``route`` is published to the owner's server channel in the same step."""
+        ``caller``, ``route`` is published to the owner's server channel in the same step.
+        :class:`~dcm_sync.errors.ConnectionLimitError`, changing nothing, if the connection is
+        not in the room and already in ``max_rooms`` rooms (0: no limit)."""
         ...
 
     def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None: ...

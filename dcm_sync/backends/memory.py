@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..models import RemovedConnection, ServerInfo
-from .base import ConnectionRecord
+from .base import ConnectionRecord, rooms_full
 
 __all__ = ["MemoryBackend", "reset_memory_backends"]
 
@@ -211,15 +211,17 @@ class MemoryBackend:
                 if conn is not None:
                     conn.expires = time.monotonic() + ttl
 
-    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                  max_rooms: int = 0) -> str | None:
         s = self._s
         with s.lock:
             conn = s.live_conn(connection_id)
             if conn is None:
                 return None
-            members = s.rooms.setdefault(room_id, set())
-            if connection_id not in members:
-                members.add(connection_id)
+            if room_id not in conn.rooms:
+                if max_rooms and len(conn.rooms) >= max_rooms:
+                    raise rooms_full(connection_id, max_rooms)
+                s.rooms.setdefault(room_id, set()).add(connection_id)
                 conn.rooms.append(room_id)
             self._route_to(conn.server_id, caller, route)
             return conn.server_id

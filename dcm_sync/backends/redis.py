@@ -17,6 +17,7 @@ import redis
 
 from ..errors import BackendUnavailableError
 from ..models import RemovedConnection
+from .base import rooms_full
 from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket
 from .redis_pubsub import RedisSubscription
@@ -82,16 +83,20 @@ class RedisBackend(RedisBase):
                                 [self.key_prefix, count, 1])
         return [r for r in map(removed_row, rows) if r is not None]
 
-    def _room_op(self, name: str, cid: str, room: str, caller: str, route: bytes) -> str | None:
+    def _room_op(self, name: str, cid: str, room: str, caller: str, route: bytes,
+                 max_rooms: int = 0) -> str | None:
         k = self._keys
         with translate_errors("room membership change"):
             owner = self._script(name, [k.connection(cid), k.room(room),
                                         k.rooms_index(room_bucket(room))],
-                                 [self.key_prefix, cid, caller, route, room])
+                                 [self.key_prefix, cid, caller, route, room, max_rooms])
+        if owner == 0:
+            raise rooms_full(cid, max_rooms)
         return None if owner is None else as_str(owner)
 
-    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
-        return self._room_op("join", connection_id, room_id, caller, route)
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                  max_rooms: int = 0) -> str | None:
+        return self._room_op("join", connection_id, room_id, caller, route, max_rooms)
 
     def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
         return self._room_op("leave", connection_id, room_id, caller, route)

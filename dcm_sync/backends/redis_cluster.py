@@ -35,6 +35,7 @@ from redis.exceptions import NoScriptError
 from ..config import redact_url
 from ..errors import BackendError
 from ..models import RemovedConnection
+from .base import rooms_full
 from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket, server_tag
 from .redis_pubsub import ShardedSubscription
@@ -217,21 +218,26 @@ class RedisClusterBackend(RedisBase):
         return out
 
     # connections and rooms
-    def _conn_room(self, cid: str, room: str, caller: str, route: bytes, join: bool) -> str | None:
+    def _conn_room(self, cid: str, room: str, caller: str, route: bytes, join: bool,
+                   max_rooms: int = 0) -> str | None:
         owner = self._script("conn_room", [self._keys.connection(cid)],
-                             [self.key_prefix, cid, caller, route, room, int(join)])
+                             [self.key_prefix, cid, caller, route, room, int(join), max_rooms])
+        if owner == 0:
+            raise rooms_full(cid, max_rooms)
         return None if owner is None else as_str(owner)
 
-    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+    def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                  max_rooms: int = 0) -> str | None:
         k = self._keys
         room_keys = [k.room(room_id), k.rooms_index(room_bucket(room_id))]
         with translate_errors("room membership change"):
             added = self._script("room_add", room_keys, [connection_id, room_id])
             owner = None
             try:
-                owner = self._conn_room(connection_id, room_id, caller, route, True)
+                owner = self._conn_room(connection_id, room_id, caller, route, True, max_rooms)
             finally:
-                if owner is None and added:  # unknown connection, or the second step failed
+                # unknown connection, in too many rooms, or the second step failed
+                if owner is None and added:
                     self._take_back(room_keys, connection_id, room_id)
         return owner
 

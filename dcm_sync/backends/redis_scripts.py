@@ -46,6 +46,16 @@ end
 
 # Server slot: a connection's room list, the notice to its owner, its removal.
 _CONN = """
+local function full(ck, max_rooms)
+  local limit = tonumber(max_rooms)
+  return limit > 0 and #rooms_of(ck) >= limit
+end
+local function in_list(ck, room)
+  for _, r in ipairs(rooms_of(ck)) do
+    if r == room then return true end
+  end
+  return false
+end
 local function list_edit(ck, room, add)
   local kept = {}
   for _, r in ipairs(rooms_of(ck)) do
@@ -100,11 +110,17 @@ end
 return out
 """
 
-# KEYS: connections:<cid>, rooms:<room>, its index bucket. ARGV: prefix, cid, caller, route, room
+# KEYS: connections:<cid>, rooms:<room>, its index bucket. ARGV: prefix, cid, caller, route,
+# room, max rooms (0: no limit) -> owner; false if unknown; 0 (nothing changed) if the
+# connection is not in the room and in max rooms already
 JOIN = _HEAD + """
 local owner = redis.call('HGET', KEYS[1], 'serverId')
 if not owner then return false end
-if room_add(KEYS[2], KEYS[3], ARGV[2], ARGV[5]) == 1 then list_edit(KEYS[1], ARGV[5], true) end
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
+  if full(KEYS[1], ARGV[6]) then return 0 end
+  room_add(KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+  list_edit(KEYS[1], ARGV[5], true)
+end
 notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner
 """
@@ -125,10 +141,12 @@ return owner
 ROOM_ADD = _ROOM + "return room_add(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
 ROOM_DEL = _ROOM + "return room_del(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
 
-# KEYS: connections:<cid>. ARGV: prefix, cid, caller, route, room, 1 join / 0 leave -> owner
+# KEYS: connections:<cid>. ARGV: prefix, cid, caller, route, room, 1 join / 0 leave, max rooms
+# (0: no limit) -> owner; false if unknown; 0 (nothing changed) if a join would pass max rooms
 CONN_ROOM = _HEAD + """
 local owner = redis.call('HGET', KEYS[1], 'serverId')
 if not owner then return false end
+if ARGV[6] == '1' and not in_list(KEYS[1], ARGV[5]) and full(KEYS[1], ARGV[7]) then return 0 end
 list_edit(KEYS[1], ARGV[5], ARGV[6] == '1')
 notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner

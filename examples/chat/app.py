@@ -32,10 +32,11 @@ from flask import Flask, send_from_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
+from dcm_sync import ConnectionLimitError  # noqa: E402
 from dcm_sync.messages import validate_id  # noqa: E402
 from flask_ext import DistributedWebSockets, WebSocketConnection  # noqa: E402
 
-NAME = re.compile(r"^[\w .-]{1,32}$")
+NAME = re.compile(r"[\w .-]{1,32}")
 HERE = Path(__file__).resolve().parent
 
 app = Flask(__name__)
@@ -46,7 +47,7 @@ app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
 
 @sockets.authenticate
 def authenticate(token: str | None) -> str | None:
-    return token if token and NAME.match(token) else None
+    return token if token and NAME.fullmatch(token) else None
 
 
 @app.get("/")
@@ -76,16 +77,26 @@ def chat(conn: WebSocketConnection) -> None:
         except (TypeError, ValueError) as exc:
             conn.send({"type": "error", "error": str(exc)})
             continue
-        if op == "join":
-            conn.join(room)
-            sockets.broadcast_to_room(room, {"type": "joined", "room": room, "user": conn.user_id})
-        elif op == "leave":
-            conn.leave(room)
-        elif op == "say":
-            sockets.broadcast_to_room(room, {"type": "message", "room": room, "from": conn.user_id,
-                                             "text": str(data.get("text", ""))[:2000]})
-        else:
-            conn.send({"type": "error", "error": f"unknown op {op!r}"})
+        try:
+            act(conn, op, room, data)
+        except (TypeError, ValueError, ConnectionLimitError) as exc:  # the client's input
+            conn.send({"type": "error", "error": str(exc)})
+
+
+def act(conn: WebSocketConnection, op: object, room: str, data: dict[str, Any]) -> None:
+    """One client request. The library's ``TypeError``/``ValueError`` (text that is not
+    valid Unicode, a message too big) and ``ConnectionLimitError`` (too many rooms) go back to
+    the client as an error."""
+    if op == "join":
+        conn.join(room)
+        sockets.broadcast_to_room(room, {"type": "joined", "room": room, "user": conn.user_id})
+    elif op == "leave":
+        conn.leave(room)
+    elif op == "say":
+        sockets.broadcast_to_room(room, {"type": "message", "room": room, "from": conn.user_id,
+                                         "text": str(data.get("text", ""))[:2000]})
+    else:
+        conn.send({"type": "error", "error": f"unknown op {op!r}"})
 
 
 def main(handler_class: type | None = None) -> None:

@@ -77,14 +77,28 @@ def test_routes_declared_before_init_app(app: Flask) -> None:
     assert [r.rule for r in app.url_map.iter_rules() if r.endpoint == "room_socket"] == ["/ws/<room>"]
 
 
-def test_health_blueprint(app: Flask) -> None:
+def test_health_blueprint_says_ready_alone_unless_details_are_on(app: Flask) -> None:
     sockets = DistributedWebSockets(app)
     app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
     resp = app.test_client().get("/dcm/health")
-    assert resp.status_code == 200
-    body = resp.get_json()
-    assert body["ready"] is True
-    assert body["stats"]["active_servers"] == 1 and body["server_id"]
+    assert (resp.status_code, resp.get_json()) == (200, {"ready": True})  # no host, pid or port
+
+    detailed = Flask("detailed")
+    detailed.config.update(DCM_REDIS_URL=f"memory://{uuid.uuid4().hex}", DCM_HEALTH_DETAILS="yes")
+    more = DistributedWebSockets(detailed)
+    detailed.register_blueprint(more.health_blueprint, url_prefix="/dcm")
+    try:
+        body = detailed.test_client().get("/dcm/health").get_json()
+        assert body["ready"] is True and body["server_id"]
+        assert body["stats"]["active_servers"] == 1
+        assert body["stats"]["server_stats"][0]["pid"] > 0
+    finally:
+        more.shutdown()
+
+    bad = Flask("bad")
+    bad.config.update(DCM_REDIS_URL="memory://", DCM_HEALTH_DETAILS="perhaps")
+    with pytest.raises(ConfigError, match="DCM_HEALTH_DETAILS"):
+        DistributedWebSockets(bad)
 
 
 def test_passthroughs_without_app_context(app: Flask) -> None:
@@ -108,6 +122,11 @@ def test_origin_rules() -> None:
     other = {"HTTP_HOST": "chat.example:8000", "HTTP_ORIGIN": "https://evil.example"}
     assert origin_allowed(same, None) and not origin_allowed(other, None)
     assert origin_allowed({"HTTP_HOST": "x"}, None)  # no Origin: not a browser
+    # same host, other scheme: not the same origin
+    tls_page = {"HTTP_HOST": "chat.example:8000", "HTTP_ORIGIN": "https://chat.example:8000"}
+    assert not origin_allowed(tls_page, None)
+    assert origin_allowed({**tls_page, "wsgi.url_scheme": "https"}, None)
+    assert not origin_allowed({**same, "wsgi.url_scheme": "https"}, None)
     allowed = parse_origins("https://evil.example/, https://b.example")
     assert allowed == ("https://evil.example", "https://b.example")
     assert origin_allowed(other, allowed) and not origin_allowed(same, allowed)
