@@ -37,21 +37,27 @@ class FrameSocket(Protocol):
         """The bytes to write for one text message."""
         ...
 
-    def write_nowait(self, data: bytes) -> int:
+    def write_nowait(self, data: bytes | bytearray) -> int:
         """Write what fits without blocking; how many bytes were written (0 when none)."""
         ...
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Write all of ``data``, waiting as needed; raise when the peer is gone."""
         ...
 
     def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
-        """Stop normal use and return the close frame to write last; from now on a blocked
-        :meth:`write` gives up within ``grace`` seconds and ``close()`` does nothing."""
+        """Stop normal use and return the close frame to write last; from now on ``close()``
+        does nothing. (``grace``: how long the outbox will still let a writer try.)"""
         ...
 
     def finish(self) -> None:
         """Shut the connection down (after the close frame, or when it could not be written)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding what the kernel still holds for it (a
+        reset), and wake a :meth:`write` blocked on it: the client took nothing for
+        ``abort_grace`` seconds after it was cut or closed."""
         ...
 
 
@@ -80,7 +86,7 @@ class SendPolicy:
 
 class Outbox:
     __slots__ = ("_ws", "_policy", "_cid", "_lock", "_pending", "_bytes", "_writing", "_closed",
-                 "_shares", "_idle", "_partial")
+                 "_shares", "_idle", "_partial", "_pong")
 
     def __init__(self, ws: FrameSocket, policy: SendPolicy, connection_id: str,
                  lock: threading.Lock) -> None:
@@ -88,13 +94,14 @@ class Outbox:
         self._policy = policy
         self._cid = connection_id
         self._lock = lock
-        self._pending: deque[bytes] | None = None  # made on first need: most never queue
+        self._pending: deque[bytes | bytearray] | None = None  # made on first need: most never queue
         self._bytes = 0
         self._writing = False  # a writer owns the socket's write side
         self._closed = False
         self._shares = bool(getattr(ws, "shares_frames", False))
         self._idle: threading.Event | None = None  # made by wait_idle, set when the writer ends
         self._partial = False  # the first item waiting is the rest of a frame partly written
+        self._pong: bytearray | None = None  # the one control frame waiting whole, if any
         attach = getattr(ws, "attach_outbox", None)
         if callable(attach):  # the socket then sends its control frames (pongs) through here
             attach(self)
@@ -120,13 +127,25 @@ class Outbox:
             return self._push(data, bounded=True)
 
     def put_control(self, frame: bytes) -> None:
-        """A control frame (a pong): in order with the messages, never inside one; not held to
-        the bounds (tiny, and the client asked for it); dropped once closed."""
+        """A control frame (a pong): in order with the messages, never inside one; dropped once
+        closed. At most one waits: a newer one takes the place of the one not yet begun (RFC
+        6455 5.5.3 lets a pong answer only the most recent ping), so a client that pings and
+        never reads cannot grow the outbox. Its bytes count toward ``max_bytes``; it is never
+        refused itself (it is at most 127 bytes)."""
         with self._lock:
-            if not self._closed:
+            if self._closed:
+                return
+            if self._pong is not None:  # one waits, whole: this one replaces it
+                self._bytes += len(frame) - len(self._pong)
+                self._pong[:] = frame
+                return
+            if self._writing:
+                self._pong = bytearray(frame)
+                self._push(self._pong, bounded=False)
+            else:
                 self._push(frame, bounded=False)
 
-    def _push(self, data: bytes, bounded: bool) -> bool:
+    def _push(self, data: bytes | bytearray, bounded: bool) -> bool:
         """With the lock held: write what the socket takes now, queue the rest (starting a
         writer if none runs); False, queueing nothing, if ``bounded`` and the outbox is full."""
         if not self._writing:
@@ -160,12 +179,16 @@ class Outbox:
                 rest = self._pending[0] if self._partial and self._pending else None
                 self._pending = deque([rest]) if rest is not None else None
                 self._bytes = len(rest) if rest is not None else 0
+            if drop or self._pending is None:
+                self._pong = None
             close_frame = self._ws.begin_abort(code, reason, self._policy.abort_grace)
             if self._writing:  # the writer sends it after what it has, then finishes
                 if self._pending is None:
                     self._pending = deque()
                 self._pending.append(close_frame)
                 self._bytes += len(close_frame)
+                # the client may not read at all: it gets abort_grace seconds to take the rest
+                self._policy.spawn(f"dcm-closing-{self._cid}", self._abort_after_grace)
                 return
             self._writing = True
         try:
@@ -184,6 +207,13 @@ class Outbox:
                 self._idle = threading.Event()
             idle = self._idle
         return idle.wait(timeout)
+
+    def _abort_after_grace(self) -> None:
+        grace = self._policy.abort_grace
+        if not self.wait_idle(grace):
+            logger.info("%s took nothing of its last %d bytes for %.1fs after it was closed; "
+                        "dropping the connection", self._cid, self.queued[1], grace)
+            self._ws.abort()
 
     def _drain(self) -> None:
         try:
@@ -204,11 +234,13 @@ class Outbox:
                 data = pending.popleft()
                 self._bytes -= len(data)
                 self._partial = False
+                if data is self._pong:
+                    self._pong = None
             try:
                 self._ws.write(data)
             except Exception as exc:
                 with self._lock:
-                    self._pending, self._bytes, self._writing = None, 0, False
+                    self._pending, self._bytes, self._writing, self._pong = None, 0, False, None
                     closed, self._closed = self._closed, True
                 if not closed:
                     self._policy.on_error(self._cid, exc)

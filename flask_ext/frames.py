@@ -5,7 +5,9 @@ says it is, unmasks it one byte at a time in Python, and closes with an empty cl
 ``close(code)`` drops the code) on invalid UTF-8. :class:`FrameReader` reads the frames itself:
 the announced length is checked against ``max_message_bytes`` before any payload is read, a
 binary frame on a text-only route is refused from its header, text is checked with the C UTF-8
-decoder as it arrives, and every data frame and ping costs a token of the rate limit.
+decoder as it arrives, and every data frame and ping costs a token of the rate limit. A
+fragmented message's size is its payload plus the headers of its continuation frames, so that
+empty fragments cannot go on for ever when the rate limit is off.
 """
 
 from __future__ import annotations
@@ -109,10 +111,11 @@ class FrameReader:
                 raise Violation(CLOSE_PROTOCOL, "reserved bits set (no extension was agreed)")
             if not second & 0x80:
                 raise Violation(CLOSE_PROTOCOL, "client frames must be masked")
+            header = 6  # with the mask
             if length == 126:
-                length = struct.unpack("!H", self._exactly(2))[0]
+                length, header = struct.unpack("!H", self._exactly(2))[0], 8
             elif length == 127:
-                length = struct.unpack("!Q", self._exactly(8))[0]
+                length, header = struct.unpack("!Q", self._exactly(8))[0], 14
             if op >= 0x8:
                 if not fin or length > 125:
                     raise Violation(CLOSE_PROTOCOL, "control frames are short and unfragmented")
@@ -130,6 +133,9 @@ class FrameReader:
             if op == CONTINUATION:
                 if not opcode:
                     raise Violation(CLOSE_PROTOCOL, "continuation frame without a message")
+                # its header counts toward the message's size: a stream of empty fragments
+                # (rate limit off) is bounded like a stream of bytes
+                size += header
             elif op in (TEXT, BINARY):
                 if opcode:
                     raise Violation(CLOSE_PROTOCOL, "new message inside a fragmented one")
@@ -145,7 +151,7 @@ class FrameReader:
                 drop = True  # the whole message goes, but its frames are still read
             mask = self._exactly(4)
             payload = self._exactly(length)
-            if not drop:
+            if not drop and (payload or fin):  # empty fragments add nothing to keep
                 payload = unmask(payload, mask)
                 if decoder is not None:
                     try:

@@ -6,11 +6,13 @@ project's handler) and after it (under the stock gevent-websocket handler).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["extract_token", "origin_allowed", "parse_origins", "REFUSE_TOKEN", "REFUSE_ORIGIN"]
+__all__ = ["extract_token", "origin_allowed", "parse_origins", "redact_tokens", "REFUSE_TOKEN",
+           "REFUSE_ORIGIN"]
 
 # (HTTP status before the handshake, WebSocket close code after it, reason)
 REFUSE_TOKEN = (401, 4401, "authentication required")
@@ -25,6 +27,16 @@ def extract_token(environ: Mapping[str, Any]) -> str | None:
         return value.strip()
     values = parse_qs(str(environ.get("QUERY_STRING", ""))).get("token")
     return values[0] if values and values[0] else None
+
+
+_TOKEN_PARAM = re.compile(r"(^|[?&;])([^=&;?\s]*token[^=&;?\s]*=)[^&;\s]*", re.IGNORECASE)
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` (a request line, a URL, a query string) with the value of every query
+    parameter whose name contains ``token`` (``token``, ``access_token``) replaced by
+    ``[redacted]``: what may go to an access log."""
+    return _TOKEN_PARAM.sub(r"\1\2[redacted]", text) if "token" in text.lower() else text
 
 
 def parse_origins(value: str | Iterable[str] | None) -> tuple[str, ...] | None:

@@ -11,6 +11,9 @@ checks origin and token without registering anything and answers ``204`` with
     from flask_ext.handler import DCMWebSocketHandler
     pywsgi.WSGIServer(("127.0.0.1", 8000), app, handler_class=DCMWebSocketHandler).serve_forever()
 
+Its access and error log lines never show a token: the value of any ``token`` (or
+``access_token``, ...) query parameter is replaced by ``[redacted]``, whatever the answer.
+
 It also gives each request ``DCM_HANDSHAKE_TIMEOUT`` seconds (the app's config; default 10; 0 for
 none) to send its request line and headers, then drops the connection: a client that opens TCP
 and never finishes its request (slowloris) holds a greenlet and a descriptor only that long.
@@ -28,6 +31,7 @@ from geventwebsocket.handler import WebSocketHandler
 from dcm_sync import ConfigError
 
 from .extension import PRECHECK_HEADER, PRECHECK_KEY
+from .gate import redact_tokens
 from .limits import DEFAULTS, handshake_timeout
 
 __all__ = ["DCMWebSocketHandler"]
@@ -82,6 +86,19 @@ class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
             return super().read_request(raw_requestline)
         finally:
             self._stop_request_timer()
+
+    def format_request(self) -> str:
+        """The access log line (pywsgi's, and gevent-websocket's for refused upgrades), with
+        the value of any ``token`` query parameter replaced by ``[redacted]``."""
+        return redact_tokens(super().format_request())
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        """pywsgi's error log (a malformed request quotes its request line), redacted too."""
+        try:
+            message = msg % args if args else msg
+        except (TypeError, ValueError):
+            message = " ".join([msg, *map(str, args)])
+        super().log_error(redact_tokens(message))
 
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, _RequestTimeout):  # pywsgi would print a traceback and answer 400

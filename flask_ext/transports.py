@@ -45,6 +45,17 @@ def _shutdown(sock: Any) -> None:
         logger.debug("shutdown: %s", exc)
 
 
+def _reset(sock: Any) -> None:
+    """Shut ``sock`` down so that closing it resets the connection (SO_LINGER 0): what the
+    kernel still holds for the peer is dropped, not kept for as long as the peer likes. A
+    read or write blocked on it wakes with an error (gevent, and threads alike)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError as exc:
+        logger.debug("SO_LINGER: %s", exc)
+    _shutdown(sock)
+
+
 class _Guarded:
     """What both transports share: the inbound limits' guard and its drop count."""
 
@@ -94,7 +105,7 @@ class GeventTransport(_Guarded):
     def encode_text(self, text: str) -> bytes:
         return text_frame(text)
 
-    def write_nowait(self, data: bytes) -> int:
+    def write_nowait(self, data: bytes | bytearray) -> int:
         if self._ws.closed:
             raise self._error("socket is already closed")
         if self._os_sock is None:
@@ -106,7 +117,7 @@ class GeventTransport(_Guarded):
         except OSError as exc:
             raise self._error(f"socket is dead: {exc}") from exc
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self._ws.closed:
             raise self._error("socket is already closed")
         try:
@@ -128,9 +139,6 @@ class GeventTransport(_Guarded):
 
     def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
         self._closed = True  # close() is now a no-op; receive() returns None
-        sock = getattr(self._ws.raw_write, "__self__", None)
-        if sock is not None:
-            sock.settimeout(grace)  # a write blocked on a client that does not read gives up
         header = struct.pack("!BB", 0x88, len(_close_payload(code, reason)))
         return header + _close_payload(code, reason)
 
@@ -140,6 +148,12 @@ class GeventTransport(_Guarded):
         ws.closed = True
         if sock is not None:
             _shutdown(sock)
+
+    def abort(self) -> None:
+        self._closed = self._ws.closed = True
+        sock = getattr(self._ws.raw_write, "__self__", None)
+        if sock is not None:
+            _reset(sock)
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         from .frames import PeerGone
@@ -233,20 +247,19 @@ class SimpleTransport(_Guarded):
             raise self._closed_exc(1006, "socket is closed")
         return bytes(self._ws.ws.send(TextMessage(data=text)))
 
-    def write_nowait(self, data: bytes) -> int:
+    def write_nowait(self, data: bytes | bytearray) -> int:
         try:
             return int(self._ws.sock.send(data, socket.MSG_DONTWAIT))
         except BlockingIOError:
             return 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self._ws.sock.sendall(data)
 
     def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
         from wsproto.events import CloseConnection
 
         with self._lock:
-            self._ws.sock.settimeout(grace)
             try:
                 frame = bytes(self._ws.ws.send(CloseConnection(code=code, reason=reason)))
             except Exception as exc:  # wsproto refuses in a state where closing is done
@@ -257,6 +270,10 @@ class SimpleTransport(_Guarded):
 
     def finish(self) -> None:
         _shutdown(self._ws.sock)
+
+    def abort(self) -> None:
+        self._ws.connected = False
+        _reset(self._ws.sock)
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         # simple-websocket closes with 1009 itself (max_message_size), wsproto with 1007

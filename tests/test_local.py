@@ -4,8 +4,7 @@ import pytest
 import websocket
 
 from dcm_sync import ConnectionLimitError, LocalConnectionManager
-from dcm_sync.local import LocalConnection, text_frame
-from dcm_sync.outbox import SendPolicy
+from dcm_sync.local import text_frame
 from tests.helpers.sockets import PairSocket, RecordingSocket
 
 
@@ -67,44 +66,3 @@ def test_sockets_that_share_frames_get_the_prebuilt_frame() -> None:
     assert shared.read_frames() == [(1, b"HELLO"), (1, b"direct")]
     assert own.read_frames() == [(1, b"hello")]
     assert plain.frames == ["hello"]
-
-
-def _stuck(max_messages: int = 5, max_bytes: int = 1 << 20) -> tuple[PairSocket, LocalConnection]:
-    """A connection whose client does not read: the socket buffers fill, then the outbox."""
-    sock = PairSocket()
-    lcm = LocalConnectionManager(send_policy=SendPolicy(max_messages, max_bytes, abort_grace=1.0))
-    conn = lcm.add("slow", sock, "u")
-    return sock, conn
-
-
-def test_outbox_holds_what_the_socket_cannot_take_and_refuses_past_its_bound() -> None:
-    sock, conn = _stuck(max_messages=5)
-    big = "x" * 60_000
-    sent = 0
-    while conn.send(f"{sent:06d}" + big):  # bounded: the socket buffers are finite
-        sent += 1
-        assert sent < 10_000
-    assert conn.outbox is not None and conn.outbox.queued[0] == 5
-    conn.close(1000, "bye")  # not a slow consumer: what waits still goes out, then the close
-    frames = sock.read_frames(timeout=2.0)
-    assert [int(p[:6]) for op, p in frames if op == 1] == list(range(sent))
-    assert frames[-1] == (8, (1000).to_bytes(2, "big") + b"bye")
-
-
-def test_outbox_byte_bound_and_cutting_a_slow_consumer_drops_what_waits() -> None:
-    sock, conn = _stuck(max_messages=1000, max_bytes=200_000)
-    big = "y" * 60_000
-    sent = 0
-    while conn.send(big):
-        sent += 1
-        assert sent < 10_000
-    assert conn.outbox is not None and conn.outbox.queued[1] <= 200_000 + 60_010
-    conn.close(1013, "slow consumer", slow=True)
-    # what waits: at most the rest of the frame the writer had begun (the stream stays whole),
-    # and the close frame (uncounted); every whole message queued behind them is dropped
-    assert conn.outbox.queued[1] <= len(big) + 10 and conn.outbox.queued[0] <= 2
-    assert conn.send("after the cut")  # dropped quietly
-    frames = sock.read_frames(timeout=2.0)
-    assert frames[-1] == (8, (1013).to_bytes(2, "big") + b"slow consumer")
-    assert len(frames) - 1 < sent  # what waited in the outbox never went out
-    assert all(p == big.encode() for op, p in frames[:-1])

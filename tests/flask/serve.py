@@ -15,6 +15,7 @@ if MODE in ("dcm", "stock"):
 
     monkey.patch_all()
 
+import logging  # noqa: E402
 import signal  # noqa: E402
 
 from examples.chat.app import app, sockets  # noqa: E402
@@ -22,6 +23,9 @@ from examples.chat.app import main as chat_main  # noqa: E402
 
 
 def main() -> None:
+    # an app that logs at INFO, as in production: what the library and the servers log then
+    # (access lines included) is in the server's log file
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if MODE == "werkzeug":
         def stop(*args: object) -> None:
             sockets.shutdown()

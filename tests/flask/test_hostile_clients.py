@@ -12,7 +12,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import websocket
 from flask import Flask
 from gevent import socket as gsocket
 from geventwebsocket.websocket import Stream, WebSocket
@@ -23,6 +22,7 @@ from flask_ext import DistributedWebSockets
 from flask_ext.limits import InboundLimits, Violation
 from flask_ext.transports import GeventTransport
 from tests.flask.procs import Client, Server, Servers
+from tests.flask.wire import close_of, masked, raw
 from tests.helpers.closing import closed_after_test, ws_connect
 from tests.helpers.redis_server import RedisServer
 
@@ -47,40 +47,6 @@ def dcm(module_servers: Servers) -> Server:
 @pytest.fixture(scope="module")
 def werkzeug_server(module_servers: Servers) -> Server:
     return module_servers.chat("werkzeug", **LIMITS)
-
-
-def raw(server: Server, token: str) -> websocket.WebSocket:
-    """A socket that has read its welcome and then speaks whatever the test sends."""
-    ws = ws_connect(server.ws_url(f"?token={token}"), timeout=10,
-                                     skip_utf8_validation=True)
-    assert json.loads(ws.recv())["type"] == "welcome"
-    return ws
-
-
-def close_of(ws: websocket.WebSocket) -> tuple[int, str]:
-    """The close frame's code and reason (other frames are skipped)."""
-    for _ in range(1000):
-        try:
-            frame = ws.recv_frame()
-        except (websocket.WebSocketConnectionClosedException, ConnectionError) as exc:
-            raise AssertionError(f"connection ended without a close frame: {exc!r}") from exc
-        if frame.opcode == ABNF.OPCODE_CLOSE:
-            ws.shutdown()
-            return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
-    raise AssertionError("no close frame among 1000 frames")
-
-
-def masked(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
-    """A client frame with a zero mask; ``length`` may announce more than ``payload`` holds."""
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
 
 
 class Pair:

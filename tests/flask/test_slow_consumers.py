@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import websocket
 
@@ -19,6 +20,7 @@ from tests.flask.procs import Server, Servers
 from tests.helpers.closing import closed_after_test, ws_connect
 from tests.helpers.processes import rss_kb
 from tests.helpers.redis_server import free_port
+from tests.helpers.sockets import wait_until
 
 READERS = 200
 MESSAGES = 150
@@ -140,16 +142,76 @@ def test_pongs_go_out_between_messages_never_inside_one(servers: Servers) -> Non
         c.send(json.dumps({"op": "join"}))
         assert c.recv() == "joined"
     sender.send(json.dumps({"op": "blast", "n": 60, "size": SIZE}))
-    texts, pongs = [], 0
+    texts: list[bytes] = []
+    pongs: list[bytes] = []
     for k in range(20):
         pinger.ping(f"p{k}")
     deadline = time.monotonic() + 30
-    while len(texts) < 60 and time.monotonic() < deadline:
+    while (len(texts) < 60 or pongs[-1:] != [b"p19"]) and time.monotonic() < deadline:
         frame = pinger.recv_data_frame(control_frame=True)[1]
         if frame.opcode == websocket.ABNF.OPCODE_PONG:
-            pongs += 1
+            pongs.append(frame.data)
         elif frame.opcode == websocket.ABNF.OPCODE_TEXT:
             texts.append(frame.data[:6])
             time.sleep(0.005)  # read slowly: the server's writer stays busy
     assert texts == [f"{i:06d}".encode() for i in range(60)]
-    assert pongs == 20
+    assert 1 <= len(pongs) <= 20 and pongs[-1] == b"p19"  # the latest ping is answered
+
+
+def _server_sockets(server_port: int, client_ports: set[int]) -> list[tuple[int, int]]:
+    """``(client port, bytes waiting to be sent)`` of each of the server's TCP sockets to
+    one of ``client_ports`` (``/proc/net/tcp``: the kernel's view, whatever the server holds)."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues = fields[1], fields[2], fields[4]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) in client_ports:
+            found.append((int(remote.split(":")[1], 16), int(queues.split(":")[0], 16)))
+    return found
+
+
+def test_cut_clients_that_never_read_leave_nothing_behind_after_the_grace_period(
+        servers: Servers) -> None:
+    # three clients join and never read; a broadcast stream overflows their outboxes, they are
+    # cut (1013). They do not read the close frame either: once the grace period (5 s) is over
+    # the server holds neither their sockets nor the megabytes queued in the kernel for them
+    port = free_port()
+    a = servers._start(f"stream-{port}", [sys.executable, "-m", "tests.flask.stream_app", str(port)],
+                       port, {"DCM_SEND_QUEUE_MAX_BYTES": str(256 * 1024)})
+    reader = ws_connect(a.ws_url("?token=reader"), timeout=10, origin=f"http://127.0.0.1:{a.port}",
+                        skip_utf8_validation=True)
+    reader.send(json.dumps({"op": "join"}))
+    assert reader.recv() == "joined"
+    stalled = [stalled_client(a) for _ in range(3)]
+    ports = {s.getsockname()[1] for s in stalled}
+    wait_until(lambda: a.health()["stats"]["local_connections"] == 4)
+    reader.send(json.dumps({"op": "blast", "n": 100, "size": SIZE}))
+    got = 0
+    while got < 100:  # the reader takes everything (and the notices of the three leaving)
+        text = reader.recv()
+        if not text.startswith("{"):
+            assert int(text[:6]) == got
+            got += 1
+    wait_until(lambda: a.health()["stats"]["local_connections"] == 1, timeout=30)
+    cut_at = time.monotonic()
+    assert sum(q for _, q in _server_sockets(a.port, ports)) > 100_000  # what they did not take
+    wait_until(lambda: not _server_sockets(a.port, ports), timeout=15)
+    assert time.monotonic() - cut_at < 5.0 + 5  # the grace period, and a margin
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_stays_small(servers: Servers) -> None:
+    # the rate limit is off; 200,000 pings (26 MB) from a client that reads nothing: at most
+    # one pong waits in its outbox, so the server's memory does not grow with the flood
+    port = free_port()
+    a = servers._start(f"stream-{port}", [sys.executable, "-m", "tests.flask.stream_app", str(port)],
+                       port, {"DCM_RATE_LIMIT": "0"})
+    pinger = stalled_client(a)
+    time.sleep(0.3)  # the server settles after the handshake (a measurement's baseline)
+    before = rss_kb(a.proc.pid)
+    ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked with a zero mask
+    pinger.settimeout(60)
+    for _ in range(20):  # bounded: 200,000 pings
+        pinger.sendall(ping * 10_000)
+    wait_until(lambda: a.health()["stats"]["local_connections"] == 1)  # still served
+    grown = rss_kb(a.proc.pid) - before
+    assert grown < 8_000, f"server grew by {grown} KB"

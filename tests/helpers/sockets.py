@@ -130,6 +130,7 @@ class PairSocket:
         self.shares_frames = shares_frames
         self._frame = text_frame
         self.aborted: tuple[int, str] | None = None
+        self.reset = False  # abort() was called: the connection was dropped
         self._buf = b""
 
     # WebSocketLike
@@ -156,7 +157,6 @@ class PairSocket:
 
     def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
         self.aborted = (code, reason)
-        self.server.settimeout(grace)
         payload = code.to_bytes(2, "big") + reason.encode()
         return bytes([0x88, len(payload)]) + payload
 
@@ -167,6 +167,10 @@ class PairSocket:
             self.server.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def abort(self) -> None:
+        self.reset = True
+        self.finish()
 
     # the client side
     def read_frames(self, timeout: float = 5.0) -> list[tuple[int, bytes]]:
