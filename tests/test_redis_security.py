@@ -213,7 +213,8 @@ def test_wrong_credentials_fail_fast_without_the_password(
             emitter.broadcast_to_room("lobby", "x")
     # the health route reports it, without the password
     app = Flask(__name__)
-    app.config.update(DCM_REDIS_URL=url, DCM_KEY_PREFIX=prefix, DCM_REDIS_TIMEOUT=1.0)
+    app.config.update(DCM_REDIS_URL=url, DCM_KEY_PREFIX=prefix, DCM_REDIS_TIMEOUT=1.0,
+                      DCM_HEALTH_DETAILS=True)
     sockets = DistributedWebSockets(app)
     app.register_blueprint(sockets.health_blueprint)
     resp = app.test_client().get("/health")

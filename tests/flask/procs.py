@@ -15,9 +15,7 @@ from tests.helpers.redis_server import free_port
 # gunicorn 27 opens a control socket under ~/.gunicorn/ unless told not to; older releases
 # have neither the socket nor the option
 NO_CONTROL_SOCKET = ["--no-control-socket"] if int(version("gunicorn").split(".")[0]) >= 27 else []
-# the health route's stats are what these tests look at (off by default: they name every server)
-FAST_ENV = {"DCM_HEARTBEAT_INTERVAL": "0.2", "DCM_HEARTBEAT_TTL": "1.0", "DCM_CLEANUP_INTERVAL": "0.5",
-            "DCM_HEALTH_DETAILS": "1"}
+FAST_ENV = {"DCM_HEARTBEAT_INTERVAL": "0.2", "DCM_HEARTBEAT_TTL": "1.0", "DCM_CLEANUP_INTERVAL": "0.5"}
 
 
 class Server(ServerProcess):

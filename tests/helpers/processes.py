@@ -50,9 +50,10 @@ def is_ready(health: Json) -> bool:
 
 def server_env(redis_url: str | None, prefix: str, fast: Mapping[str, str], **extra: str) -> dict[str, str]:
     """The test process's environment without any DCM_* or :data:`INHERITED` variable of its own,
-    plus the ``fast`` timings, the key prefix, ``REDIS_URL`` (unless None: memory://) and ``extra``."""
+    plus the ``fast`` timings, the key prefix, ``REDIS_URL`` (unless None: memory://) and ``extra``.
+    The health route's details are on: the tests read its stats and server id."""
     env = {k: v for k, v in env_for_subprocess().items() if not k.startswith("DCM_") and k not in INHERITED}
-    env.update(fast, DCM_KEY_PREFIX=prefix, PYTHONUNBUFFERED="1", **extra)
+    env.update(fast, DCM_KEY_PREFIX=prefix, DCM_HEALTH_DETAILS="1", PYTHONUNBUFFERED="1", **extra)
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     return env
