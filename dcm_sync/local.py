@@ -7,17 +7,16 @@ state; used on its own it is a thread-safe registry of sockets and their rooms.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import ConnectionLimitError
-from .outbox import FrameSocket, Outbox, SendPolicy
+from .outbox import Outbox, OutboxSocket, SendPolicy
 
-__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike", "text_frame"]
+__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +27,6 @@ class WebSocketLike(Protocol):
     def send(self, message: str) -> object: ...
 
     def close(self) -> object: ...
-
-
-def text_frame(text: str) -> bytes:
-    """The RFC 6455 frame a server sends for ``text`` (one final, unmasked text frame).
-
-    A room broadcast builds it once for all local members whose socket shares frames
-    (:class:`~dcm_sync.outbox.FrameSocket` with ``shares_frames``: the Flask extension's
-    gevent-websocket transport); other sockets encode ``text`` themselves.
-    """
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
 
 
 @dataclass(eq=False)
@@ -63,20 +44,28 @@ class LocalConnection:
 
     def __post_init__(self) -> None:
         ws = self.ws
-        self.outbox = (Outbox(ws, self.policy, self.connection_id, self.send_lock)
-                       if isinstance(ws, FrameSocket) else None)
-        self.takes_frames = self.outbox is not None and self.outbox.shares_frames
+        if isinstance(ws, OutboxSocket):
+            self.outbox: Outbox | None = Outbox(ws, self.policy, self.connection_id, self.send_lock)
+            #: sockets with the same (non-None) encoding share one encoding of a message
+            self.encoding: Hashable | None = ws.encoding
+            self._encode = ws.encode_text
+        else:
+            self.outbox, self.encoding = None, None
 
-    def send(self, text: str, frame: bytes | None = None) -> bool:
+    def encode(self, text: str) -> bytes:
+        """``text`` as this socket's wire carries it; only for sockets with an ``encoding``."""
+        return self._encode(text)
+
+    def send(self, text: str, encoded: bytes | None = None) -> bool:
         """Send one text message; False if the socket's outbox is full (a slow consumer: the
-        caller cuts it). ``frame`` is :func:`text_frame` of ``text`` when the caller built it
-        already (a room broadcast). Sockets without an outbox are written here, in turn."""
+        caller cuts it). ``encoded``: ``text`` as encoded by a socket of the same ``encoding``
+        (a room delivery encodes once). Sockets without an outbox are written here, in turn."""
         outbox = self.outbox
         if outbox is None:
             with self.send_lock:
                 self.ws.send(text)
             return True
-        return outbox.put(text, frame)
+        return outbox.put(text, encoded)
 
     def close(self, code: int = 1000, reason: str = "", slow: bool = False) -> None:
         """Close the socket after what its outbox holds (``slow``: dropping it), without

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from .backends import Backend, ConnectionRecord, open_backend
@@ -21,7 +21,7 @@ from .concurrency import Driver, StopFlag, Worker, get_driver
 from .config import Config
 from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
 from .listener import Listener
-from .local import LocalConnection, LocalConnectionManager, WebSocketLike, text_frame
+from .local import LocalConnection, LocalConnectionManager, WebSocketLike
 from .maintenance import ClusterMaintenance
 from .messages import (
     SIGNED_HEADER_LENGTH,
@@ -232,6 +232,28 @@ class DistributedConnectionManager(ClusterMaintenance):
         if self._backend.route(connection_id, self.server_id, data) is None:
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
 
+    def touch_local(self, connection_id: str) -> bool:
+        """Record activity on one of this server's connections; False (nothing done) if this
+        server does not hold it. Never touches Redis: for a transport that sees a message."""
+        return self.local.touch(connection_id)
+
+    def rooms_of(self, connection_id: str) -> frozenset[str]:
+        """The rooms one of this server's connections is in, as this server knows them
+        (empty if this server does not hold it)."""
+        conn = self.local.get(connection_id)
+        return frozenset(conn.rooms) if conn is not None else frozenset()
+
+    def close_connection(self, connection_id: str, code: int = 1000, reason: str = "") -> bool:
+        """Close one of this server's sockets with ``code`` and ``reason``, after what is
+        queued for it, never waiting for the client; False if this server does not hold it.
+        The connection stays registered until its owner removes it (the Flask extension does
+        when its view returns); :meth:`remove_connection` removes and closes in one step."""
+        conn = self.local.get(connection_id)
+        if conn is None:
+            return False
+        conn.close(code, reason)
+        return True
+
     def remove_connection(self, connection_id: str) -> None:
         """Remove a connection on any server; its owner closes the socket. Rooms are told."""
         self._check_open()
@@ -328,9 +350,9 @@ class DistributedConnectionManager(ClusterMaintenance):
         self._handlers.append(handler)
         return handler
 
-    def _send(self, conn: LocalConnection, text: str, frame: bytes | None = None) -> bool:
+    def _send(self, conn: LocalConnection, text: str, encoded: bytes | None = None) -> bool:
         try:
-            if conn.send(text, frame):
+            if conn.send(text, encoded):
                 return True
         except Exception as exc:
             self._write_failed(conn.connection_id, exc)
@@ -353,10 +375,21 @@ class DistributedConnectionManager(ClusterMaintenance):
 
     def _deliver_room(self, room_id: str, text: str, exclude: Iterable[str] = ()) -> None:
         members = self.local.members(room_id, exclude)
-        # the frame is built once for the room, not once per socket
-        frame = text_frame(text) if len(members) > 1 else None
+        if len(members) < 2:
+            for conn in members:
+                self._send(conn, text)
+            return
+        # encoded once for every member whose socket encodes alike, not once per socket
+        shared: dict[Hashable, bytes] = {}
         for conn in members:
-            self._send(conn, text, frame)
+            key = conn.encoding
+            if key is None:
+                self._send(conn, text)
+                continue
+            encoded = shared.get(key)
+            if encoded is None:
+                encoded = shared[key] = conn.encode(text)
+            self._send(conn, text, encoded)
 
     # ----------------------------------------------------------------- notifications
     def _notifications(self, removed: Sequence[RemovedConnection], reason: str,

@@ -1,12 +1,16 @@
 """Bounded outgoing queues: what keeps one slow client from holding up the others.
 
 A socket object that can write without blocking (the Flask extension's transports can: see
-:class:`FrameSocket`) gets an :class:`Outbox`. A message is written at once when the socket
-takes it whole; what does not fit waits in the outbox, in order, and a writer of the socket's
-own (a greenlet or thread, started on demand, gone when the outbox is empty) writes it. The
-delivering thread never waits for a client. When an outbox would hold more than
-``max_messages`` messages or ``max_bytes`` bytes, it refuses the message (``put`` returns
-False): the caller cuts the client (:meth:`Outbox.cut`).
+:class:`OutboxSocket`) gets an :class:`Outbox`. The core never builds wire bytes itself: the
+socket encodes each text (``encode_text``), and says through ``encoding`` which sockets encode
+alike, so that a room delivery encodes a message once for all of them.
+
+A message is written at once when the socket takes it whole; what does not fit waits in the
+outbox, in order, and a writer of the socket's own (a greenlet or thread, started on demand,
+gone when the outbox is empty) writes it. The delivering thread never waits for a client.
+When an outbox would hold more than ``max_messages`` messages or ``max_bytes`` bytes, it
+refuses the message (``put`` returns False): the caller cuts the client (``close`` with
+``drop``).
 
 Sockets that only have ``send(str)`` are written by the delivering thread, as they always were.
 """
@@ -16,25 +20,43 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["FrameSocket", "SendPolicy", "Outbox"]
+__all__ = ["OutboxSocket", "ControlSink", "SendPolicy", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class FrameSocket(Protocol):
-    """What a socket needs for a bounded outbox (all methods; ``shares_frames`` is an attribute)."""
+class ControlSink(Protocol):
+    """What the outbox offers the socket it writes to (:meth:`OutboxSocket.attach`)."""
 
-    #: whether :func:`dcm_sync.local.text_frame` can be written to it as is (no per-socket
-    #: compression): a room broadcast then builds its frame once for every such socket.
-    shares_frames: bool
+    def put_control(self, frame: bytes) -> None:
+        """Send a control frame (a pong) in order with the messages, never inside one."""
+        ...
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until what was queued is written or given up (``None``: as long as a closed
+        client may take, ``abort_grace``, and a second more)."""
+        ...
+
+
+@runtime_checkable
+class OutboxSocket(Protocol):
+    """What a socket needs for a bounded outbox (``encoding`` is an attribute)."""
+
+    #: Sockets whose ``encoding`` is equal (and not None) turn the same text into the same
+    #: bytes, whatever the socket: a room delivery calls ``encode_text`` once for all of them.
+    #: None: this socket's bytes are its own (per-socket compression, say).
+    encoding: Hashable | None
 
     def encode_text(self, text: str) -> bytes:
         """The bytes to write for one text message."""
+        ...
+
+    def attach(self, control: ControlSink) -> None:
+        """From now on, send control frames through ``control`` (called once, by the outbox)."""
         ...
 
     def write_nowait(self, data: bytes | bytearray) -> int:
@@ -45,9 +67,9 @@ class FrameSocket(Protocol):
         """Write all of ``data``, waiting as needed; raise when the peer is gone."""
         ...
 
-    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
-        """Stop normal use and return the close frame to write last; from now on ``close()``
-        does nothing. (``grace``: how long the outbox will still let a writer try.)"""
+    def closing(self, code: int, reason: str) -> bytes:
+        """The socket is closing with ``code`` and ``reason``: return the bytes to write last
+        (its close frame); from now on it neither closes again nor returns messages."""
         ...
 
     def finish(self) -> None:
@@ -86,9 +108,9 @@ class SendPolicy:
 
 class Outbox:
     __slots__ = ("_ws", "_policy", "_cid", "_lock", "_pending", "_bytes", "_writing", "_closed",
-                 "_shares", "_idle", "_partial", "_pong")
+                 "_shared", "_idle", "_partial", "_pong")
 
-    def __init__(self, ws: FrameSocket, policy: SendPolicy, connection_id: str,
+    def __init__(self, ws: OutboxSocket, policy: SendPolicy, connection_id: str,
                  lock: threading.Lock) -> None:
         self._ws = ws
         self._policy = policy
@@ -98,32 +120,28 @@ class Outbox:
         self._bytes = 0
         self._writing = False  # a writer owns the socket's write side
         self._closed = False
-        self._shares = bool(getattr(ws, "shares_frames", False))
         self._idle: threading.Event | None = None  # made by wait_idle, set when the writer ends
         self._partial = False  # the first item waiting is the rest of a frame partly written
         self._pong: bytearray | None = None  # the one control frame waiting whole, if any
-        attach = getattr(ws, "attach_outbox", None)
-        if callable(attach):  # the socket then sends its control frames (pongs) through here
-            attach(self)
-
-    @property
-    def shares_frames(self) -> bool:
-        return self._shares
+        self._shared = ws.encoding is not None  # takes an encoding made for another socket
+        ws.attach(self)  # the socket sends its control frames (pongs) through here
 
     @property
     def queued(self) -> tuple[int, int]:
         """Messages and bytes waiting."""
         return (len(self._pending) if self._pending else 0), self._bytes
 
-    def put(self, text: str, frame: bytes | None = None) -> bool:
+    def put(self, text: str, encoded: bytes | None = None) -> bool:
         """Write ``text`` now or queue it; False (nothing queued) if the outbox is full. After
         :meth:`close` (or a failed write) messages are dropped (True: nothing to do).
-        ``frame``: :func:`~dcm_sync.local.text_frame` of ``text``, used where frames are shared.
-        Encoding happens under the lock: per-socket compression needs frames in write order."""
+        ``encoded``: ``text`` as encoded by a socket of the same ``encoding`` (a room
+        delivery's one encoding), ignored by a socket whose ``encoding`` is None. Encoding
+        happens under the lock otherwise: per-socket compression needs messages in write
+        order."""
         with self._lock:
             if self._closed:
                 return True
-            data = frame if frame is not None and self._shares else self._ws.encode_text(text)
+            data = encoded if encoded is not None and self._shared else self._ws.encode_text(text)
             return self._push(data, bounded=True)
 
     def put_control(self, frame: bytes) -> None:
@@ -181,7 +199,7 @@ class Outbox:
                 self._bytes = len(rest) if rest is not None else 0
             if drop or self._pending is None:
                 self._pong = None
-            close_frame = self._ws.begin_abort(code, reason, self._policy.abort_grace)
+            close_frame = self._ws.closing(code, reason)
             if self._writing:  # the writer sends it after what it has, then finishes
                 if self._pending is None:
                     self._pending = deque()
@@ -190,16 +208,18 @@ class Outbox:
                 # the client may not read at all: it gets abort_grace seconds to take the rest
                 self._policy.spawn(f"dcm-closing-{self._cid}", self._abort_after_grace)
                 return
-            self._writing = True
-        try:
+        try:  # no writer: nothing waits, and nothing is queued once closed
             self._ws.write_nowait(close_frame)
         except OSError as exc:
             logger.debug("close frame to %s not written: %s", self._cid, exc)
         self._ws.finish()
 
-    def wait_idle(self, timeout: float) -> bool:
+    def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no writer is busy (what was queued is written, or given up); whoever owns
-        the connection calls this before closing it under the writer (the WSGI handler)."""
+        the connection calls this before closing it under the writer (the WSGI handler).
+        ``None``: ``abort_grace`` and a second more, by when a closed client was dropped."""
+        if timeout is None:
+            timeout = self._policy.abort_grace + 1.0
         with self._lock:
             if not self._writing:
                 return True

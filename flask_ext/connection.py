@@ -36,8 +36,7 @@ class WebSocketConnection:
     @property
     def rooms(self) -> frozenset[str]:
         """Rooms this connection is in (as this server knows them)."""
-        local = self._manager.local.get(self.id)
-        return frozenset(local.rooms) if local is not None else frozenset()
+        return self._manager.rooms_of(self.id)
 
     @property
     def transport(self) -> str:
@@ -59,8 +58,8 @@ class WebSocketConnection:
             self._refused = True
             self.close(exc.code, exc.reason)
             return None
-        if message is not None and self.id in self._manager.local:
-            self._manager.local.touch(self.id)
+        if message is not None:
+            self._manager.touch_local(self.id)
         return message
 
     def receive_json(self, timeout: float | None = None) -> Any:
@@ -81,10 +80,7 @@ class WebSocketConnection:
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the socket with ``code`` (after what its outbox still holds, never waiting
         for the client); the view's ``receive()`` then returns None."""
-        local = self._manager.local.get(self.id)
-        if local is not None:
-            local.close(code, reason)
-        else:
+        if not self._manager.close_connection(self.id, code, reason):
             self._transport.close(code, reason)
 
     def __repr__(self) -> str:

@@ -218,15 +218,12 @@ class DistributedWebSockets:
         except AuthenticationError:
             transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])
             return
-        held = mgr.local.get(conn_id)
         try:
             view(WebSocketConnection(mgr, conn_id, user_id, transport), **url_args)
         except Exception:
             logger.exception("WebSocket view %s failed", getattr(view, "__name__", view))
-            local = mgr.local.get(conn_id)  # through its outbox: never mid-frame
-            if local is not None:
-                local.close(1011, "internal error")
-            else:
+            # through its outbox (never mid-frame), unless it is no longer held here
+            if not mgr.close_connection(conn_id, 1011, "internal error"):
                 transport.close(1011, "internal error")
         finally:
             try:
@@ -236,10 +233,9 @@ class DistributedWebSockets:
             except DCMError as exc:
                 if mgr.is_ready():  # after shutdown() the connection is gone already
                     logger.warning("could not remove connection %s: %s", conn_id, exc)
-            if held is not None and held.outbox is not None:
-                # the server closes the socket when this returns: let its writer finish first
-                # (what was queued, or a slow consumer's close frame), bounded by its grace
-                held.outbox.wait_idle(held.policy.abort_grace)
+            # the server closes the socket when this returns: let its writer finish first
+            # (what was queued, or a slow consumer's close frame), bounded by its grace
+            transport.wait_sent()
             transport.close()
 
 

@@ -15,11 +15,9 @@ import threading
 import time
 from typing import Any, Protocol
 
-from dcm_sync.local import text_frame
-
 from .limits import InboundGuard, InboundLimits
 
-__all__ = ["Transport", "open_transport", "GeventTransport", "SimpleTransport"]
+__all__ = ["Transport", "open_transport", "GeventTransport", "SimpleTransport", "text_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +30,24 @@ class Transport(Protocol):
     def receive(self, timeout: float | None = None) -> str | bytes | None: ...
 
     def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def wait_sent(self) -> None:
+        """Wait until what the manager's outbox queued for this socket is written or given up
+        (bounded by its grace period): the server closes the socket after the view returns."""
+        ...
+
+
+def text_frame(text: str) -> bytes:
+    """The RFC 6455 frame a server sends for ``text`` (one final, unmasked text frame)."""
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
 
 
 def _close_payload(code: int, reason: str) -> bytes:
@@ -57,9 +73,15 @@ def _reset(sock: Any) -> None:
 
 
 class _Guarded:
-    """What both transports share: the inbound limits' guard and its drop count."""
+    """What both transports share: the inbound limits' guard and its drop count, and the
+    outbox the manager attached (:class:`dcm_sync.outbox.ControlSink`)."""
 
     _guard: InboundGuard
+    _outbox: Any = None
+
+    def wait_sent(self) -> None:
+        if self._outbox is not None:
+            self._outbox.wait_idle()
 
     @property
     def dropped(self) -> int:
@@ -80,7 +102,6 @@ class GeventTransport(_Guarded):
 
         self._ws = ws
         self._guard = InboundGuard(limits or InboundLimits())
-        self._outbox: Any = None  # set by dcm_sync's Outbox once the socket is registered
         self._reader = FrameReader(ws, self._guard, control=self._control)
         self._closed = False
         self._error = WebSocketError
@@ -98,9 +119,9 @@ class GeventTransport(_Guarded):
     def send(self, message: str) -> None:
         self._ws.send(message)  # a str goes out as a text frame
 
-    # -- dcm_sync.outbox.FrameSocket: the manager's bounded outbox writes through these;
+    # -- dcm_sync.outbox.OutboxSocket: the manager's bounded outbox writes through these;
     #    callers serialize them per socket (the connection's send lock)
-    shares_frames = True  # no compression: a room's prebuilt frame is written as is
+    encoding = "rfc6455-text"  # no compression: every such socket sends a text's frame alike
 
     def encode_text(self, text: str) -> bytes:
         return text_frame(text)
@@ -125,8 +146,8 @@ class GeventTransport(_Guarded):
         except OSError as exc:
             raise self._error(f"socket is dead: {exc}") from exc
 
-    def attach_outbox(self, outbox: Any) -> None:
-        self._outbox = outbox
+    def attach(self, control: Any) -> None:
+        self._outbox = control
 
     def _control(self, payload: bytes, opcode: int) -> None:
         """A control frame from the receiving side (a pong): through the outbox once there is
@@ -137,7 +158,7 @@ class GeventTransport(_Guarded):
         else:
             outbox.put_control(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
 
-    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+    def closing(self, code: int, reason: str) -> bytes:
         self._closed = True  # close() is now a no-op; receive() returns None
         header = struct.pack("!BB", 0x88, len(_close_payload(code, reason)))
         return header + _close_payload(code, reason)
@@ -237,8 +258,8 @@ class SimpleTransport(_Guarded):
     def send(self, message: str) -> None:
         self._ws.send(message)
 
-    # -- dcm_sync.outbox.FrameSocket (see GeventTransport)
-    shares_frames = False  # wsproto may compress per socket (permessage-deflate)
+    # -- dcm_sync.outbox.OutboxSocket (see GeventTransport)
+    encoding = None  # wsproto may compress per socket (permessage-deflate)
 
     def encode_text(self, text: str) -> bytes:
         from wsproto.events import TextMessage
@@ -256,7 +277,10 @@ class SimpleTransport(_Guarded):
     def write(self, data: bytes | bytearray) -> None:
         self._ws.sock.sendall(data)
 
-    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+    def attach(self, control: Any) -> None:
+        self._outbox = control  # simple-websocket's reader thread answers pings itself
+
+    def closing(self, code: int, reason: str) -> bytes:
         from wsproto.events import CloseConnection
 
         with self._lock:

@@ -111,3 +111,13 @@ def test_at_most_one_pong_waits_and_it_answers_the_latest_ping() -> None:
     conn.close(1000, "bye")
     pongs = [p for op, p in sock.read_frames(timeout=2.0) if op == PONG]
     assert pongs == [b"ping 99999"]
+
+
+def test_closing_an_idle_outbox_leaves_nothing_to_wait_for() -> None:
+    # the WSGI handler waits for the writer before it closes the socket: a socket with nothing
+    # queued must not make it wait (it once waited the whole grace period, 5 s, at every close)
+    sock, conn = _stuck(grace=5.0)
+    assert conn.send("hello")  # written at once: the client's buffers have room
+    conn.close(1000, "bye")
+    assert conn.outbox is not None and conn.outbox.wait_idle(0.0)
+    assert [op for op, _ in sock.read_frames(timeout=1.0)] == [1, 8]

@@ -10,8 +10,7 @@ from gevent import socket as gsocket
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.websocket import Stream, WebSocket
 
-from dcm_sync.local import text_frame
-from flask_ext.transports import GeventTransport
+from flask_ext.transports import GeventTransport, text_frame
 from tests.helpers.closing import closed_after_test
 
 
@@ -66,7 +65,7 @@ def test_prebuilt_frame_to_a_closed_or_dead_socket_raises() -> None:
 
 def test_abort_hands_over_the_close_frame_then_shuts_down() -> None:
     transport, client = _pair()
-    frame = transport.begin_abort(1013, "slow consumer", grace=1.0)
+    frame = transport.closing(1013, "slow consumer")
     assert transport.receive() is None  # the view's loop ends
     transport.close()  # a no-op now: nothing written twice
     assert transport.write_nowait(frame) == len(frame)

@@ -118,16 +118,17 @@ def connect(mgr: Any, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
 
 class PairSocket:
     """The server end of a real socket pair speaking WebSocket frames, with the outbox
-    interface (:class:`dcm_sync.outbox.FrameSocket`); the test reads the other end with
-    :meth:`read_frames`. ``shares_frames`` as given."""
+    interface (:class:`dcm_sync.outbox.OutboxSocket`); the test reads the other end with
+    :meth:`read_frames`. Sockets made with ``shares_frames`` encode alike (one ``encoding``)."""
 
     def __init__(self, shares_frames: bool = True) -> None:
         import socket as _socket
 
-        from dcm_sync.local import text_frame
+        from flask_ext.transports import text_frame
 
         self.server, self.client = map(closed_after_test, _socket.socketpair())
-        self.shares_frames = shares_frames
+        self.encoding = "rfc6455-text" if shares_frames else None
+        self.control: object = None
         self._frame = text_frame
         self.aborted: tuple[int, str] | None = None
         self.reset = False  # abort() was called: the connection was dropped
@@ -140,7 +141,10 @@ class PairSocket:
     def close(self) -> None:
         self.server.close()
 
-    # FrameSocket
+    # OutboxSocket
+    def attach(self, control: object) -> None:
+        self.control = control
+
     def encode_text(self, text: str) -> bytes:
         return self._frame(text)
 
@@ -155,7 +159,7 @@ class PairSocket:
     def write(self, data: bytes) -> None:
         self.server.sendall(data)
 
-    def begin_abort(self, code: int, reason: str, grace: float) -> bytes:
+    def closing(self, code: int, reason: str) -> bytes:
         self.aborted = (code, reason)
         payload = code.to_bytes(2, "big") + reason.encode()
         return bytes([0x88, len(payload)]) + payload
