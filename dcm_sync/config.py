@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .errors import ConfigError
-from .messages import signing_key_bytes
+from .signing import signing_key_bytes
 
 __all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES", "redact_url"]
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from .backends import open_backend
 from .config import Config
+from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage
 from .errors import DCMError
-from .messages import EnvelopeWriter, encode_message, exclusions, new_id, validate_id
+from .messages import encode_message, exclusions, new_id, validate_id
 from .models import DistributedStats
 
 __all__ = ["Emitter"]
@@ -43,14 +44,14 @@ class Emitter:
         validate_id(room_id, "room_id")
         text = encode_message(message, self._max)
         skip = sorted(exclusions(exclude))
-        self._backend.publish(f"room:{room_id}", self._envelope("room", r=room_id, m=text, x=skip))
+        self._backend.publish(f"room:{room_id}", self._envelope(RoomMessage(room_id, text, tuple(skip))))
 
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection; False if no server knows it."""
         self._check_open()
         validate_id(connection_id, "connection_id")
         text = encode_message(message, self._max)
-        data = self._envelope("direct", c=connection_id, m=text)
+        data = self._envelope(DirectMessage(connection_id, text))
         return self._backend.route(connection_id, self.origin, data) is not None
 
     def get_distributed_stats(self) -> DistributedStats:

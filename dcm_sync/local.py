@@ -85,8 +85,8 @@ class LocalConnectionManager:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.max_connections = max_connections
-        #: outbox limits and hooks of the sockets added from now on (the distributed manager
-        #: sets them from its Config)
+        #: outbox limits and hooks of the sockets added without a policy of their own (the
+        #: distributed manager gives each socket its own, from its Config)
         self.send_policy = send_policy or SendPolicy()
         self._lock = threading.RLock()
         self._conns: dict[str, LocalConnection] = {}
@@ -98,8 +98,10 @@ class LocalConnectionManager:
     def __contains__(self, connection_id: object) -> bool:
         return connection_id in self._conns
 
-    def add(self, connection_id: str, ws: WebSocketLike, user_id: str) -> LocalConnection:
-        """Hold a new socket; :class:`ConnectionLimitError` when full, ``ValueError`` if the id is taken."""
+    def add(self, connection_id: str, ws: WebSocketLike, user_id: str,
+            policy: SendPolicy | None = None) -> LocalConnection:
+        """Hold a new socket; :class:`ConnectionLimitError` when full, ``ValueError`` if the id is
+        taken. ``policy``: its outbox's limits and hooks (default: :attr:`send_policy`)."""
         with self._lock:
             if len(self._conns) >= self.max_connections:
                 raise ConnectionLimitError(
@@ -108,7 +110,7 @@ class LocalConnectionManager:
                 )
             if connection_id in self._conns:
                 raise ValueError(f"connection {connection_id!r} is already registered")
-            conn = LocalConnection(connection_id, ws, user_id, policy=self.send_policy)
+            conn = LocalConnection(connection_id, ws, user_id, policy=policy or self.send_policy)
             self._conns[connection_id] = conn
             return conn
 

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
-from dcm_sync.messages import KINDS, EnvelopeError, EnvelopeSigner, decode_envelope, encode_envelope
+from dcm_sync.envelopes import KINDS, EnvelopeError, decode_envelope, encode_envelope
+from dcm_sync.signing import EnvelopeSigner
 from tests.conftest import FAST
 from tests.helpers.sockets import RecordingSocket, wait_until
 

@@ -52,7 +52,7 @@ def test_a_taken_connection_id_is_never_reused(make_manager: Make,
     a, b = make_manager(server_id="server-a"), make_manager(server_id=twin)
     x, y, z = (f"{tag}00000000000000{n}" for n in range(1, 4))
     draws = iter([x, x, y, x, z])
-    monkeypatch.setattr("dcm_sync.manager.new_connection_id", lambda tag: next(draws))
+    monkeypatch.setattr("dcm_sync.backends.ids.draw_connection_id", lambda tag: next(draws))
     first, wa = connect(a, "alice")
     second, _ = connect(a, "bob")      # same draw taken locally -> next draw
     third, _ = connect(b, "carol")     # taken on server a -> next draw

@@ -5,14 +5,8 @@ import json
 import pytest
 
 from dcm_sync import MessageTooLargeError
-from dcm_sync.messages import (
-    EnvelopeError,
-    decode_envelope,
-    encode_envelope,
-    encode_message,
-    envelope_prefix,
-    validate_id,
-)
+from dcm_sync.envelopes import EnvelopeError, decode_envelope, encode_envelope, envelope_prefix
+from dcm_sync.messages import encode_message, validate_id
 
 
 def test_message_is_compact_json_and_str_as_is() -> None:

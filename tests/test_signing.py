@@ -9,18 +9,12 @@ from typing import Any
 
 import pytest
 
-import dcm_sync.manager
+import dcm_sync.dispatch
 from dcm_sync import Config, ConfigError, DistributedConnectionManager, Emitter
 from dcm_sync.backends.base import Subscription
 from dcm_sync.backends.redis_keys import KeyLayout
-from dcm_sync.messages import (
-    SIGNED_HEADER_LENGTH,
-    EnvelopeError,
-    EnvelopeSigner,
-    SignatureError,
-    decode_envelope,
-    encode_envelope,
-)
+from dcm_sync.envelopes import RoomMessage, decode_envelope, encode_envelope
+from dcm_sync.signing import SIGNED_HEADER_LENGTH, EnvelopeError, EnvelopeSigner, SignatureError
 from tests.conftest import Managers
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import connect, wait_until
@@ -188,10 +182,10 @@ def test_own_room_broadcasts_skipped_by_prefix_with_signing_on(
         make_manager: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     a = make_manager(signing_keys=[K1])
     _, wa = connect(a, "alice", "r")
-    own = a._envelope("room", r="r", m="echo", x=[])
+    own = a._envelope(RoomMessage("r", "echo"))
     decoded: list[bytes] = []
-    real = dcm_sync.manager.decode_envelope
-    monkeypatch.setattr(dcm_sync.manager, "decode_envelope",
+    real = dcm_sync.dispatch.decode_body
+    monkeypatch.setattr(dcm_sync.dispatch, "decode_body",
                         lambda data, signer=None: decoded.append(data) or real(data, signer))
     a._dispatch("room:r", own)
     assert decoded == [] and wa.frames == []  # dropped by prefix, never decoded

@@ -104,6 +104,11 @@ class Backend(Protocol):
 
     def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None: ...
 
+    def new_connection_id(self, server_id: str) -> str:
+        """A fresh id for a connection of ``server_id`` (not yet checked to be free: the
+        manager draws again when :meth:`add_connection` finds it taken)."""
+        ...
+
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
                   max_rooms: int = 0) -> str | None:
         """Add to the room; return the owning server id (None if unknown). If the owner is not

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..models import RemovedConnection, ServerInfo
+from . import ids
 from .base import ConnectionRecord, rooms_full
 
 __all__ = ["MemoryBackend", "reset_memory_backends"]
@@ -184,6 +185,9 @@ class MemoryBackend:
             s.server_conns.pop(server_id, None)
 
     # connections and rooms
+    def new_connection_id(self, server_id: str) -> str:
+        return ids.new_connection_id(server_id)
+
     def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
         with self._s.lock:
             if record.connection_id in self._s.conns:

@@ -20,6 +20,7 @@ import redis
 
 from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError
 from ..models import RemovedConnection, ServerInfo
+from . import ids
 from .base import ConnectionRecord
 from .redis_keys import KeyLayout, room_bucket
 from .redis_scripts import Scripts
@@ -165,6 +166,9 @@ class RedisBase:
                 self._r.srem(k.servers_index, server_id)
 
     # connections
+    def new_connection_id(self, server_id: str) -> str:
+        return ids.new_connection_id(server_id)
+
     def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
         cid = record.connection_id
         with translate_errors("connection registration"):

@@ -4,7 +4,7 @@ Every name carries a hash tag (the part in braces, which alone picks a Cluster s
 what one atomic script touches lives in one slot:
 
     server slot {T}    T = the server's 4-digit tag (:func:`server_tag`); a connection id's
-                       first 4 digits are its server's tag (:func:`~dcm_sync.messages.new_connection_id`)
+                       first 4 digits are its server's tag (:mod:`.ids`)
         P servers:{T}<sid>             hash  the server's record, PEXPIRE heartbeat_ttl
         P server-connections:{T}<sid>  set   the server's connection ids
         P lock:cleanup:{T}<sid>        str   who cleans the dead server
@@ -27,17 +27,10 @@ the slots; the 256 buckets spread the rooms.
 from __future__ import annotations
 
 import hashlib
-import zlib
+
+from .ids import TAG_COUNT, TAG_LOW, server_tag
 
 __all__ = ["KeyLayout", "server_tag", "room_bucket", "TAG_LOW", "TAG_COUNT"]
-
-TAG_LOW = 1000
-TAG_COUNT = 8223  # tags 1000..9222: a tag followed by 15 digits stays below 2**63
-
-
-def server_tag(server_id: str) -> str:
-    """The 4-digit hash tag of a server (and the first 4 digits of its connection ids)."""
-    return str(TAG_LOW + zlib.crc32(server_id.encode("utf-8")) % TAG_COUNT)
 
 
 def room_bucket(room: str) -> str:
