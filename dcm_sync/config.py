@@ -59,6 +59,8 @@ class Config:
     subscribe_timeout: float = 2.0
     probe_interval: float = 5.0
     probe_timeout: float = 2.0
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
     signing_keys: Sequence[str | bytes] = field(default=(), repr=False)
     authenticate: AuthenticateFn | None = field(default=None, repr=False, compare=False)
 
@@ -92,11 +94,14 @@ class Config:
             )
         for name in ("heartbeat_interval", "heartbeat_ttl", "stale_connection_timeout",
                      "cleanup_interval", "connection_ttl", "redis_timeout", "subscribe_timeout",
-                     "probe_timeout"):
+                     "probe_timeout", "ping_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.send_queue_max_messages < 1 or self.send_queue_max_bytes < 1:
             raise ConfigError("send_queue_max_messages and send_queue_max_bytes must be >= 1")
+        if self.ping_interval < 0:
+            raise ConfigError(f"ping_interval must be >= 0 (0 turns pings off), "
+                              f"got {self.ping_interval!r}")
         if self.probe_interval < 0:
             raise ConfigError(f"probe_interval must be >= 0 (0 turns probes off), "
                               f"got {self.probe_interval!r}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import ConnectionLimitError
-from .outbox import Outbox, OutboxSocket, SendPolicy
+from .outbox import KeepaliveSocket, Outbox, OutboxSocket, SendPolicy
 
 __all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike"]
 
@@ -51,6 +51,22 @@ class LocalConnection:
             self._encode = ws.encode_text
         else:
             self.outbox, self.encoding = None, None
+        #: the socket the manager pings, if it can be (see :meth:`ping`)
+        self.pingable = ws if self.outbox is not None and isinstance(ws, KeepaliveSocket) else None
+        self.pinged_at = 0.0  # monotonic time of the last ping sent (0: none)
+
+    @property
+    def activity(self) -> float:
+        """Monotonic time of the last activity: a message (or a touch), or any frame the
+        client sent on a socket that tells (a pong counts)."""
+        sock = self.pingable
+        return self.last_activity if sock is None else max(self.last_activity, sock.last_received)
+
+    def ping(self) -> None:
+        """Ask the client to answer (through the outbox: never inside a message)."""
+        if self.pingable is not None and self.outbox is not None:
+            self.pinged_at = time.monotonic()
+            self.outbox.put_control(self.pingable.keepalive())
 
     def encode(self, text: str) -> bytes:
         """``text`` as this socket's wire carries it; only for sockets with an ``encoding``."""
@@ -191,4 +207,4 @@ class LocalConnectionManager:
         """Ids of sockets with no activity for more than ``idle_seconds``."""
         limit = time.monotonic() - idle_seconds
         with self._lock:
-            return [c.connection_id for c in self._conns.values() if c.last_activity < limit]
+            return [c.connection_id for c in self._conns.values() if c.activity < limit]

@@ -121,14 +121,46 @@ class Maintenance:
                 logger.exception("subscription probe failed")
 
     def cleanup_loop(self) -> None:
+        """Every ``cleanup_interval``: remove connections idle past ``stale_connection_timeout``.
+        With pings on, every quarter of ``min(ping_interval, ping_timeout)`` too: ping each
+        socket that can be pinged once it has been quiet for ``ping_interval``, and remove one
+        (reason ``stale``) whose ping got no answer within ``ping_timeout``."""
         cfg = self._config
-        while not self._stop.wait(cfg.cleanup_interval):
+        pinging = cfg.ping_interval > 0
+        tick = cfg.cleanup_interval
+        if pinging:
+            tick = min(tick, max(0.05, min(cfg.ping_interval, cfg.ping_timeout) / 4))
+        next_stale = time.monotonic() + cfg.cleanup_interval
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            if pinging:
+                try:
+                    self._keepalive(now, cfg.ping_interval, cfg.ping_timeout)
+                except Exception:
+                    logger.exception("keepalive failed")
+            if now < next_stale:
+                continue
+            next_stale = now + cfg.cleanup_interval
             try:
                 for cid in self._local.stale(cfg.stale_connection_timeout):
                     if self._departures.remove_local(cid, "stale"):
                         self._counters["stale_removed"] += 1
             except Exception:
                 logger.exception("stale-connection cleanup failed")
+
+    def _keepalive(self, now: float, interval: float, timeout: float) -> None:
+        for conn in self._local.connections():
+            if conn.pingable is None:
+                continue
+            activity = conn.activity
+            if conn.pinged_at > activity:  # a ping waits for its answer
+                if now - conn.pinged_at > timeout:
+                    logger.info("%s did not answer a ping within %.1fs: dropping it",
+                                conn.connection_id, timeout)
+                    if self._departures.remove_local(conn.connection_id, "stale"):
+                        self._counters["stale_removed"] += 1
+            elif now - activity >= interval:
+                conn.ping()
 
     def restore(self) -> None:
         """Write this server and its live connections back (Redis restarted, or we were

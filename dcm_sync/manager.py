@@ -121,14 +121,16 @@ class DistributedConnectionManager:
         if self.config.probe_interval > 0:
             self._workers.append(self._driver.spawn("dcm-probe", loops.probe_loop))
 
+
     def is_ready(self) -> bool:
         """True while registered, subscribed and running (until :meth:`shutdown`)."""
         return (self._started and not self._closed
                 and all(w.is_alive() for w in self._workers) and bool(self._workers))
 
-    def shutdown(self, code: int = 1000, reason: str = "") -> None:
+    def shutdown(self, code: int = 1001, reason: str = "going away") -> None:
         """Stop the loops, remove every local connection (reason ``shutdown``: members on other
-        servers are told), close the sockets with ``code`` and deregister. Idempotent."""
+        servers are told), close the sockets with ``code`` (1001: the client may reconnect, to
+        another server) and deregister. Idempotent."""
         with self._state_lock:
             if self._closed:
                 return

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["OutboxSocket", "ControlSink", "SendPolicy", "Outbox"]
+__all__ = ["OutboxSocket", "KeepaliveSocket", "ControlSink", "SendPolicy", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,19 @@ class OutboxSocket(Protocol):
         """Drop the connection at once, discarding what the kernel still holds for it (a
         reset), and wake a :meth:`write` blocked on it: the client took nothing for
         ``abort_grace`` seconds after it was cut or closed."""
+        ...
+
+
+@runtime_checkable
+class KeepaliveSocket(Protocol):
+    """A socket the manager can ping (``Config.ping_interval``): it says when the client last
+    sent anything, and gives the bytes that ask the client to answer."""
+
+    #: ``time.monotonic()`` when the client last sent anything (a message, a ping, a pong)
+    last_received: float
+
+    def keepalive(self) -> bytes:
+        """The bytes that ask the client to answer at once (a ping)."""
         ...
 
 

@@ -28,6 +28,9 @@ __all__ = ["AppState", "build_config", "health_details", "FLASK_ONLY_KEYS"]
 
 logger = logging.getLogger(__name__)
 
+#: seconds the extension's SIGTERM hook (gevent) waits for an app's own handler to act first
+SIGTERM_YIELD = 0.1
+
 #: DCM_* keys that belong to the extension, not to dcm_sync.Config.
 FLASK_ONLY_KEYS = frozenset({"allowed_origins", "rate_limit", "rate_burst", "rate_limit_action",
                              "max_connections_per_user", "handshake_timeout", "health_details"})
@@ -101,21 +104,28 @@ class AppState:
             mgr.shutdown()
 
     def _install_exit_hooks(self) -> None:
+        """At exit, and on SIGTERM when nobody else handles it, shut the manager down: its
+        sockets close with 1001 (going away) and the other servers are told at once."""
         if self._hooks_pid == os.getpid():
             return
         self._hooks_pid = os.getpid()
         atexit.register(self.shutdown)
-        if threading.current_thread() is not threading.main_thread():
-            return
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return  # the server (gunicorn's worker, the app) handles SIGTERM; atexit still runs
         monkey = sys.modules.get("gevent.monkey")
         if monkey is not None and monkey.is_module_patched("socket"):
+            # Under gevent the manager is made in a request's greenlet, which is on the main
+            # thread whatever threading.current_thread() says. An app's own handler installed
+            # with gevent.signal_handler is not visible to signal.getsignal: see _on_gevent_sigterm.
             import gevent
 
-            gevent.signal_handler(signal.SIGTERM, self._on_sigterm)
-        else:
+            gevent.signal_handler(signal.SIGTERM, self._on_gevent_sigterm)
+            return
+        try:
             signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: only that one may handle signals
+            logger.info("the manager was made off the main thread: SIGTERM is not hooked "
+                        "(atexit still shuts it down)")
 
     def _on_sigterm(self, *args: Any) -> None:
         logger.info("SIGTERM: shutting down the distributed manager")
@@ -123,4 +133,12 @@ class AppState:
             self.shutdown()
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # then end as SIGTERM would have
+
+    def _on_gevent_sigterm(self) -> None:
+        import gevent
+
+        gevent.sleep(SIGTERM_YIELD)  # an app's own handler runs first, if there is one
+        if self._shut_down_pid == os.getpid():
+            return  # the app shut it down in its handler: ending the process is the app's call
+        self._on_sigterm()
