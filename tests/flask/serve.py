@@ -1,7 +1,9 @@
 """Serve examples/chat/app.py for the tests: ``python -m tests.flask.serve MODE PORT``.
 
-MODE: ``dcm`` (gevent.pywsgi + the project's DCMWebSocketHandler), ``stock`` (gevent.pywsgi +
-gevent-websocket's WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server; simple-websocket).
+MODE: ``dcm`` (gevent.pywsgi + the project's DCMWebSocketHandler, as examples/chat/app.py
+serves it, with its own SIGTERM handler), ``plain`` (the same, as a new user writes it: no
+signal handler of the app's own), ``stock`` (gevent.pywsgi + gevent-websocket's
+WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import sys
 
 MODE, PORT = sys.argv[1], int(sys.argv[2])
 
-if MODE in ("dcm", "stock"):
+if MODE in ("dcm", "plain", "stock"):
     from gevent import monkey
 
     monkey.patch_all()
@@ -33,6 +35,14 @@ def main() -> None:
 
         signal.signal(signal.SIGTERM, stop)
         app.run(host="127.0.0.1", port=PORT, threaded=True)
+        return
+    if MODE == "plain":
+        from gevent import pywsgi
+
+        from flask_ext.handler import DCMWebSocketHandler
+
+        print(f"chat on http://127.0.0.1:{PORT}/", flush=True)
+        pywsgi.WSGIServer(("127.0.0.1", PORT), app, handler_class=DCMWebSocketHandler).serve_forever()
         return
     from geventwebsocket.handler import WebSocketHandler
 
