@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,13 +148,24 @@ def slow_consumers(redis: RedisServer, prefix: str, log: Path) -> str:
         chat.stop()
 
 
-def ping_flood(redis: RedisServer, prefix: str, log: Path, pings: int) -> str:
+@contextlib.contextmanager
+def _flooder(redis: RedisServer, prefix: str, log: Path) -> Iterator[tuple[Chat, socket.socket, int]]:
+    """A chat server with the rate limit off, one client that never reads, and the server's RSS
+    (KB) once it has settled after the handshake."""
     chat = Chat(redis.url, prefix, log, DCM_RATE_LIMIT="0")
     client = None
     try:
         client = chat.stalled()
         time.sleep(0.5)
-        before = _rss_kb(chat.proc.pid)
+        yield chat, client, _rss_kb(chat.proc.pid)
+    finally:
+        if client is not None:
+            client.close()
+        chat.stop()
+
+
+def ping_flood(redis: RedisServer, prefix: str, log: Path, pings: int) -> str:
+    with _flooder(redis, prefix, log) as (chat, client, before):
         ping = _frame(0x9, b"p" * 125)
         started = time.monotonic()
         for _ in range(pings // 10_000):
@@ -164,19 +177,10 @@ def ping_flood(redis: RedisServer, prefix: str, log: Path, pings: int) -> str:
         alive = chat.health() is not None
         return (f"{pings:,} pings in {time.monotonic() - started:.1f} s: RSS {grown / 1024:+.1f} MB, "
                 f"server {'answers' if alive else 'does not answer'}")
-    finally:
-        if client is not None:
-            client.close()
-        chat.stop()
 
 
 def empty_fragments(redis: RedisServer, prefix: str, log: Path, fragments: int) -> str:
-    chat = Chat(redis.url, prefix, log, DCM_RATE_LIMIT="0")
-    client = None
-    try:
-        client = chat.stalled()
-        time.sleep(0.5)
-        before = _rss_kb(chat.proc.pid)
+    with _flooder(redis, prefix, log) as (chat, client, before):
         client.sendall(_frame(0x1, b"{", fin=False))
         chunk = _frame(0x0, b"", fin=False) * 10_000
         sent, started, closed = 0, time.monotonic(), ""
@@ -189,22 +193,16 @@ def empty_fragments(redis: RedisServer, prefix: str, log: Path, fragments: int) 
         grown = _rss_kb(chat.proc.pid) - before
         client.settimeout(5)
         data = b""
-        try:
+        with contextlib.suppress(OSError):  # reset by the server: what arrived is all there is
             while len(data) < 1 << 20:
                 got = client.recv(65536)
                 if not got:
                     break
                 data += got
-        except OSError:
-            pass
         at = data.rfind(b"\x88")
         code = int.from_bytes(data[at + 2:at + 4], "big") if at >= 0 else None
         return (f"{sent:,} empty fragments sent{closed}: RSS {grown / 1024:+.1f} MB, "
                 f"close code {code if code is not None else 'none'}")
-    finally:
-        if client is not None:
-            client.close()
-        chat.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
