@@ -1,7 +1,8 @@
 """Serve examples/chat/app.py for the tests: ``python -m tests.flask.serve MODE PORT``.
 
 MODE: ``dcm`` (gevent.pywsgi + the project's DCMWebSocketHandler), ``stock`` (gevent.pywsgi +
-gevent-websocket's WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server; simple-websocket).
+gevent-websocket's WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server; the extension
+does the handshake).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def module_servers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module", params=["dcm", "werkzeug"])
 def any_server(module_servers: Servers, request: pytest.FixtureRequest) -> Server:
-    """gevent-websocket (the extension's frame reader) and simple-websocket (wsproto)."""
+    """gevent-websocket's handshake and Werkzeug's threaded server (the extension's own)."""
     return module_servers.chat(request.param, **NO_RATE_LIMIT)
 
 

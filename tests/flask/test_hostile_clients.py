@@ -193,7 +193,7 @@ def test_drop_action_keeps_the_socket_and_drops_the_excess(module_servers: Serve
 
 @pytest.mark.parametrize("case", ["oversize", "invalid-utf8", "binary", "flood", "unmasked"])
 def test_werkzeug_closes_with_the_same_codes(werkzeug_server: Server, case: str) -> None:
-    # simple-websocket closes oversize messages itself, wsproto bad frames (their own reasons)
+    # the same wire under Werkzeug's threaded server: the same codes (and reasons, below)
     pair = Pair(werkzeug_server)
     frames, code, _ = CASES[case]
     ws = raw(werkzeug_server, f"h{uuid.uuid4().hex[:6]}")

@@ -111,7 +111,7 @@ def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: st
     assert r.smembers(keys.room("lobby")) == {alice.id.encode()}
 
 
-def test_werkzeug_threaded_server_uses_simple_websocket(servers: Servers) -> None:
+def test_werkzeug_threaded_server(servers: Servers) -> None:
     a = servers.chat("werkzeug")
     b = servers.chat("dcm")
     alice, bob = Client(a.ws_url(), "alice"), Client(b.ws_url(), "bob")

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import gevent
 import pytest
 from gevent import socket as gsocket
-from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.websocket import Stream, WebSocket
 
-from flask_ext.transports import GeventTransport, text_frame
+from flask_ext.transports import GeventTransport, SocketClosed
+from flask_ext.wire import text_frame
 from tests.helpers.closing import closed_after_test
 
 
@@ -54,11 +54,11 @@ def test_prebuilt_frames_arrive_whole_and_in_order(size: int) -> None:
 def test_prebuilt_frame_to_a_closed_or_dead_socket_raises() -> None:
     transport, client = _pair()
     transport.close(1000, "bye")
-    with pytest.raises(WebSocketError):
+    with pytest.raises(SocketClosed):
         transport.write_nowait(text_frame("late"))
     transport, client = _pair()
     client.close()
-    with pytest.raises(WebSocketError):
+    with pytest.raises(SocketClosed):
         for _ in range(100):  # the first writes may still land in the buffer
             transport.write(text_frame("x" * 65536))
 
