@@ -6,6 +6,7 @@ put in the environ. gevent-websocket's handler does its own (``environ["wsgi.web
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 from collections.abc import Mapping
@@ -49,10 +50,21 @@ def _request_head(environ: Mapping[str, Any]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def _valid_key(key: str) -> bool:
+    """RFC 6455 4.2.1: the key is 16 bytes in base64 (wsproto takes any value)."""
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:  # binascii.Error
+        return False
+
+
 def accept(environ: Mapping[str, Any], sock: socket.socket) -> None:
     """Answer the upgrade in ``environ`` with ``101 Switching Protocols`` on ``sock`` (no
     subprotocol, no extension: frames go out as plain RFC 6455 text); :class:`HandshakeError`,
     with nothing sent, if it is not a valid one."""
+    if not _valid_key(str(environ.get("HTTP_SEC_WEBSOCKET_KEY", ""))):
+        raise HandshakeError("not a valid WebSocket upgrade: Sec-WebSocket-Key is not 16 bytes "
+                             "in base64")
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.receive_data(_request_head(environ))
