@@ -46,7 +46,7 @@ def dcm(module_servers: Servers) -> Server:
     ((2999).to_bytes(2, "big"), 1002),        # reserved for the protocol
     ((1000).to_bytes(2, "big") + "bye ✓".encode(), 1000),
     ((4000).to_bytes(2, "big"), 4000),        # an application's code comes back
-    (b"", 1000),                              # no code at all (or none back: wsproto)
+    (b"", 1000),                              # no code at all: answered with 1000
 ])
 def test_a_clients_close_frame_is_answered_as_rfc_6455_says(any_server: Server, payload: bytes,
                                                              code: int) -> None:
