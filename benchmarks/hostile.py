@@ -32,18 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from dcm_sync import Emitter
+from tests.helpers.frames import masked
 from tests.helpers.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 120.0  # seconds any one phase may take
-ZERO_MASK = b"\0\0\0\0"
-
-
-def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    return head + ZERO_MASK + payload
 
 
 def _rss_kb(pid: int) -> int:
@@ -105,7 +98,7 @@ class Chat:
                 raise RuntimeError("handshake refused")
             head += chunk
         if room is not None:
-            sock.sendall(_frame(0x1, json.dumps({"op": "join", "room": room}).encode()))
+            sock.sendall(masked(0x1, json.dumps({"op": "join", "room": room}).encode()))
         return sock
 
     def stop(self) -> None:
@@ -166,7 +159,7 @@ def _flooder(redis: RedisServer, prefix: str, log: Path) -> Iterator[tuple[Chat,
 
 def ping_flood(redis: RedisServer, prefix: str, log: Path, pings: int) -> str:
     with _flooder(redis, prefix, log) as (chat, client, before):
-        ping = _frame(0x9, b"p" * 125)
+        ping = masked(0x9, b"p" * 125)
         started = time.monotonic()
         for _ in range(pings // 10_000):
             client.sendall(ping * 10_000)
@@ -181,8 +174,8 @@ def ping_flood(redis: RedisServer, prefix: str, log: Path, pings: int) -> str:
 
 def empty_fragments(redis: RedisServer, prefix: str, log: Path, fragments: int) -> str:
     with _flooder(redis, prefix, log) as (chat, client, before):
-        client.sendall(_frame(0x1, b"{", fin=False))
-        chunk = _frame(0x0, b"", fin=False) * 10_000
+        client.sendall(masked(0x1, b"{", fin=False))
+        chunk = masked(0x0, b"", fin=False) * 10_000
         sent, started, closed = 0, time.monotonic(), ""
         try:
             while sent < fragments and time.monotonic() - started < DEADLINE:

@@ -40,13 +40,13 @@ class WebSocketConnection:
 
     @property
     def transport(self) -> str:
-        """``gevent-websocket``, or simple-websocket's mode (``werkzeug``, ``gunicorn``, ...)."""
+        """The server underneath: ``gevent-websocket``, ``werkzeug`` or ``gunicorn`` (``gthread``)."""
         return self._transport.mode
 
     @property
     def dropped_messages(self) -> int:
         """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
-        return int(getattr(self._transport, "dropped", 0))
+        return self._transport.dropped
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
         if self._refused:

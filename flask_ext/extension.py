@@ -22,6 +22,7 @@ from dcm_sync import (
 
 from .connection import WebSocketConnection
 from .gate import REFUSE_ORIGIN, REFUSE_TOKEN, extract_token, origin_allowed
+from .handshake import HandshakeError
 from .limits import CLOSE_TOO_MANY, InboundLimits
 from .state import AppState
 from .transports import Transport, open_transport
@@ -189,7 +190,10 @@ class DistributedWebSockets:
             if refusal is not None:
                 return Response(refusal[2] + "\n", status=refusal[0], mimetype="text/plain")
             return Response(status=204, headers={PRECHECK_HEADER: "accepted"})
-        transport = open_transport(environ, limits)
+        try:
+            transport = open_transport(environ, limits)
+        except HandshakeError as exc:  # nothing was sent: the server answers this
+            return Response(f"{exc}\n", status=400, mimetype="text/plain")
         if refusal is not None or user_id is None:
             code, reason = (refusal or REFUSE_TOKEN)[1:]
             transport.close(code, reason)

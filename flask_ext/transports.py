@@ -1,25 +1,45 @@
-"""The socket under a connection: gevent-websocket or simple-websocket, behind one interface.
+"""The socket under a connection, behind one interface, on every server.
 
-``receive(timeout)`` returns ``str | bytes``, ``None`` once the peer is gone, and raises the
-builtin ``TimeoutError`` when ``timeout`` seconds pass without a message, and
+Both transports read and write the connection's socket themselves, through
+:mod:`flask_ext.wire` (frames in and out, the inbound limits); they differ in how they wait:
+
+- :class:`GeventTransport`: ``environ["wsgi.websocket"]`` from gevent-websocket's handler
+  (gevent.pywsgi with :class:`flask_ext.handler.DCMWebSocketHandler`, gunicorn's gevent
+  workers), which did the handshake;
+- :class:`ThreadedTransport`: Werkzeug's threaded server and gunicorn's ``gthread`` worker;
+  the handshake is :func:`flask_ext.handshake.accept`.
+
+``receive(timeout)`` returns ``str | bytes``, ``None`` once the peer is gone or has closed,
+and raises the builtin ``TimeoutError`` when ``timeout`` seconds pass without a message, and
 :class:`flask_ext.limits.Violation` when the client broke an inbound limit (the caller closes
-the socket with its code; see :mod:`flask_ext.limits`).
+the socket with its code; see :mod:`flask_ext.limits`), including a message begun and not
+finished within ``timeout``. Pongs go out through the outbox the manager attached, between
+messages. A client's close frame is answered by the close frame the socket is closed with.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import threading
 import time
 from typing import Any, Protocol
 
-from .limits import InboundGuard, InboundLimits
+from dcm_sync.outbox import ControlSink
 
-__all__ = ["Transport", "open_transport", "GeventTransport", "SimpleTransport", "text_frame"]
+from .handshake import accept, server_socket
+from .limits import CLOSE_INCOMPLETE, InboundLimits, Violation
+from .wire import ENCODING, Closed, Inbound, Message, close_frame, ping_frame, text_frame
+
+__all__ = ["Transport", "open_transport", "SocketTransport", "GeventTransport", "ThreadedTransport",
+           "SocketClosed"]
 
 logger = logging.getLogger(__name__)
+
+#: the most one read takes off a socket
+READ_BYTES = 64 * 1024
 
 
 class Transport(Protocol):
@@ -36,22 +56,28 @@ class Transport(Protocol):
         (bounded by its grace period): the server closes the socket after the view returns."""
         ...
 
-
-def text_frame(text: str) -> bytes:
-    """The RFC 6455 frame a server sends for ``text`` (one final, unmasked text frame)."""
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
+    @property
+    def dropped(self) -> int:
+        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
+        ...
 
 
-def _close_payload(code: int, reason: str) -> bytes:
-    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+class SocketClosed(OSError):
+    """A write to a socket that was closed here, or whose peer is gone."""
+
+
+class _Socket(Protocol):
+    """How a transport waits on its socket: the part that differs between servers."""
+
+    sock: Any
+
+    def read(self, timeout: float | None) -> bytes:
+        """The next bytes (b"" at the end of the stream); ``TimeoutError`` after ``timeout``."""
+        ...
+
+    def send_nowait(self, data: bytes | bytearray) -> int:
+        """Write what fits now, without waiting; how many bytes (0 where it cannot try)."""
+        ...
 
 
 def _shutdown(sock: Any) -> None:
@@ -72,271 +98,237 @@ def _reset(sock: Any) -> None:
     _shutdown(sock)
 
 
-class _Guarded:
-    """What both transports share: the inbound limits' guard and its drop count, and the
-    outbox the manager attached (:class:`dcm_sync.outbox.ControlSink`)."""
+class SocketTransport:
+    """One client's WebSocket after the handshake: the extension's :class:`Transport` and the
+    manager's :class:`dcm_sync.outbox.OutboxSocket`. The outbox serializes writes (the
+    connection's send lock); ``receive`` runs in the view's own thread or greenlet."""
 
-    _guard: InboundGuard
-    _outbox: Any = None
+    mode = ""
+    #: no compression: every such socket makes the same frame of a text (one per room delivery)
+    encoding = ENCODING
+
+    def __init__(self, io: _Socket, limits: InboundLimits | None = None) -> None:
+        self._io = io
+        self._inbound = Inbound(limits or InboundLimits())
+        self._outbox: ControlSink | None = None
+        self._lock = threading.Lock()
+        self._close_made = False   # our close frame is made: receive() returns None from now on
+        self._answer: Closed | None = None  # the client closed: our close frame answers it
+        self._down = False         # closed or shut down here: writes fail
+        self._ended = False        # the peer's stream ended
+        #: dcm_sync.outbox.KeepaliveSocket: when the client last sent anything (a pong too)
+        self.last_received = time.monotonic()
+
+    @property
+    def dropped(self) -> int:
+        """Data frames and pings dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
+        return self._inbound.dropped
+
+    # -- reading (the view's thread or greenlet)
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        inbound = self._inbound
+        while True:  # ends with a message, the peer gone or closing, a violation or the deadline
+            if self._close_made or self._answer is not None or self._ended:
+                return None
+            event = inbound.next_event()
+            if event is None:
+                self._read(deadline, timeout)
+            elif isinstance(event, Message):
+                return event.data
+            elif isinstance(event, Closed):
+                self._answer = event
+                if self._outbox is None:
+                    self.close()  # nothing else writes to it: answer now
+                return None
+            else:
+                self._control(event.frame)
+
+    def _read(self, deadline: float | None, timeout: float | None) -> None:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            data = self._io.read(left)
+        except TimeoutError:
+            if self._inbound.idle:  # nothing of the next message was read: the stream is intact
+                raise TimeoutError(f"no message within {timeout}s") from None
+            raise Violation(CLOSE_INCOMPLETE) from None
+        except (OSError, ValueError) as exc:  # ValueError: its file was closed under it
+            logger.debug("read: %s", exc)
+            data = b""
+        if not data:
+            self._ended = True
+        else:
+            self.last_received = time.monotonic()
+            self._inbound.feed(data)
+
+    def _control(self, frame: bytes) -> None:
+        """A control frame from the reading side (a pong): through the outbox once there is
+        one, so that it never lands inside a message a writer is still writing."""
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.put_control(frame)
+            return
+        try:
+            self.write(frame)
+        except OSError as exc:
+            logger.debug("pong not sent: %s", exc)
+
+    # -- dcm_sync.outbox.OutboxSocket: the manager's bounded outbox writes through these;
+    #    callers serialize them per socket (the connection's send lock)
+    def encode_text(self, text: str) -> bytes:
+        return text_frame(text)
+
+    def attach(self, control: ControlSink) -> None:
+        self._outbox = control
+
+    def keepalive(self) -> bytes:
+        """dcm_sync.outbox.KeepaliveSocket: the manager's ping; the pong is read by
+        :meth:`receive`, so a view that reads (as every view does) answers for its client."""
+        return ping_frame()
+
+    def write_nowait(self, data: bytes | bytearray) -> int:
+        if self._down:
+            raise SocketClosed("socket is already closed")
+        try:
+            return self._io.send_nowait(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise SocketClosed(f"socket is dead: {exc}") from exc
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self._down:
+            raise SocketClosed("socket is already closed")
+        try:
+            self._io.sock.sendall(data)
+        except OSError as exc:
+            raise SocketClosed(f"socket is dead: {exc}") from exc
+
+    def closing(self, code: int, reason: str) -> bytes:
+        return self._close_frame(code, reason)
+
+    def finish(self) -> None:
+        self._down = True
+        _shutdown(self._io.sock)
+
+    def abort(self) -> None:
+        self._close_made = self._down = True
+        _reset(self._io.sock)
+
+    def _close_frame(self, code: int, reason: str) -> bytes:
+        """The close frame, once (b"" after): the answer to the client's, if it closed first."""
+        with self._lock:
+            if self._close_made:
+                return b""
+            self._close_made = True
+        answer = self._answer
+        return close_frame(code, reason) if answer is None else close_frame(answer.code, answer.reason)
+
+    # -- the rest of Transport
+    def send(self, message: str) -> None:
+        self.write(text_frame(message))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Write the close frame now (a socket no outbox writes to); writes fail afterwards.
+        The server closes the connection once the view returns."""
+        frame = self._close_frame(code, reason)
+        if not frame or self._down:
+            return
+        try:
+            self.write(frame)
+        except OSError as exc:
+            logger.debug("close frame not sent: %s", exc)
+        finally:
+            self._down = True
 
     def wait_sent(self) -> None:
         if self._outbox is not None:
             self._outbox.wait_idle()
 
-    @property
-    def dropped(self) -> int:
-        """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
-        return self._guard.dropped
+
+class _GeventSocket:
+    """A connection under gevent: reads wait cooperatively, under a ``gevent.Timeout``."""
+
+    def __init__(self, sock: Any, rfile: Any) -> None:
+        from gevent import socket as gsocket
+
+        self.sock = sock
+        self._read1 = rfile.read1
+        # a plain (not TLS) gevent socket: a frame is first written with one send that gives
+        # up at once when the socket's buffer is full; what does not fit goes through sendall
+        self._nowait = type(sock) is gsocket.socket
+
+    def read(self, timeout: float | None) -> bytes:
+        import gevent
+
+        if timeout is None:
+            return bytes(self._read1(READ_BYTES))
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        try:
+            return bytes(self._read1(READ_BYTES))
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise TimeoutError() from None
+        finally:
+            timer.close()
+
+    def send_nowait(self, data: bytes | bytearray) -> int:
+        if not self._nowait:
+            return 0  # TLS: the outbox's writer does it all
+        return int(self.sock.send(data, 0, timeout=0.0))
 
 
-class GeventTransport(_Guarded):
-    """``environ["wsgi.websocket"]`` from gevent-websocket's handler (pywsgi or gunicorn)."""
+class GeventTransport(SocketTransport):
+    """``environ["wsgi.websocket"]``: gevent-websocket's ``WebSocket``, after its handler's
+    handshake (gevent.pywsgi, gunicorn's gevent workers)."""
 
     mode = "gevent-websocket"
 
     def __init__(self, ws: Any, limits: InboundLimits | None = None) -> None:
-        from gevent import socket as gsocket
-        from geventwebsocket.exceptions import WebSocketError
-
-        from .frames import FrameReader
-
-        self._ws = ws
-        self._guard = InboundGuard(limits or InboundLimits())
-        self._reader = FrameReader(ws, self._guard, control=self._control)
-        self._closed = False
-        self._error = WebSocketError
-        # A plain (not TLS) gevent socket: a frame is first written with one non-blocking
-        # send on the OS socket, skipping gevent's sendall bookkeeping; what does not fit
-        # goes through sendall.
-        sock: Any = getattr(ws.raw_write, "__self__", None)
-        self._os_sock = sock._sock if type(sock) is gsocket.socket else None
-        # gevent-websocket 0.10.1 answers a client's close frame that carries a reason with an
-        # invalid frame (the reason's repr where the code belongs). Its WebSocket has __slots__,
-        # so the fix is a slot-less subclass that answers with the client's code.
-        if type(ws).__name__ == "WebSocket":
-            ws.__class__ = _close_fixed_class(type(ws))
-
-    def send(self, message: str) -> None:
-        self._ws.send(message)  # a str goes out as a text frame
-
-    # -- dcm_sync.outbox.OutboxSocket: the manager's bounded outbox writes through these;
-    #    callers serialize them per socket (the connection's send lock)
-    encoding = "rfc6455-text"  # no compression: every such socket sends a text's frame alike
-
-    def encode_text(self, text: str) -> bytes:
-        return text_frame(text)
-
-    def write_nowait(self, data: bytes | bytearray) -> int:
-        if self._ws.closed:
-            raise self._error("socket is already closed")
-        if self._os_sock is None:
-            return 0  # TLS or another socket type: the outbox's writer does it all
-        try:
-            return int(self._os_sock.send(data))
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise self._error(f"socket is dead: {exc}") from exc
-
-    def write(self, data: bytes | bytearray) -> None:
-        if self._ws.closed:
-            raise self._error("socket is already closed")
-        try:
-            self._ws.raw_write(data)
-        except OSError as exc:
-            raise self._error(f"socket is dead: {exc}") from exc
-
-    def attach(self, control: Any) -> None:
-        self._outbox = control
-
-    def _control(self, payload: bytes, opcode: int) -> None:
-        """A control frame from the receiving side (a pong): through the outbox once there is
-        one, so that it never lands inside a message a writer is still writing."""
-        outbox = self._outbox
-        if outbox is None:
-            self._ws.send_frame(payload, opcode)
-        else:
-            outbox.put_control(struct.pack("!BB", 0x80 | opcode, len(payload)) + payload)
-
-    def closing(self, code: int, reason: str) -> bytes:
-        self._closed = True  # close() is now a no-op; receive() returns None
-        header = struct.pack("!BB", 0x88, len(_close_payload(code, reason)))
-        return header + _close_payload(code, reason)
-
-    def finish(self) -> None:
-        ws = self._ws
-        sock = getattr(ws.raw_write, "__self__", None) if not ws.closed else None
+        # gevent-websocket hands the connection over here: its WebSocket's ``handler`` (the
+        # pywsgi handler that did the handshake) holds the socket and the read buffer, which
+        # may already hold the client's first frames. From now on this transport reads and
+        # writes them; the WebSocket is marked closed so that gevent-websocket writes nothing
+        # more (its handler would send a close frame of its own after the view).
+        handler = ws.handler
+        super().__init__(_GeventSocket(handler.socket, handler.rfile), limits)
         ws.closed = True
-        if sock is not None:
-            _shutdown(sock)
-
-    def abort(self) -> None:
-        self._closed = self._ws.closed = True
-        sock = getattr(self._ws.raw_write, "__self__", None)
-        if sock is not None:
-            _reset(sock)
-
-    def receive(self, timeout: float | None = None) -> str | bytes | None:
-        from .frames import PeerGone
-
-        if self._closed or self._ws.closed:
-            return None
-        try:
-            return self._reader.read(timeout)  # frames read here: gevent-websocket's reader has no limits
-        except (PeerGone, self._error):
-            return None
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        # gevent-websocket 0.10.1's close() drops ``code`` and sends its message as text, so
-        # the close frame (code + reason) is written here and the socket marked closed.
-        from geventwebsocket.exceptions import WebSocketError
-
-        if self._closed:
-            return
-        self._closed = True
-        if self._ws.closed:
-            return
-        try:
-            self._ws.send_frame(_close_payload(code, reason), self._ws.OPCODE_CLOSE)
-        except WebSocketError as exc:
-            logger.debug("close frame not sent: %s", exc)
-        finally:
-            self._ws.closed = True
 
 
-_FIXED: dict[type, type] = {}
+class _ThreadSocket:
+    """A blocking socket read by the view's thread: ``poll`` waits for data, so that the
+    socket's own timeout (shared with writers in other threads) is never touched."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def read(self, timeout: float | None) -> bytes:
+        # a shutdown from another thread (finish, abort) wakes the poll: recv then returns b""
+        if not self._poll.poll(None if timeout is None else timeout * 1000):
+            raise TimeoutError()
+        return self.sock.recv(READ_BYTES)
+
+    def send_nowait(self, data: bytes | bytearray) -> int:
+        return self.sock.send(data, socket.MSG_DONTWAIT)
 
 
-def close_reply_code(payload: bytes) -> int:
-    """The code that answers a client's close frame (RFC 6455 5.5.1, 7.1.6, 7.4): its own code;
-    1000 when it gave none; 1002 for a 1-byte payload or a code that must not be sent; 1007
-    when its reason is not valid UTF-8."""
-    if not payload:
-        return 1000
-    if len(payload) == 1:
-        return 1002
-    code = int.from_bytes(payload[:2], "big")
-    if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015) or 1016 <= code <= 2999:
-        return 1002
-    try:
-        payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        return 1007
-    return code
-
-
-def _close_fixed_class(base: type) -> type:
-    if base not in _FIXED:
-        def handle_close(self: Any, header: Any, payload: bytes) -> None:
-            code = close_reply_code(payload)
-            try:
-                self.send_frame(_close_payload(code, ""), self.OPCODE_CLOSE)
-            except Exception as exc:  # the peer may be gone already
-                logger.debug("close reply not sent: %s", exc)
-            self.closed = True
-
-        _FIXED[base] = type("ClosingWebSocket", (base,), {"__slots__": (), "handle_close": handle_close})
-    return _FIXED[base]
-
-
-#: seconds to let simple-websocket's reader thread write its close frame and exit
-READER_EXIT_WAIT = 1.0
-
-
-class SimpleTransport(_Guarded):
-    """simple-websocket's ``Server`` (Werkzeug's threaded server, gunicorn's gthread worker)."""
+class ThreadedTransport(SocketTransport):
+    """Werkzeug's threaded server and gunicorn's ``gthread`` worker: the handshake is done here
+    (:func:`flask_ext.handshake.accept`); :class:`~flask_ext.handshake.HandshakeError` if the
+    request is not a valid upgrade."""
 
     def __init__(self, environ: dict[str, Any], limits: InboundLimits | None = None) -> None:
-        import simple_websocket
-
-        self._closed_exc = simple_websocket.ConnectionClosed
-        self._guard = InboundGuard(limits or InboundLimits())
-        self._ws = simple_websocket.Server(environ, max_message_size=self._guard.limits.max_message_bytes)
-        self.mode = str(self._ws.mode)
-        self._lock = threading.Lock()
-
-    def send(self, message: str) -> None:
-        self._ws.send(message)
-
-    # -- dcm_sync.outbox.OutboxSocket (see GeventTransport)
-    encoding = None  # wsproto may compress per socket (permessage-deflate)
-
-    def encode_text(self, text: str) -> bytes:
-        from wsproto.events import TextMessage
-
-        if not self._ws.connected:
-            raise self._closed_exc(1006, "socket is closed")
-        return bytes(self._ws.ws.send(TextMessage(data=text)))
-
-    def write_nowait(self, data: bytes | bytearray) -> int:
-        try:
-            return int(self._ws.sock.send(data, socket.MSG_DONTWAIT))
-        except BlockingIOError:
-            return 0
-
-    def write(self, data: bytes | bytearray) -> None:
-        self._ws.sock.sendall(data)
-
-    def attach(self, control: Any) -> None:
-        self._outbox = control  # simple-websocket's reader thread answers pings itself
-
-    def closing(self, code: int, reason: str) -> bytes:
-        from wsproto.events import CloseConnection
-
-        with self._lock:
-            try:
-                frame = bytes(self._ws.ws.send(CloseConnection(code=code, reason=reason)))
-            except Exception as exc:  # wsproto refuses in a state where closing is done
-                logger.debug("no close frame: %s", exc)
-                frame = b""
-            self._ws.connected = False
-            return frame
-
-    def finish(self) -> None:
-        _shutdown(self._ws.sock)
-
-    def abort(self) -> None:
-        self._ws.connected = False
-        _reset(self._ws.sock)
-
-    def receive(self, timeout: float | None = None) -> str | bytes | None:
-        # simple-websocket closes with 1009 itself (max_message_size), wsproto with 1007
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:  # ends with a message admitted, the socket closed, a violation or the deadline
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                msg = self._ws.receive(left)
-            except self._closed_exc:
-                self._await_reader()
-                return None
-            if msg is None:
-                if not self._ws.connected:
-                    self._await_reader()
-                    return None
-                raise TimeoutError(f"no message within {timeout}s")
-            self._guard.check_kind(msg)
-            if self._guard.admit():
-                return msg  # type: ignore[no-any-return]
-
-    def _await_reader(self) -> None:
-        # simple-websocket's reader thread marks the socket closed before it writes its own close
-        # frame (1009 over max_message_size, wsproto's 1007/1002): let it finish, so that the
-        # socket is not shut down under it
-        thread = getattr(self._ws, "thread", None)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(READER_EXIT_WAIT)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        with self._lock:
-            if self._ws.connected:
-                try:
-                    self._ws.close(reason=code, message=reason)
-                except self._closed_exc:
-                    logger.debug("socket already closed by the peer")
+        sock, self.mode = server_socket(environ)
+        accept(environ, sock)
+        super().__init__(_ThreadSocket(sock), limits)
 
 
 def open_transport(environ: dict[str, Any], limits: InboundLimits | None = None) -> Transport:
     ws = environ.get("wsgi.websocket")
     if ws is not None:
         return GeventTransport(ws, limits)
-    return SimpleTransport(environ, limits)
+    return ThreadedTransport(environ, limits)

@@ -7,7 +7,7 @@
 #
 #   --locked  (the default; what CI runs) the exact versions in requirements/dev.txt, in .venv
 #   --oldest  the lowest versions setup.cfg allows of every runtime dependency (redis, gevent,
-#             gevent-websocket, flask, simple-websocket, gunicorn, hiredis, prometheus-client;
+#             gevent-websocket, flask, wsproto, gunicorn, hiredis, prometheus-client;
 #             scripts/oldest_constraints.py), the rest resolved by pip, in .venv-oldest
 #   --latest  the newest releases of everything, without the lock, in .venv-latest
 set -euo pipefail

@@ -4,7 +4,7 @@ import pytest
 import websocket
 
 from dcm_sync import ConnectionLimitError, LocalConnectionManager
-from flask_ext.transports import text_frame
+from flask_ext.wire import text_frame
 from tests.helpers.sockets import PairSocket, RecordingSocket
 
 

@@ -9,6 +9,7 @@ import time
 from dcm_sync import LocalConnectionManager
 from dcm_sync.local import LocalConnection
 from dcm_sync.outbox import SendPolicy
+from flask_ext.wire import pong_frame
 from tests.helpers.sockets import PairSocket, wait_until
 
 PONG = 0xA
@@ -105,7 +106,7 @@ def test_at_most_one_pong_waits_and_it_answers_the_latest_ping() -> None:
     messages, waiting = outbox.queued
     for n in range(100_000):  # a ping flood from a client that never reads
         payload = f"ping {n}".encode()
-        outbox.put_control(bytes([0x80 | PONG, len(payload)]) + payload)
+        outbox.put_control(pong_frame(payload))
     # one pong waits, counted in the bytes (a flood does not grow the outbox)
     assert outbox.queued == (messages + 1, waiting + 2 + len(b"ping 99999"))
     conn.close(1000, "bye")

@@ -3,7 +3,7 @@
 MODE: ``dcm`` (gevent.pywsgi + the project's DCMWebSocketHandler, as examples/chat/app.py
 serves it, with its own SIGTERM handler), ``plain`` (the same, as a new user writes it: no
 signal handler of the app's own), ``stock`` (gevent.pywsgi + gevent-websocket's
-WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server).
+WebSocketHandler), ``werkzeug`` (Werkzeug's threaded server; the extension does the handshake).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def module_servers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module", params=["dcm", "werkzeug"])
 def any_server(module_servers: Servers, request: pytest.FixtureRequest) -> Server:
-    """gevent-websocket (the extension's frame reader) and simple-websocket (wsproto)."""
+    """gevent-websocket's handshake and Werkzeug's threaded server (the extension's own)."""
     return module_servers.chat(request.param, **NO_RATE_LIMIT)
 
 
@@ -46,7 +46,7 @@ def dcm(module_servers: Servers) -> Server:
     ((2999).to_bytes(2, "big"), 1002),        # reserved for the protocol
     ((1000).to_bytes(2, "big") + "bye ✓".encode(), 1000),
     ((4000).to_bytes(2, "big"), 4000),        # an application's code comes back
-    (b"", 1000),                              # no code at all (or none back: wsproto)
+    (b"", 1000),                              # no code at all: answered with 1000
 ])
 def test_a_clients_close_frame_is_answered_as_rfc_6455_says(any_server: Server, payload: bytes,
                                                              code: int) -> None:

@@ -193,7 +193,7 @@ def test_drop_action_keeps_the_socket_and_drops_the_excess(module_servers: Serve
 
 @pytest.mark.parametrize("case", ["oversize", "invalid-utf8", "binary", "flood", "unmasked"])
 def test_werkzeug_closes_with_the_same_codes(werkzeug_server: Server, case: str) -> None:
-    # simple-websocket closes oversize messages itself, wsproto bad frames (their own reasons)
+    # the same wire under Werkzeug's threaded server: the same codes (and reasons, below)
     pair = Pair(werkzeug_server)
     frames, code, _ = CASES[case]
     ws = raw(werkzeug_server, f"h{uuid.uuid4().hex[:6]}")
@@ -201,6 +201,29 @@ def test_werkzeug_closes_with_the_same_codes(werkzeug_server: Server, case: str)
     assert close_of(ws)[0] == code
     pair.still_served()
     pair.close()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_werkzeug_closes_each_violation_with_its_code_and_reason(werkzeug_server: Server,
+                                                                  case: str) -> None:
+    pair = Pair(werkzeug_server)
+    frames, code, reason = CASES[case]
+    ws = raw(werkzeug_server, f"h{uuid.uuid4().hex[:6]}")
+    ws.sock.sendall(b"".join(frames))
+    assert close_of(ws) == (code, reason)
+    pair.still_served()
+    pair.close()
+
+
+def test_werkzeug_answers_an_invalid_upgrade_with_400(werkzeug_server: Server) -> None:
+    # Werkzeug's server has no handshake of its own: the extension's refuses before any 101
+    request = (f"GET /ws?token=u{uuid.uuid4().hex[:6]} HTTP/1.1\r\nHost: 127.0.0.1:{werkzeug_server.port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: c2hvcnQ=\r\n\r\n")
+    with closed_after_test(socket.create_connection(("127.0.0.1", werkzeug_server.port), timeout=10)) as s:
+        s.sendall(request.encode())
+        answer = s.recv(4096)
+    assert answer.split(b" ", 2)[1] == b"400", answer
 
 
 # ---------------------------------------------------------------- in one process

@@ -111,7 +111,7 @@ def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: st
     assert r.smembers(keys.room("lobby")) == {alice.id.encode()}
 
 
-def test_werkzeug_threaded_server_uses_simple_websocket(servers: Servers) -> None:
+def test_werkzeug_threaded_server(servers: Servers) -> None:
     a = servers.chat("werkzeug")
     b = servers.chat("dcm")
     alice, bob = Client(a.ws_url(), "alice"), Client(b.ws_url(), "bob")
@@ -126,6 +126,21 @@ def test_werkzeug_threaded_server_uses_simple_websocket(servers: Servers) -> Non
     assert _close_code(ws) == 4401  # Werkzeug's server has no pre-handshake hook
     alice.close()
     assert bob.recv_until(lambda m: m.get("type") == "user-disconnected")["userId"] == "alice"
+
+
+def test_gunicorn_gthread_worker(servers: Servers) -> None:
+    # gunicorn's threaded worker: the extension does the handshake, the view's thread reads
+    g = servers.gunicorn("gthread", 1, "--threads", "8")
+    alice, bob = Client(g.ws_url(), "alice"), Client(g.ws_url(), "bob")
+    alice.join("lobby")
+    bob.join("lobby")
+    alice.send(op="say", room="lobby", text="from a thread")
+    assert bob.recv_until(lambda m: m.get("type") == "message")["text"] == "from a thread"
+    bob.ws.send_close(1001, b"page hidden")
+    assert _close_code(bob.ws) == 1001
+    assert alice.recv_until(lambda m: m.get("type") == "user-disconnected")["userId"] == "bob"
+    ws = open_raw(g.ws_url(), None)
+    assert _close_code(ws) == 4401  # no pre-handshake hook either
 
 
 def _clients_on_distinct_workers(server: Server, count: int = 2) -> list[Client]:

@@ -18,6 +18,7 @@ import websocket
 
 from tests.flask.procs import Server, Servers
 from tests.helpers.closing import closed_after_test, ws_connect
+from tests.helpers.frames import masked, parse
 from tests.helpers.processes import rss_kb
 from tests.helpers.redis_server import free_port
 from tests.helpers.sockets import wait_until
@@ -43,9 +44,7 @@ def stalled_client(server: Server) -> socket.socket:
         assert chunk, "handshake refused"
         head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
-    mask = b"\0\0\0\0"
-    payload = json.dumps({"op": "join"}).encode()
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + payload)  # masked, zero mask
+    sock.sendall(masked(0x1, json.dumps({"op": "join"}).encode()))
     return sock
 
 
@@ -59,21 +58,13 @@ def read_close_code(sock: socket.socket, timeout: float = 20.0) -> int:
             break
         buf += chunk
     code = None
-    frames = 0
-    i = 0  # the handshake answer was read already
-    while i + 2 <= len(buf):
-        op, n, at = buf[i] & 0x0F, buf[i + 1] & 0x7F, i + 2
-        if n == 126:
-            n, at = int.from_bytes(buf[i + 2:i + 4], "big"), i + 4
-        elif n == 127:
-            n, at = int.from_bytes(buf[i + 2:i + 10], "big"), i + 10
+    frames, used = parse(buf)  # the handshake answer was read already
+    for op, payload in frames:
         if op == 8:
-            code = int.from_bytes(buf[at:at + 2], "big")
-            assert buf[at + 2:at + n] == b"slow consumer"
-        i = at + n
-        frames += 1
-    assert code is not None, (f"no close frame: {len(buf)} bytes, {frames} frames, "
-                              f"ends {'mid-frame' if i > len(buf) else 'on a frame boundary'}")
+            code = int.from_bytes(payload[:2], "big")
+            assert payload[2:] == b"slow consumer"
+    assert code is not None, (f"no close frame: {len(buf)} bytes, {len(frames)} frames, "
+                              f"ends {'mid-frame' if used < len(buf) else 'on a frame boundary'}")
     return code
 
 
@@ -208,7 +199,7 @@ def test_a_ping_flood_from_a_client_that_never_reads_stays_small(servers: Server
     pinger = stalled_client(a)
     time.sleep(0.3)  # the server settles after the handshake (a measurement's baseline)
     before = rss_kb(a.proc.pid)
-    ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # masked with a zero mask
+    ping = masked(0x9, b"p" * 125)
     pinger.settimeout(60)
     for _ in range(20):  # bounded: 200,000 pings
         pinger.sendall(ping * 10_000)

@@ -9,6 +9,9 @@ from websocket import ABNF
 
 from tests.flask.procs import Server
 from tests.helpers.closing import ws_connect
+from tests.helpers.frames import masked
+
+__all__ = ["raw", "close_of", "masked"]
 
 
 def raw(server: Server, token: str) -> websocket.WebSocket:
@@ -30,15 +33,3 @@ def close_of(ws: websocket.WebSocket) -> tuple[int, str]:
             return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
     raise AssertionError("no close frame among 1000 frames")
 
-
-def masked(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
-    """A client frame with a zero mask; ``length`` may announce more than ``payload`` holds."""
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload

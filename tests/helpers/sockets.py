@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tests.helpers.closing import closed_after_test
+from tests.helpers.frames import parse
 
 
 class RecordingSocket:
@@ -124,12 +125,12 @@ class PairSocket:
     def __init__(self, shares_frames: bool = True) -> None:
         import socket as _socket
 
-        from flask_ext.transports import text_frame
+        from flask_ext.wire import ENCODING, close_frame, text_frame
 
         self.server, self.client = map(closed_after_test, _socket.socketpair())
-        self.encoding = "rfc6455-text" if shares_frames else None
+        self.encoding = ENCODING if shares_frames else None
         self.control: object = None
-        self._frame = text_frame
+        self._frame, self._close_frame = text_frame, close_frame
         self.aborted: tuple[int, str] | None = None
         self.reset = False  # abort() was called: the connection was dropped
         self._buf = b""
@@ -161,8 +162,7 @@ class PairSocket:
 
     def closing(self, code: int, reason: str) -> bytes:
         self.aborted = (code, reason)
-        payload = code.to_bytes(2, "big") + reason.encode()
-        return bytes([0x88, len(payload)]) + payload
+        return self._close_frame(code, reason)
 
     def finish(self) -> None:
         import socket as _socket
@@ -189,16 +189,6 @@ class PairSocket:
             if not chunk:
                 break
             self._buf += chunk
-        frames, buf = [], self._buf
-        while len(buf) >= 2:
-            n, at = buf[1] & 0x7F, 2
-            if n == 126:
-                n, at = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                n, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + n:
-                break
-            frames.append((buf[0] & 0x0F, buf[at:at + n]))
-            buf = buf[at + n:]
-        self._buf = buf
+        frames, used = parse(self._buf)
+        self._buf = self._buf[used:]
         return frames

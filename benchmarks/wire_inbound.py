@@ -1,0 +1,293 @@
+"""``python -m benchmarks.wire_inbound [--compare REV ...] [--clients 20] [--messages 500]
+[--listeners 1] [--window 400] [--runs 5]``: what reading clients' messages costs a server,
+with this checkout's WebSocket wire and with older commits', in the same run.
+
+Chat servers (examples/chat/app.py under gevent.pywsgi with ``DCMWebSocketHandler``:
+``python -m tests.flask.serve dcm``), one run from this checkout and one from each
+``git archive REV`` unpacked in a temporary folder (default ``10e574e``: the frame reader that
+read off gevent-websocket's WebSocket), each with its own key prefix on one Redis of the
+benchmark's own, the rate limit off.
+
+A run: ``--listeners`` clients join a new room; ``--clients`` other clients write
+``--messages`` "say" messages each into it (masked text frames of about 120 bytes), in turn,
+10 at a time, at most ``--window`` in flight; it ends when every listener has every message.
+(All at once, a server greenlet whose socket holds many messages goes on without yielding and
+keeps the Redis connection's lock from the others past its 2 s timeout.) Figures, medians of
+``--runs`` runs (the servers take turns):
+
+- inbound messages per second: messages over the time from the first write to the last
+  delivery (each message is also published to Redis and delivered: the work a chat message
+  really costs);
+- server CPU per inbound message: the server process's user + system time over the run
+  (``/proc/<pid>/stat``), in microseconds.
+
+Loopback only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from socket import create_connection, socket
+
+from tests.helpers.frames import masked, parse
+from tests.helpers.processes import HEALTH_PATH, server_env
+from tests.helpers.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE = 120.0  # seconds any one run may take
+TEXT = "x" * 80
+CHUNK = 10  # messages a client writes at once
+HERE = "this checkout"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class Client:
+    """A raw WebSocket client: handshake, welcome read, then frames as the benchmark says."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.sock: socket = create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise RuntimeError("handshake refused")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"handshake refused: {head[:80]!r}")
+        self.buf = bytearray(rest)
+        self.next_text()  # the welcome
+
+    def texts(self) -> list[bytes]:
+        """The text frames one read completes (at least one read)."""
+        chunk = self.sock.recv(1 << 18)
+        if not chunk:
+            raise RuntimeError("the server closed the socket")
+        self.buf += chunk
+        frames, used = parse(self.buf)
+        del self.buf[:used]
+        return [payload for op, payload in frames if op == 0x1]
+
+    def next_text(self) -> bytes:
+        frames, used = parse(self.buf)
+        while not frames:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError("the server closed the socket")
+            self.buf += chunk
+            frames, used = parse(self.buf)
+        del self.buf[:used]  # one frame at a time is all the setup needs
+        return frames[0][1]
+
+    def say(self, room: str, count: int) -> bytes:
+        """``count`` "say" messages into ``room``, as one client writes them."""
+        frame = masked(0x1, json.dumps({"op": "say", "room": room, "text": TEXT}).encode())
+        return frame * count
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class Figures:
+    per_second: float
+    cpu_us: float
+
+
+def one_run(port: int, pid: int, clients: int, messages: int, listeners: int,
+            window: int) -> Figures:
+    room = f"r{uuid.uuid4().hex[:8]}"
+    opened: list[Client] = []
+    try:
+        ears = [Client(port, f"l{i}{room}") for i in range(listeners)]
+        opened += ears
+        for ear in ears:
+            ear.sock.sendall(masked(0x1, json.dumps({"op": "join", "room": room}).encode()))
+            while b'"joined"' not in ear.next_text():
+                pass
+        mouths = [Client(port, f"s{i}{room}") for i in range(clients)]
+        opened += mouths
+        time.sleep(0.5)  # the server settles after the connections and joins
+        expected = clients * messages
+        done: list[float] = []
+        heard = [0]  # messages the first listener has
+
+        def listen(ear: Client, first: bool) -> None:
+            got = 0
+            while got < expected:
+                got += sum(1 for text in ear.texts() if b'"type":"message"' in text)
+                if first:
+                    heard[0] = got
+            done.append(time.monotonic())
+
+        def speak() -> None:
+            """Round robin: each client in turn writes ``CHUNK`` messages, at most ``window``
+            in flight (written, not yet heard). A greenlet's socket then never holds many: a
+            server greenlet that has messages waiting goes on without yielding, and would keep
+            the Redis connection's lock from the others for as long."""
+            chunks = [m.say(room, CHUNK) for m in mouths]
+            sent = 0
+            while sent < expected:
+                for mouth, chunk in zip(mouths, chunks, strict=True):
+                    while sent - heard[0] >= window:
+                        if time.monotonic() > started + DEADLINE:
+                            return
+                        time.sleep(0.0002)
+                    mouth.sock.sendall(chunk)
+                    sent += CHUNK
+
+        readers = [threading.Thread(target=listen, args=(e, i == 0), daemon=True)
+                   for i, e in enumerate(ears)]
+        for t in readers:
+            t.start()
+        cpu = cpu_seconds(pid)
+        started = time.monotonic()
+        writer = threading.Thread(target=speak, daemon=True)
+        writer.start()
+        for t in [writer, *readers]:
+            t.join(max(0.0, started + DEADLINE - time.monotonic()))
+        if len(done) != listeners:
+            raise RuntimeError(f"not every message arrived within {DEADLINE:.0f} s")
+        used = cpu_seconds(pid) - cpu
+        return Figures(expected / (max(done) - started), used / expected * 1e6)
+    finally:
+        for c in opened:
+            c.close()
+
+
+def old_checkout(rev: str, into: Path) -> None:
+    """``git archive rev`` unpacked in ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+                             check=True, capture_output=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
+
+
+class Server:
+    """``python -m tests.flask.serve dcm PORT`` run from ``root``, so that its packages come first."""
+
+    def __init__(self, name: str, root: Path, redis_url: str, logs: Path) -> None:
+        self.name, self.port = name, free_port()
+        env = server_env(redis_url, f"{name}{uuid.uuid4().hex[:6]}:", {"DCM_RATE_LIMIT": "0"},
+                         PORT=str(self.port))
+        env["PYTHONPATH"] = str(root)
+        env.update({k: v for k, v in os.environ.items() if k.startswith("GEVENT_")})
+        self.log_path = logs / f"{name}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.flask.serve", "dcm", str(self.port)],
+                                         env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the {name} server did not start:\n{self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{HEALTH_PATH}", timeout=5) as r:
+                return bool(json.loads(r.read()).get("ready"))
+        except (OSError, ValueError):
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.wire_inbound", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", nargs="+", default=["10e574e"], metavar="REV",
+                        help="the commits to compare this checkout with")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=500, help="per client and run")
+    parser.add_argument("--listeners", type=int, default=1)
+    parser.add_argument("--window", type=int, default=400, help="messages in flight, at most")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.runs < 3:
+        parser.error("--runs must be at least 3 (medians of several runs)")
+    if args.messages % CHUNK:
+        parser.error(f"--messages must be a multiple of {CHUNK}")
+    redis = RedisServer()
+    redis.start()
+    servers: dict[str, Server] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="dcm-wire-bench-") as tmp:
+            for rev in args.compare:
+                root = Path(tmp) / rev
+                root.mkdir()
+                old_checkout(rev, root)
+                servers[rev] = Server(rev, root, redis.url, Path(tmp))
+            servers[HERE] = Server("this", ROOT, redis.url, Path(tmp))
+            print(f"wire_inbound: {args.clients} clients x {args.messages} messages into a room with "
+                  f"{args.listeners} listener(s), {args.runs} runs each, the servers taking turns; "
+                  f"{os.cpu_count()} cores")
+            figures: dict[str, list[Figures]] = {name: [] for name in servers}
+            names = list(servers)
+            for run in range(args.runs):
+                for name in names[run % len(names):] + names[:run % len(names)]:
+                    server = servers[name]
+                    try:
+                        got = one_run(server.port, server.proc.pid, args.clients, args.messages,
+                                      args.listeners, args.window)
+                    except RuntimeError:
+                        print(f"--- the {name} server's log, last lines:\n{server.log_tail()}")
+                        raise
+                    figures[name].append(got)
+                    print(f"  run {run + 1} {name:<16} {got.per_second:8,.0f} msg/s, "
+                          f"{got.cpu_us:6.1f} us CPU/msg", flush=True)
+                    time.sleep(1.0)  # the last run's departures are handled before the next
+    finally:
+        for server in servers.values():
+            server.stop()
+        redis.cleanup()
+    print(report(figures))
+    return 0
+
+
+def report(figures: dict[str, list[Figures]]) -> str:
+    rate = {k: statistics.median([f.per_second for f in v]) for k, v in figures.items()}
+    cpu = {k: statistics.median([f.cpu_us for f in v]) for k, v in figures.items()}
+    lines = [f"  {'server':<16} {'msg/s (median)':>16} {'CPU us/msg (median)':>22}"]
+    for name in figures:
+        lines.append(f"  {name:<16} {rate[name]:>16,.0f} {cpu[name]:>22.1f}")
+    for name in figures:
+        if name != HERE:
+            lines.append(f"  {HERE} vs {name}: throughput {rate[HERE] / rate[name]:.3f}x, "
+                         f"CPU per message {cpu[HERE] / cpu[name]:.3f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
