@@ -10,12 +10,46 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Driver", "Worker", "get_driver", "StopFlag"]
+__all__ = ["Driver", "Worker", "get_driver", "StopFlag", "HandOffLock"]
 
 logger = logging.getLogger(__name__)
+
+
+class HandOffLock:
+    """A lock that, released while others wait for it, lets one of them have it before the
+    releaser can take it again. Under gevent a greenlet that releases a lock and takes it again
+    without blocking in between (a view whose socket holds many messages, each published in
+    turn) would keep it from every other greenlet for as long as it has work, and their waits
+    would time out. ``time.sleep(0)`` is gevent's yield when gevent patched it, a thread yield
+    otherwise; it is only paid when someone waits."""
+
+    __slots__ = ("_lock", "_waiting")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = 0  # callers inside acquire(); only read to decide whether to yield
+
+    def acquire(self, timeout: float = -1) -> bool:
+        self._waiting += 1
+        try:
+            return self._lock.acquire(timeout=timeout)
+        finally:
+            self._waiting -= 1
+
+    def release(self) -> None:
+        self._lock.release()
+        if self._waiting:
+            time.sleep(0)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Worker(Protocol):

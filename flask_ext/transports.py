@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: the most one read takes off a socket
 READ_BYTES = 64 * 1024
+#: what a peek fills: the read buffer of gevent.pywsgi's handler (flask_ext.handler makes it
+#: 1 KiB); a read that returns this much says that more is probably waiting
+PEEK_BYTES = 1024
 
 
 class Transport(Protocol):
@@ -253,7 +256,8 @@ class _GeventSocket:
         from gevent import socket as gsocket
 
         self.sock = sock
-        self._read1 = rfile.read1
+        self._peek, self._read1 = rfile.peek, rfile.read1
+        self._flowing = False  # the last read filled the handler's buffer: more is coming
         # a plain (not TLS) gevent socket: a frame is first written with one send that gives
         # up at once when the socket's buffer is full; what does not fit goes through sendall
         self._nowait = type(sock) is gsocket.socket
@@ -261,18 +265,25 @@ class _GeventSocket:
     def read(self, timeout: float | None) -> bytes:
         import gevent
 
-        if timeout is None:
-            return bytes(self._read1(READ_BYTES))
-        timer = gevent.Timeout(timeout)
-        timer.start()
+        timer = None if timeout is None else gevent.Timeout(timeout)
+        if timer is not None:
+            timer.start()
         try:
-            return bytes(self._read1(READ_BYTES))
+            if not self._flowing:
+                # Wait with peek, in the read buffer the handler already has (1 KiB): a read
+                # of READ_BYTES would hold a buffer that large for as long as an idle client
+                # says nothing. While data flows, reads take up to READ_BYTES at once.
+                self._peek(1)
+            data = bytes(self._read1(READ_BYTES))
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
             raise TimeoutError() from None
         finally:
-            timer.close()
+            if timer is not None:
+                timer.close()
+        self._flowing = len(data) >= PEEK_BYTES
+        return data
 
     def send_nowait(self, data: bytes | bytearray) -> int:
         if not self._nowait:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 
 import redis
 
+from ..concurrency import HandOffLock
 from ..errors import BackendUnavailableError
 from ..models import RemovedConnection
 from .base import rooms_full
@@ -42,7 +42,7 @@ class RedisBackend(RedisBase):
         self._hot_pool, self._hot_held = pools.hot, pools.hot_held
         self._new_sub_pool = pools.subscriber
         self._hot_client: redis.Redis | None = None
-        self._hot_lock = threading.Lock()
+        self._hot_lock = HandOffLock()  # fair under gevent: see HandOffLock
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
                                "heartbeat", "to_live_server", "forget")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from ..concurrency import HandOffLock
 from ..config import redact_url
 from ..errors import BackendError
 from ..models import RemovedConnection
@@ -75,7 +75,7 @@ class RedisClusterBackend(RedisBase):
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
         self._hot: dict[str, redis.Redis] = {}
-        self._hot_lock = threading.Lock()
+        self._hot_lock = HandOffLock()  # fair under gevent: see HandOffLock
 
     def _eval_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         """Run one script for each ``(keys, args)`` in pipelines split by shard."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import urllib.error
@@ -13,6 +14,7 @@ import websocket
 from dcm_sync.backends.redis_keys import KeyLayout
 from tests.flask.procs import Client, Server, Servers
 from tests.helpers.closing import ws_connect
+from tests.helpers.frames import masked
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.sockets import wait_until
 
@@ -224,3 +226,31 @@ def test_room_broadcast_to_several_local_sockets(servers: Servers) -> None:
     outsider.ws.settimeout(0.5)
     with pytest.raises(websocket.WebSocketTimeoutException):
         outsider.recv()
+
+
+PER_WRITER = 1000
+
+
+def test_a_burst_from_many_clients_leaves_none_of_them_waiting_for_redis(servers: Servers) -> None:
+    # 30 clients each write 100 messages at once (the rate limit off): every view publishes
+    # one after another through the server's one Redis connection for messages, and none may
+    # keep it from the others (a greenlet with buffered messages takes it again at once)
+    a = servers.chat("dcm", DCM_RATE_LIMIT="0", DCM_SEND_QUEUE_MAX_MESSAGES="100000",
+                     DCM_SEND_QUEUE_MAX_BYTES=str(64 << 20))
+    listener = Client(a.ws_url(), "listener")
+    listener.join("burst")
+    writers = [Client(a.ws_url(), f"w{i}") for i in range(30)]
+    for w in writers:
+        w.join("burst")
+    listener_joins = 0
+    while listener_joins < 30:  # the writers' joins, as the listener sees them
+        listener_joins += listener.recv()["type"] == "joined"
+    for i, w in enumerate(writers):
+        w.ws.sock.sendall(b"".join(masked(0x1, json.dumps(
+            {"op": "say", "room": "burst", "text": f"{i}:{k}"}).encode()) for k in range(PER_WRITER)))
+    got = 0
+    while got < 30 * PER_WRITER:  # every message arrives: no view was closed for want of Redis
+        msg = listener.recv()
+        assert msg["type"] == "message", msg
+        got += 1
+    assert a.health()["stats"]["local_connections"] == 31
