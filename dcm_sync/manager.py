@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from .backends import Backend, ConnectionRecord, open_backend
@@ -47,8 +48,20 @@ logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 1.0
 ID_ATTEMPTS = 5
-COUNTERS = ("envelopes_dropped", "signature_failures", "send_errors", "connections_cleaned",
-            "stale_removed", "restores", "probes_failed", "slow_consumers")
+#: The counters of :meth:`DistributedConnectionManager.metrics`, each with what it counts: the
+#: one list that the Prometheus exporter (``dcm_<name>_total``) and the docs are made from.
+COUNTERS: Mapping[str, str] = MappingProxyType({
+    "reconnects": "Times the message listener subscribed again after losing the backend.",
+    "probes_failed": "Probes of this server's own subscription that did not return in time.",
+    "envelopes_dropped": "Malformed cross-server messages dropped on receipt.",
+    "signature_failures": "Cross-server messages dropped for a missing or wrong signature "
+                          "(also counted in envelopes_dropped).",
+    "send_errors": "Sends to a local socket that failed (the connection was removed).",
+    "connections_cleaned": "Connections of dead servers removed by this server's cleanup.",
+    "stale_removed": "Local connections removed for inactivity or an unanswered ping.",
+    "restores": "Times this server wrote its record and connections back to the backend.",
+    "slow_consumers": "Local sockets cut (close code 1013) because their outbox was full.",
+})
 
 
 def default_server_id(host: str, port: int) -> str:
@@ -320,9 +333,7 @@ class DistributedConnectionManager:
         return self._backend.stats()[2]
 
     def metrics(self) -> dict[str, int]:
-        """Counters since start: reconnects, probes_failed, envelopes_dropped (of which
-        signature_failures), send_errors, connections_cleaned, stale_removed, restores,
-        slow_consumers."""
+        """Counters since start, one per key of :data:`COUNTERS` (which says what each counts)."""
         out = dict.fromkeys(COUNTERS, 0)
         out.update(self._counters)
         out["reconnects"] = self._listener.reconnects

@@ -7,7 +7,8 @@ Register it yourself; each scrape reads the manager afresh::
 
     REGISTRY.register(DCMCollector(manager))
 
-Counters: every key of :meth:`~DistributedConnectionManager.metrics` as ``dcm_<key>_total``.
+Counters: every key of :meth:`~DistributedConnectionManager.metrics` as ``dcm_<key>_total``,
+with its help text from :data:`~dcm_sync.manager.COUNTERS`.
 Gauges: ``dcm_local_connections``, ``dcm_backend_up`` and, while the backend answers,
 ``dcm_cluster_connections``, ``dcm_cluster_rooms`` and ``dcm_active_servers``. Every sample
 carries a ``server_id`` label.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 try:
     from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,23 +31,14 @@ except ImportError as exc:
     ) from exc
 
 from .errors import DCMError
-from .manager import DistributedConnectionManager
+from .manager import COUNTERS, DistributedConnectionManager
 
 __all__ = ["DCMCollector", "COUNTER_HELP"]
 
 logger = logging.getLogger(__name__)
 
-#: Help text of the counters this version knows; other keys of ``metrics()`` get a generic one.
-COUNTER_HELP: dict[str, str] = {
-    "reconnects": "Times the message listener subscribed again after losing the backend.",
-    "probes_failed": "Probes of this server's own subscription that did not return in time.",
-    "envelopes_dropped": "Malformed cross-server messages dropped on receipt.",
-    "signature_failures": "Cross-server messages dropped for a missing or wrong signature.",
-    "send_errors": "Sends to a local socket that failed (the connection was removed).",
-    "connections_cleaned": "Connections of dead servers removed by this server's cleanup.",
-    "stale_removed": "Local connections removed for inactivity.",
-    "restores": "Times this server wrote its record and connections back to the backend.",
-}
+#: Help text of each counter: the manager's own list.
+COUNTER_HELP: Mapping[str, str] = COUNTERS
 
 _LABELS = ("server_id",)
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
