@@ -1,7 +1,8 @@
 """dcm_sync: WebSocket connections, rooms and messages shared across server processes.
 
 Redis (or the embedded ``memory://`` backend) holds the shared state and carries messages
-between servers. See the README for the API, configuration and the Redis layout.
+between servers. The docs (``docs/``, a MkDocs site) describe the API, the configuration
+and the Redis layout.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Configuration: the :class:`Config` dataclass, its validation and ``from_env()``."""
+"""Configuration: the `Config` dataclass, its validation and ``from_env()``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ AuthenticateFn = Callable[[Any, str], Any]
 SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
                      "redis+cluster", "rediss+cluster")
 
-#: Environment variables the seed design used, mapped to Config fields.
+#: The short environment names of three Config fields (``DCM_<FIELD>`` wins over them).
 _SEED_ENV = {"redis_url": "REDIS_URL", "server_host": "SERVER_HOST", "server_port": "PORT"}
 #: Fields that cannot come from text (environment, Flask config strings).
 _NOT_FROM_ENV = frozenset({"authenticate"})
@@ -32,10 +32,10 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 @dataclass(frozen=True)
 class Config:
-    """Settings of one distributed manager. Invalid values raise :class:`ConfigError`.
+    """Settings of one distributed manager. Invalid values raise [`ConfigError`][].
 
-    Times are in seconds (floats; sub-second values work). See the README's table for
-    what each field does and which environment variable sets it.
+    Times are in seconds (floats; sub-second values work). The docs' Configuration page
+    (``docs/configuration.md``) says what each field does and which environment variable sets it.
     """
 
     redis_url: str = "memory://"
@@ -129,7 +129,7 @@ class Config:
         return f"Config({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def replace(self, **overrides: Any) -> Config:
-        """A copy with ``overrides`` applied; unknown names raise :class:`ConfigError`."""
+        """A copy with ``overrides`` applied; unknown names raise [`ConfigError`][]."""
         unknown = set(overrides) - set(field_names())
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -139,7 +139,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read ``REDIS_URL``, ``SERVER_HOST``, ``PORT`` and ``DCM_<FIELD>`` for the rest.
 
-        ``DCM_REDIS_URL`` etc. are accepted too and win over the seed's names.
+        ``DCM_REDIS_URL`` etc. are accepted too and win over the short names.
         Keyword ``overrides`` win over the environment.
         """
         env = os.environ if environ is None else environ
@@ -156,7 +156,7 @@ class Config:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base: Config | None = None) -> Config:
         """``base`` (default: the defaults) with ``{field: value}`` applied; string values are
-        parsed as in :meth:`from_env`."""
+        parsed as in [`from_env`][]."""
         parsed = {k: parse_value(k, v) if isinstance(v, str) else v for k, v in values.items()}
         return (base or cls()).replace(**parsed)
 

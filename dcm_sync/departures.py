@@ -3,7 +3,7 @@ to the members left in its rooms, and the removals that had to wait for Redis.
 
 A connection removed while Redis is unreachable is removed locally at once (its socket closes,
 local members are told) and noted; once Redis is back it is removed there and the other
-servers are told (:meth:`Departures.flush_pending`, from the heartbeat).
+servers are told (`Departures.flush_pending`, from the heartbeat).
 """
 
 from __future__ import annotations

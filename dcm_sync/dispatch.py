@@ -1,6 +1,6 @@
 """Incoming bus messages: decoded (and verified, with signing on), checked, and handed to the
 handler of their body's type. A new kind of envelope is one body class in
-:mod:`dcm_sync.envelopes` and one entry in :attr:`Dispatcher.table`.
+`dcm_sync.envelopes` and one entry in `Dispatcher.table`.
 """
 
 from __future__ import annotations

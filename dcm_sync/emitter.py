@@ -21,7 +21,7 @@ class Emitter:
     ``Emitter("redis://127.0.0.1:6379/0", key_prefix="dcm:")`` must use the servers' URL and
     prefix, and their ``signing_keys`` when they sign (only the first key is used here);
     ``ca_file`` is their ``redis_ca_file``.
-    Use it as a context manager, or call :meth:`close`.
+    Use it as a context manager, or call [`close`][].
     """
 
     def __init__(self, redis_url: str, key_prefix: str = "dcm:",
@@ -55,6 +55,7 @@ class Emitter:
         return self._backend.route(connection_id, self.origin, data) is not None
 
     def get_distributed_stats(self) -> DistributedStats:
+        """Cluster-wide figures, as a server's (``local_connections`` is 0)."""
         self._check_open()
         total, rooms, servers = self._backend.stats()
         return DistributedStats(total, rooms, len(servers), 0, servers)

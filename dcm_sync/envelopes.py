@@ -1,6 +1,6 @@
 """The cross-server envelope: what one server (or an emitter) puts on the bus for another.
 
-The manager speaks in typed bodies (:class:`RoomMessage`, :class:`DirectMessage`, ...); this
+The manager speaks in typed bodies (`RoomMessage`, `DirectMessage`, ...); this
 module alone knows their JSON form, never pickle::
 
     {"v": 1, "k": KIND, "o": ORIGIN_SERVER_ID, "id": ENVELOPE_ID, ...kind fields}
@@ -18,8 +18,8 @@ their bodies:
     probe   n: a number  (a server to itself: its subscription works) Probe
 
 An envelope that is not valid JSON, not an object, of another version, of an unknown kind or
-missing a field raises :class:`~dcm_sync.signing.EnvelopeError`; the listener logs and drops
-it. Signing is in :mod:`dcm_sync.signing`.
+missing a field raises `EnvelopeError`; the listener logs and drops
+it. Signing is in `dcm_sync.signing`.
 """
 
 from __future__ import annotations
@@ -204,9 +204,9 @@ class EnvelopeWriter:
 
 
 def decode_envelope(data: bytes | str, signer: EnvelopeSigner | None = None) -> Envelope:
-    """Decode and check one envelope; raise :class:`EnvelopeError` if it is not valid.
+    """Decode and check one envelope; raise `EnvelopeError` if it is not valid.
 
-    With ``signer`` the envelope must carry a valid signature (:class:`SignatureError`);
+    With ``signer`` the envelope must carry a valid signature (`SignatureError`);
     without, a signature header is skipped unchecked."""
     if signer is not None:
         if isinstance(data, str):
@@ -240,6 +240,6 @@ def decode_envelope(data: bytes | str, signer: EnvelopeSigner | None = None) -> 
 
 
 def decode_body(data: bytes | str, signer: EnvelopeSigner | None = None) -> Received:
-    """:func:`decode_envelope`, as its origin and typed body."""
+    """`decode_envelope`, as its origin and typed body."""
     env = decode_envelope(data, signer)
     return Received(env.origin, _typed(env))

@@ -1,6 +1,6 @@
 """The exception tree of dcm_sync.
 
-Every error the library raises on purpose derives from :class:`DCMError`::
+Every error the library raises on purpose derives from `DCMError`::
 
     DCMError
      ├── ConfigError (also ValueError)          invalid Config field or override
@@ -71,4 +71,4 @@ class BackendUnavailableError(BackendError):
 class BackendAuthenticationError(BackendUnavailableError):
     """The coordination backend refused the credentials (wrong Redis user or password).
 
-    Not :class:`AuthenticationError`, which is about a client's token."""
+    Not [`AuthenticationError`][], which is about a client's token."""

@@ -18,9 +18,9 @@ def create_distributed_connection_manager(
 ) -> DistributedConnectionManager:
     """Return a started manager: registered, subscribed, loops running (``is_ready()``).
 
-    Without ``config`` the settings come from :meth:`Config.from_env`; keyword ``overrides``
+    Without ``config`` the settings come from [`Config.from_env`][]; keyword ``overrides``
     (``redis_url=...``, ``server_port=...``) are applied on top. Without ``local`` a
-    :class:`LocalConnectionManager` of ``config.max_connections`` is made.
+    [`LocalConnectionManager`][] of ``config.max_connections`` is made.
     """
     base = config if config is not None else Config.from_env()
     if not isinstance(base, Config):

@@ -6,7 +6,7 @@ unsubscribes when it has none; after a failure it rebuilds the subscription with
 capped backoff and calls ``on_reconnect`` so the manager can write its state back.
 
 A connection can also stay open and go deaf (a stalled link, a proxy that stops forwarding).
-:meth:`Listener.probe` sends a probe to this server's own channel; when it does not come back
+`Listener.probe` sends a probe to this server's own channel; when it does not come back
 in time the subscription is dropped, which makes the listener rebuild it.
 """
 
@@ -144,7 +144,7 @@ class Listener:
                 logger.exception("error while handling a bus message on %s", item[0])
 
     def probe(self, send: Callable[[int], None], timeout: float) -> bool | None:
-        """Send probe number N with ``send(N)`` and wait for :meth:`probe_returned` (N). On
+        """Send probe number N with ``send(N)`` and wait for `probe_returned` (N). On
         failure drop the subscription (the listener rebuilds it) and return False; None when
         skipped because the listener is reconnecting already."""
         with self._lock:

@@ -1,4 +1,4 @@
-"""This process's own sockets: :class:`LocalConnectionManager`.
+"""This process's own sockets: `LocalConnectionManager`.
 
 It knows nothing of other servers. The distributed manager keeps it in step with the shared
 state; used on its own it is a thread-safe registry of sockets and their rooms.
@@ -51,7 +51,7 @@ class LocalConnection:
             self._encode = ws.encode_text
         else:
             self.outbox, self.encoding = None, None
-        #: the socket the manager pings, if it can be (see :meth:`ping`)
+        #: the socket the manager pings, if it can be (see `ping`)
         self.pingable = ws if self.outbox is not None and isinstance(ws, KeepaliveSocket) else None
         self.pinged_at = 0.0  # monotonic time of the last ping sent (0: none)
 
@@ -116,8 +116,8 @@ class LocalConnectionManager:
 
     def add(self, connection_id: str, ws: WebSocketLike, user_id: str,
             policy: SendPolicy | None = None) -> LocalConnection:
-        """Hold a new socket; :class:`ConnectionLimitError` when full, ``ValueError`` if the id is
-        taken. ``policy``: its outbox's limits and hooks (default: :attr:`send_policy`)."""
+        """Hold a new socket; [`ConnectionLimitError`][] when full, ``ValueError`` if the id is
+        taken. ``policy``: its outbox's limits and hooks (default: its `send_policy`)."""
         with self._lock:
             if len(self._conns) >= self.max_connections:
                 raise ConnectionLimitError(

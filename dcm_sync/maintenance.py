@@ -1,6 +1,6 @@
 """What keeps a server's view of the cluster true over time: heartbeats, failure detection and
 cleanup of dead servers, stale-connection cleanup, subscription probes, and writing state back
-after Redis was lost. :class:`Maintenance` runs the loops the manager starts; it is handed the
+after Redis was lost. `Maintenance` runs the loops the manager starts; it is handed the
 parts it works with.
 """
 

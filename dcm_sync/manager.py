@@ -2,12 +2,12 @@
 
 A façade over parts, each handed what it needs:
 
-* :class:`~dcm_sync.delivery.Delivery`: messages to this process's sockets;
-* :class:`~dcm_sync.departures.Departures`: connections leaving, their notices, the removals
+* `Delivery`: messages to this process's sockets;
+* `Departures`: connections leaving, their notices, the removals
   that wait for Redis;
-* :class:`~dcm_sync.maintenance.Maintenance`: heartbeats, failure cleanup, stale cleanup,
+* `Maintenance`: heartbeats, failure cleanup, stale cleanup,
   probes, restoring state after Redis was lost;
-* :class:`~dcm_sync.listener.Listener` and :class:`~dcm_sync.dispatch.Dispatcher`: the bus
+* `Listener` and `Dispatcher`: the bus
   subscription, and incoming envelopes by their typed body.
 
 Data flows one way: API call -> local sockets and backend (shared state + bus); and back from
@@ -48,12 +48,11 @@ logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 1.0
 ID_ATTEMPTS = 5
-#: The counters of :meth:`DistributedConnectionManager.metrics`, each with what it counts: the
-#: one list that the Prometheus exporter (``dcm_<name>_total``) and the docs are made from.
 COUNTERS: Mapping[str, str] = MappingProxyType({
     "reconnects": "Times the message listener subscribed again after losing the backend.",
     "probes_failed": "Probes of this server's own subscription that did not return in time.",
-    "envelopes_dropped": "Malformed cross-server messages dropped on receipt.",
+    "envelopes_dropped": "Cross-server messages dropped on receipt: malformed, of another "
+                         "protocol version, or failing the signature check.",
     "signature_failures": "Cross-server messages dropped for a missing or wrong signature "
                           "(also counted in envelopes_dropped).",
     "send_errors": "Sends to a local socket that failed (the connection was removed).",
@@ -62,6 +61,9 @@ COUNTERS: Mapping[str, str] = MappingProxyType({
     "restores": "Times this server wrote its record and connections back to the backend.",
     "slow_consumers": "Local sockets cut (close code 1013) because their outbox was full.",
 })
+"""The counters of [`metrics()`][dcm_sync.DistributedConnectionManager.metrics], each with what
+it counts: the one list that the Prometheus exporter (``dcm_<name>_total``, with this text as
+its help) and the docs are made from."""
 
 
 def default_server_id(host: str, port: int) -> str:
@@ -71,8 +73,9 @@ def default_server_id(host: str, port: int) -> str:
 class DistributedConnectionManager:
     """Connections of this process, shared with every other server through the backend.
 
-    Build one with :func:`~dcm_sync.create_distributed_connection_manager`, which also
-    starts it. Every method is safe to call from any thread or greenlet.
+    Build one with
+    [`create_distributed_connection_manager`][dcm_sync.create_distributed_connection_manager],
+    which also starts it. Every method is safe to call from any thread or greenlet.
     """
 
     def __init__(self, local: LocalConnectionManager, config: Config,
@@ -136,7 +139,7 @@ class DistributedConnectionManager:
 
 
     def is_ready(self) -> bool:
-        """True while registered, subscribed and running (until :meth:`shutdown`)."""
+        """True while registered, subscribed and running (until [`shutdown`][])."""
         return (self._started and not self._closed
                 and all(w.is_alive() for w in self._workers) and bool(self._workers))
 
@@ -211,7 +214,7 @@ class DistributedConnectionManager:
         raise DCMError(f"no free connection id after {ID_ATTEMPTS} random draws")
 
     def join_room(self, connection_id: str, room_id: str) -> None:
-        """Put a connection (on any server) in a room. :class:`ConnectionLimitError` if it is
+        """Put a connection (on any server) in a room. [`ConnectionLimitError`][] if it is
         in ``max_rooms_per_connection`` other rooms already."""
         self._room_change(connection_id, room_id, join=True)
 
@@ -250,7 +253,7 @@ class DistributedConnectionManager:
         """Close one of this server's sockets with ``code`` and ``reason``, after what is
         queued for it, never waiting for the client; False if this server does not hold it.
         The connection stays registered until its owner removes it (the Flask extension does
-        when its view returns); :meth:`remove_connection` removes and closes in one step."""
+        when its view returns); [`remove_connection`][] removes and closes in one step."""
         conn = self.local.get(connection_id)
         if conn is None:
             return False
@@ -301,7 +304,7 @@ class DistributedConnectionManager:
         return self._backend.route(connection_id, self.server_id, data) is not None
 
     def send_to_server(self, server_id: str, message: Any) -> bool:
-        """Send a control message to a live server's :meth:`on_server_message` handlers.
+        """Send a control message to a live server's [`on_server_message`][] handlers.
         False if no such server is alive."""
         self._check_open()
         validate_id(server_id, "server_id")
@@ -326,14 +329,17 @@ class DistributedConnectionManager:
         self._maintenance.restore()
 
     def get_distributed_stats(self) -> DistributedStats:
+        """Cluster-wide figures: connections, rooms and live servers, and this process's own
+        connection count."""
         total, rooms, servers = self._backend.stats()
         return DistributedStats(total, rooms, len(servers), len(self.local), servers)
 
     def get_active_servers(self) -> list[ServerInfo]:
+        """Every live server, as the shared state records it."""
         return self._backend.stats()[2]
 
     def metrics(self) -> dict[str, int]:
-        """Counters since start, one per key of :data:`COUNTERS` (which says what each counts)."""
+        """Counters since start, one per key of [`COUNTERS`][] (which says what each counts)."""
         out = dict.fromkeys(COUNTERS, 0)
         out.update(self._counters)
         out["reconnects"] = self._listener.reconnects

@@ -26,7 +26,7 @@ class Membership:
 
     def change(self, connection_id: str, room_id: str, join: bool) -> None:
         """Join or leave a room for a connection on any server (ids already checked);
-        :class:`UnknownConnectionError` if no server holds it."""
+        `UnknownConnectionError` if no server holds it."""
         body = (JoinRoom if join else LeaveRoom)(connection_id, room_id)
         route = b"" if connection_id in self._local else self._envelope(body)
         if join:

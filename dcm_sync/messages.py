@@ -2,7 +2,7 @@
 
 User messages are compact JSON text (or a ``str`` as is), checked for size and for text that
 UTF-8 cannot carry; ids (connections, rooms, users, servers) are checked the same way
-everywhere. The cross-server envelope is in :mod:`dcm_sync.envelopes`.
+everywhere. The cross-server envelope is in `dcm_sync.envelopes`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=F
 
 def validate_id(value: object, what: str) -> str:
     """Return ``value`` if it is a usable id: ``TypeError`` if not a str, ``ValueError`` if
-    empty, longer than :data:`MAX_ID_LENGTH` characters, or not valid Unicode text (a lone
+    empty, longer than `MAX_ID_LENGTH` (256) characters, or not valid Unicode text (a lone
     surrogate, such as ``json.loads('"\\ud800"')`` gives: it cannot be stored or sent)."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be str, got {type(value).__name__}")
@@ -49,7 +49,7 @@ def utf8_length(text: str, what: str) -> int:
 def encode_message(message: object, max_bytes: int) -> str:
     """The text frame a client receives: ``message`` itself if it is a ``str``, else its
     compact JSON. ``TypeError`` if not JSON-serializable, ``ValueError`` if its text is not
-    valid Unicode (a lone surrogate), :class:`MessageTooLargeError` if over ``max_bytes``
+    valid Unicode (a lone surrogate), `MessageTooLargeError` if over ``max_bytes``
     (UTF-8)."""
     if isinstance(message, str):
         text = message

@@ -1,4 +1,4 @@
-"""Plain values returned by the API: :class:`ServerInfo`, :class:`DistributedStats`,
+"""Plain values returned by the API: `ServerInfo`, `DistributedStats`,
 and the record of a connection removed from shared state."""
 
 from __future__ import annotations

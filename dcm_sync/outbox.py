@@ -1,7 +1,7 @@
 """Bounded outgoing queues: what keeps one slow client from holding up the others.
 
 A socket object that can write without blocking (the Flask extension's transports can: see
-:class:`OutboxSocket`) gets an :class:`Outbox`. The core never builds wire bytes itself: the
+`OutboxSocket`) gets an `Outbox`. The core never builds wire bytes itself: the
 socket encodes each text (``encode_text``), and says through ``encoding`` which sockets encode
 alike, so that a room delivery encodes a message once for all of them.
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class ControlSink(Protocol):
-    """What the outbox offers the socket it writes to (:meth:`OutboxSocket.attach`)."""
+    """What the outbox offers the socket it writes to (`OutboxSocket.attach`)."""
 
     def put_control(self, frame: bytes) -> None:
         """Send a control frame (a pong) in order with the messages, never inside one."""
@@ -78,7 +78,7 @@ class OutboxSocket(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, discarding what the kernel still holds for it (a
-        reset), and wake a :meth:`write` blocked on it: the client took nothing for
+        reset), and wake a `write` blocked on it: the client took nothing for
         ``abort_grace`` seconds after it was cut or closed."""
         ...
 
@@ -108,7 +108,7 @@ def _log_error(connection_id: str, exc: BaseException) -> None:
 
 @dataclass
 class SendPolicy:
-    """Limits and hooks shared by the outboxes of one :class:`LocalConnectionManager`."""
+    """Limits and hooks shared by the outboxes of one `LocalConnectionManager`."""
 
     max_messages: int = 1000
     max_bytes: int = 1024 * 1024
@@ -146,7 +146,7 @@ class Outbox:
 
     def put(self, text: str, encoded: bytes | None = None) -> bool:
         """Write ``text`` now or queue it; False (nothing queued) if the outbox is full. After
-        :meth:`close` (or a failed write) messages are dropped (True: nothing to do).
+        `close` (or a failed write) messages are dropped (True: nothing to do).
         ``encoded``: ``text`` as encoded by a socket of the same ``encoding`` (a room
         delivery's one encoding), ignored by a socket whose ``encoding`` is None. Encoding
         happens under the lock otherwise: per-socket compression needs messages in write

@@ -1,4 +1,4 @@
-"""A Prometheus collector for a :class:`DistributedConnectionManager` (the ``metrics`` extra).
+"""A Prometheus collector for a `DistributedConnectionManager` (the ``metrics`` extra).
 
 Register it yourself; each scrape reads the manager afresh::
 
@@ -7,8 +7,8 @@ Register it yourself; each scrape reads the manager afresh::
 
     REGISTRY.register(DCMCollector(manager))
 
-Counters: every key of :meth:`~DistributedConnectionManager.metrics` as ``dcm_<key>_total``,
-with its help text from :data:`~dcm_sync.manager.COUNTERS`.
+Counters: every key of `DistributedConnectionManager.metrics()` as ``dcm_<key>_total``,
+with its help text from `dcm_sync.manager.COUNTERS`.
 Gauges: ``dcm_local_connections``, ``dcm_backend_up`` and, while the backend answers,
 ``dcm_cluster_connections``, ``dcm_cluster_rooms`` and ``dcm_active_servers``. Every sample
 carries a ``server_id`` label.

@@ -1,7 +1,7 @@
 """Envelope signing (``Config.signing_keys``): HMAC-SHA256 over the deployment's ``key_prefix``
 and the envelope body.
 
-A signed envelope is the JSON body behind a fixed-length header of :data:`SIGNED_HEADER_LENGTH`
+A signed envelope is the JSON body behind a fixed-length header of `SIGNED_HEADER_LENGTH`
 (47) bytes::
 
     b"S1." + base64url(HMAC-SHA256(key, b"dcm-sync/S1\0" + key_prefix + b"\0" + body)) + b"." + body
@@ -16,7 +16,7 @@ not stop a verbatim replay of a captured envelope within the same deployment.
 
 The first key signs, every key verifies (rotation: add the new key second everywhere, then
 make it first everywhere, then drop the old one). With signing on, anything else raises
-:class:`SignatureError`. A server with signing off accepts a signed envelope without checking
+`SignatureError`. A server with signing off accepts a signed envelope without checking
 it (it trusts its bus, as before signing), so that turning signing on server by server loses
 only the unsigned-to-signing direction meanwhile.
 """
@@ -50,7 +50,7 @@ class SignatureError(EnvelopeError):
 
 def signing_key_bytes(key: object) -> bytes:
     """One signing key as bytes (``str`` is UTF-8): ``TypeError`` if not str or bytes-like,
-    ``ValueError`` if shorter than :data:`MIN_SIGNING_KEY_BYTES`."""
+    ``ValueError`` if shorter than `MIN_SIGNING_KEY_BYTES`."""
     if isinstance(key, str):
         raw = key.encode("utf-8")
     elif isinstance(key, (bytes, bytearray, memoryview)):
@@ -87,7 +87,7 @@ class EnvelopeSigner:
 
     def open(self, data: bytes) -> bytes:
         """The body of a signed envelope whose MAC one of the keys made for this prefix;
-        :class:`SignatureError` otherwise."""
+        `SignatureError` otherwise."""
         if not data.startswith(_SIGNED_MARK):
             if data[:1] == b"S" and data[2:3] == b".":
                 raise SignatureError(f"unsupported signature scheme {data[:2]!r}")

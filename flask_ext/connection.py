@@ -29,7 +29,9 @@ class WebSocketConnection:
                  transport: Transport) -> None:
         self._manager = manager
         self.id = connection_id
+        """The cluster-wide connection id (what ``send_to_connection`` takes)."""
         self.user_id = user_id
+        """The user id ``@sockets.authenticate`` returned (or ``anonymous-<random>``)."""
         self._transport = transport
         self._refused = False
 
@@ -49,6 +51,8 @@ class WebSocketConnection:
         return self._transport.dropped
 
     def receive(self, timeout: float | None = None) -> str | bytes | None:
+        """The next message (``bytes`` only on a ``binary=True`` route); None once the socket is
+        closed. With ``timeout``, the builtin ``TimeoutError`` when nothing arrives in time."""
         if self._refused:
             return None
         try:
@@ -72,9 +76,11 @@ class WebSocketConnection:
         return self._manager.send_to_connection(self.id, message)
 
     def join(self, room_id: str) -> None:
+        """Put this connection in a room (cluster-wide)."""
         self._manager.join_room(self.id, room_id)
 
     def leave(self, room_id: str) -> None:
+        """Take this connection out of a room; a no-op if it is not in it."""
         self._manager.leave_room(self.id, room_id)
 
     def close(self, code: int = 1000, reason: str = "") -> None:

@@ -112,12 +112,15 @@ class DistributedWebSockets:
         return self._state().manager()
 
     def broadcast_to_room(self, room_id: str, message: Any, exclude: Iterable[str] | None = None) -> None:
+        """Send ``message`` to every member of the room on every server, less ``exclude``."""
         self.manager.broadcast_to_room(room_id, message, exclude=exclude)
 
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
+        """Send to one connection on any server; False if no server knows it."""
         return self.manager.send_to_connection(connection_id, message)
 
     def get_distributed_stats(self) -> DistributedStats:
+        """Cluster-wide figures (the manager's)."""
         return self.manager.get_distributed_stats()
 
     def shutdown(self) -> None:

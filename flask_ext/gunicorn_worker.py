@@ -1,4 +1,4 @@
-"""A gunicorn worker: gevent-websocket's worker with :class:`~flask_ext.handler.DCMWebSocketHandler`,
+"""A gunicorn worker: gevent-websocket's worker with `DCMWebSocketHandler`,
 so refused tokens get HTTP 401 and foreign origins 403 before any handshake.
 
     gunicorn -k flask_ext.gunicorn_worker.DCMGeventWebSocketWorker -w 4 --no-control-socket app:app
@@ -27,6 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 class DCMGeventWebSocketWorker(GeventWebSocketWorker):  # type: ignore[misc]
+    """gevent-websocket's gunicorn worker with [`DCMWebSocketHandler`][flask_ext.handler.DCMWebSocketHandler],
+    which shuts the app's ``DistributedWebSockets`` down on SIGTERM:
+
+        gunicorn -k flask_ext.gunicorn_worker.DCMGeventWebSocketWorker -w 4 app:app
+    """
+
     wsgi_handler = DCMWebSocketHandler
 
     def handle_exit(self, sig: int, frame: Any) -> None:

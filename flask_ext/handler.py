@@ -49,6 +49,13 @@ class _RequestTimeout(TimeoutError):
 
 
 class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
+    """gevent-websocket's handler, asking the app before the handshake (401/403 as HTTP
+    answers), with ``DCM_HANDSHAKE_TIMEOUT`` and access logs without tokens (the module
+    docstring tells how):
+
+        pywsgi.WSGIServer(("127.0.0.1", 8000), app, handler_class=DCMWebSocketHandler)
+    """
+
     rfile: Any  # set by pywsgi's WSGIHandler
     server: Any
 

@@ -60,7 +60,7 @@ def _valid_key(key: str) -> bool:
 
 def accept(environ: Mapping[str, Any], sock: socket.socket) -> None:
     """Answer the upgrade in ``environ`` with ``101 Switching Protocols`` on ``sock`` (no
-    subprotocol, no extension: frames go out as plain RFC 6455 text); :class:`HandshakeError`,
+    subprotocol, no extension: frames go out as plain RFC 6455 text); `HandshakeError`,
     with nothing sent, if it is not a valid one."""
     if not _valid_key(str(environ.get("HTTP_SEC_WEBSOCKET_KEY", ""))):
         raise HandshakeError("not a valid WebSocket upgrade: Sec-WebSocket-Key is not 16 bytes "

@@ -33,7 +33,6 @@ CLOSE_TOO_MANY = (1008, "too many connections")
 CLOSE_INCOMPLETE = (1008, "message not completed in time")
 CLOSE_TOO_BIG = (1009, "message too big")
 
-#: Flask config key -> (default, parser). ``setdefault_limits`` fills them in at ``init_app``.
 DEFAULTS: dict[str, Any] = {
     "DCM_RATE_LIMIT": 50.0,               # messages per second per socket; 0 = no limit
     "DCM_RATE_BURST": 100,                # messages a socket may send at once before the rate applies
@@ -41,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "DCM_MAX_CONNECTIONS_PER_USER": 0,    # sockets per user id in this process; 0 = unlimited
     "DCM_HANDSHAKE_TIMEOUT": 10.0,        # seconds to send the request line and headers; 0 = none
 }
+"""The inbound-limit keys of the app's config and their defaults: ``setdefault_limits`` gives
+each missing key its environment variable of the same name, or this default, at ``init_app``."""
 ACTIONS = ("close", "drop")
 
 
@@ -54,7 +55,7 @@ class Violation(Exception):
 
 @dataclass(frozen=True)
 class InboundLimits:
-    """The inbound rules of one route (see :data:`DEFAULTS`)."""
+    """The inbound rules of one route (see `DEFAULTS`)."""
 
     max_message_bytes: int = 1024 * 1024
     rate_limit: float = 50.0
@@ -64,7 +65,7 @@ class InboundLimits:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], max_message_bytes: int) -> InboundLimits:
-        """From an app's config (after :func:`setdefault_limits`); ``ConfigError`` if invalid."""
+        """From an app's config (after `setdefault_limits`); ``ConfigError`` if invalid."""
         rate = _number(config, "DCM_RATE_LIMIT", float)
         burst = _number(config, "DCM_RATE_BURST", int)
         action = str(config.get("DCM_RATE_LIMIT_ACTION", "close")).strip().lower()
@@ -81,7 +82,7 @@ class InboundLimits:
 
 
 def setdefault_limits(config: MutableMapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
-    """Give each key of :data:`DEFAULTS` missing from ``config`` its environment value or default."""
+    """Give each key of `DEFAULTS` missing from ``config`` its environment value or default."""
     env = os.environ if environ is None else environ
     for key, default in DEFAULTS.items():
         config.setdefault(key, env.get(key, default))
@@ -113,7 +114,7 @@ def _number(config: Mapping[str, Any], key: str, kind: type[int] | type[float]) 
 
 
 class InboundGuard:
-    """One socket's side of :class:`InboundLimits`: a token bucket (``rate_limit`` tokens a
+    """One socket's side of `InboundLimits`: a token bucket (``rate_limit`` tokens a
     second, at most ``rate_burst``), and the count of what was dropped."""
 
     def __init__(self, limits: InboundLimits) -> None:
@@ -123,7 +124,7 @@ class InboundGuard:
         self._last = time.monotonic()
 
     def admit(self) -> bool:
-        """Take a token: True if there was one; False (drop it) or :class:`Violation` (close) if not."""
+        """Take a token: True if there was one; False (drop it) or `Violation` (close) if not."""
         rate = self.limits.rate_limit
         if rate <= 0:
             return True
@@ -141,7 +142,7 @@ class InboundGuard:
         return False
 
     def check_kind(self, message: str | bytes) -> None:
-        """:class:`Violation` (1003) for a binary message on a text-only route."""
+        """`Violation` (1003) for a binary message on a text-only route."""
         if isinstance(message, (bytes, bytearray)) and not self.limits.binary:
             raise Violation(CLOSE_BINARY)
 

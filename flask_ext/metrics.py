@@ -1,4 +1,4 @@
-"""``GET /metrics`` in the Prometheus text format, for :attr:`DistributedWebSockets.metrics_blueprint`.
+"""``GET /metrics`` in the Prometheus text format, for `DistributedWebSockets.metrics_blueprint`.
 
 Imported on demand: it needs ``prometheus_client`` (the ``metrics`` extra)."""
 

@@ -1,18 +1,18 @@
 """The socket under a connection, behind one interface, on every server.
 
 Both transports read and write the connection's socket themselves, through
-:mod:`flask_ext.wire` (frames in and out, the inbound limits); they differ in how they wait:
+`flask_ext.wire` (frames in and out, the inbound limits); they differ in how they wait:
 
-- :class:`GeventTransport`: ``environ["wsgi.websocket"]`` from gevent-websocket's handler
-  (gevent.pywsgi with :class:`flask_ext.handler.DCMWebSocketHandler`, gunicorn's gevent
+- `GeventTransport`: ``environ["wsgi.websocket"]`` from gevent-websocket's handler
+  (gevent.pywsgi with `flask_ext.handler.DCMWebSocketHandler`, gunicorn's gevent
   workers), which did the handshake;
-- :class:`ThreadedTransport`: Werkzeug's threaded server and gunicorn's ``gthread`` worker;
-  the handshake is :func:`flask_ext.handshake.accept`.
+- `ThreadedTransport`: Werkzeug's threaded server and gunicorn's ``gthread`` worker;
+  the handshake is `flask_ext.handshake.accept`.
 
 ``receive(timeout)`` returns ``str | bytes``, ``None`` once the peer is gone or has closed,
 and raises the builtin ``TimeoutError`` when ``timeout`` seconds pass without a message, and
-:class:`flask_ext.limits.Violation` when the client broke an inbound limit (the caller closes
-the socket with its code; see :mod:`flask_ext.limits`), including a message begun and not
+`flask_ext.limits.Violation` when the client broke an inbound limit (the caller closes
+the socket with its code; see `flask_ext.limits`), including a message begun and not
 finished within ``timeout``. Pongs go out through the outbox the manager attached, between
 messages. A client's close frame is answered by the close frame the socket is closed with.
 """
@@ -102,8 +102,8 @@ def _reset(sock: Any) -> None:
 
 
 class SocketTransport:
-    """One client's WebSocket after the handshake: the extension's :class:`Transport` and the
-    manager's :class:`dcm_sync.outbox.OutboxSocket`. The outbox serializes writes (the
+    """One client's WebSocket after the handshake: the extension's `Transport` and the
+    manager's `dcm_sync.outbox.OutboxSocket`. The outbox serializes writes (the
     connection's send lock); ``receive`` runs in the view's own thread or greenlet."""
 
     mode = ""
@@ -186,7 +186,7 @@ class SocketTransport:
 
     def keepalive(self) -> bytes:
         """dcm_sync.outbox.KeepaliveSocket: the manager's ping; the pong is read by
-        :meth:`receive`, so a view that reads (as every view does) answers for its client."""
+        `receive`, so a view that reads (as every view does) answers for its client."""
         return ping_frame()
 
     def write_nowait(self, data: bytes | bytearray) -> int:
@@ -329,7 +329,7 @@ class _ThreadSocket:
 
 class ThreadedTransport(SocketTransport):
     """Werkzeug's threaded server and gunicorn's ``gthread`` worker: the handshake is done here
-    (:func:`flask_ext.handshake.accept`); :class:`~flask_ext.handshake.HandshakeError` if the
+    (`flask_ext.handshake.accept`); `HandshakeError` if the
     request is not a valid upgrade."""
 
     def __init__(self, environ: dict[str, Any], limits: InboundLimits | None = None) -> None:

@@ -1,9 +1,9 @@
 """The WebSocket wire under both transports: a client's frames decoded with the inbound limits
 applied, and the server's frames encoded. No I/O here (sans-IO): a transport feeds
-:class:`Inbound` the bytes it read and asks it what they mean, so it is tested with plain bytes.
+`Inbound` the bytes it read and asks it what they mean, so it is tested with plain bytes.
 
-:class:`Inbound` reads a client's frames (RFC 6455 5) as the bytes come, and applies the limits
-of :mod:`flask_ext.limits` from each frame's header, before any of its payload:
+`Inbound` reads a client's frames (RFC 6455 5) as the bytes come, and applies the limits
+of `flask_ext.limits` from each frame's header, before any of its payload:
 
 - a frame that would take its message past ``max_message_bytes`` is refused (1009), however
   long it says it is; a fragmented message's size also counts the headers of its continuation
@@ -15,12 +15,12 @@ of :mod:`flask_ext.limits` from each frame's header, before any of its payload:
   fragmented control frames, and fragments out of order are refused (1002).
 
 Text is checked with the C UTF-8 decoder as its bytes come, in a first fragment too (1007).
-A client's close frame is answered as RFC 6455 says (:func:`close_reply`). Our close frames
+A client's close frame is answered as RFC 6455 says (`close_reply`). Our close frames
 carry our reasons.
 
-Encoding is by hand, one ``struct.pack`` per frame: :func:`text_frame` runs once per room
-delivery for every socket of the room (the outbox's shared ``encoding``), :func:`close_frame`
-and :func:`pong_frame` for the rest.
+Encoding is by hand, one ``struct.pack`` per frame: `text_frame` runs once per room
+delivery for every socket of the room (the outbox's shared ``encoding``), `close_frame`
+and `pong_frame` for the rest.
 
 The frames are read by hand, not with wsproto's decoder: with it (its ``Connection``, the
 limits in an extension's hooks) a chat server took in 8-14% fewer messages per second
@@ -160,8 +160,8 @@ class Inbound:
     """A client's side of one WebSocket connection, from the bytes it sent to what they mean.
 
     ``feed(data)`` the bytes read from the socket, then call ``next_event()`` until it returns
-    None (more bytes needed): a :class:`Message`, a :class:`Reply` to send (a pong), or
-    :class:`Closed` (the client closed; nothing follows). :class:`~flask_ext.limits.Violation`
+    None (more bytes needed): a `Message`, a `Reply` to send (a pong), or
+    `Closed` (the client closed; nothing follows). `Violation`
     when the client broke a limit: the caller closes with its code and reason, and every later
     call raises it again. A frame's payload is taken as it arrives: a text's UTF-8 is checked
     piece by piece, and nothing waits for the rest of a long frame but its own bytes.

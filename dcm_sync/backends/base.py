@@ -5,8 +5,8 @@ operation is atomic on its own (a Lua script or a MULTI in Redis, one lock in me
 manager never leaves a half-written connection or room. Channels are logical names
 (``room:<room>``, ``server:<id>``); the backend adds the prefix.
 
-Failures surface as :class:`~dcm_sync.errors.BackendUnavailableError` (cannot reach the
-coordinator in time) or :class:`~dcm_sync.errors.BackendError`.
+Failures surface as `BackendUnavailableError` (cannot reach the
+coordinator in time) or `BackendError`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Subscription(Protocol):
 
     def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
         """The next ``(channel, data)``, or None after ``timeout`` seconds (``None``: wait
-        until a message arrives or :meth:`close` is called) or for a non-message event."""
+        until a message arrives or `close` is called) or for a non-message event."""
         ...
 
     def close(self) -> None:
@@ -106,14 +106,14 @@ class Backend(Protocol):
 
     def new_connection_id(self, server_id: str) -> str:
         """A fresh id for a connection of ``server_id`` (not yet checked to be free: the
-        manager draws again when :meth:`add_connection` finds it taken)."""
+        manager draws again when `add_connection` finds it taken)."""
         ...
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
                   max_rooms: int = 0) -> str | None:
         """Add to the room; return the owning server id (None if unknown). If the owner is not
         ``caller``, ``route`` is published to the owner's server channel in the same step.
-        :class:`~dcm_sync.errors.ConnectionLimitError`, changing nothing, if the connection is
+        `ConnectionLimitError`, changing nothing, if the connection is
         not in the room and already in ``max_rooms`` rooms (0: no limit)."""
         ...
 

@@ -1,8 +1,8 @@
-"""Connection ids, minted by the backends (:meth:`~.base.Backend.new_connection_id`).
+"""Connection ids, minted by the backends (`Backend.new_connection_id`).
 
 A connection id is its server's 4-digit tag (1000..9222) then 15 random decimal digits (about
 50 random bits; an id that is taken is drawn again by the manager). The tag puts a connection's
-records in its server's Redis Cluster slot (:mod:`.redis_keys`); decimal integers below 2**63
+records in its server's Redis Cluster slot (`.redis_keys`); decimal integers below 2**63
 let Redis keep the small sets of ids (rooms of up to 512 members) as intsets, 8 bytes per member
 instead of about 90. The memory backend mints the same ids, so ids look alike everywhere.
 """

@@ -1,8 +1,8 @@
 """``redis://``, ``rediss://``, ``unix://`` and ``redis(s)+sentinel://``: one Redis master.
 
 Joins, leaves and removals are each one atomic script; the bus is classic pub/sub. Key names
-are in :mod:`.redis_keys` (the same as in Cluster), the connection settings in
-:mod:`.redis_urls`.
+are in `.redis_keys` (the same as in Cluster), the connection settings in
+`.redis_urls`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the Redis backends share: error translation, and the operations that read or write the
 same keys the same way on a single Redis, under Sentinel and in Redis Cluster.
 
-The key layout is in :mod:`.redis_keys`. Every pipeline here is non-transactional and each of
+The key layout is in `.redis_keys`. Every pipeline here is non-transactional and each of
 its commands touches one key (or one slot, for a script), so it runs unchanged in Cluster, where
 redis-py splits it by node.
 """
@@ -99,7 +99,7 @@ class RedisBase:
         self._scripts: dict[str, Any] = {}
 
     def _register_scripts(self, *names: str) -> None:
-        """Register the named scripts of :class:`.Scripts` (filled in for ``PUBLISH``) on ``_r``."""
+        """Register the named scripts of `.Scripts` (filled in for ``PUBLISH``) on ``_r``."""
         scripts = Scripts(self.PUBLISH)
         for name in names:
             self._scripts[name] = self._r.register_script(getattr(scripts, name))

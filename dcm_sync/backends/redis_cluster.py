@@ -1,6 +1,6 @@
 """``redis+cluster://`` and ``rediss+cluster://``: Redis Cluster with sharded pub/sub.
 
-Each script touches one slot (:mod:`.redis_keys`). What a single Redis does in one script, this
+Each script touches one slot (`.redis_keys`). What a single Redis does in one script, this
 backend does in two, in an order that keeps the shared state consistent if another server
 changes the same connection in between:
 

@@ -3,8 +3,8 @@
 Every name carries a hash tag (the part in braces, which alone picks a Cluster slot) so that
 what one atomic script touches lives in one slot:
 
-    server slot {T}    T = the server's 4-digit tag (:func:`server_tag`); a connection id's
-                       first 4 digits are its server's tag (:mod:`.ids`)
+    server slot {T}    T = the server's 4-digit tag (`server_tag`); a connection id's
+                       first 4 digits are its server's tag (`.ids`)
         P servers:{T}<sid>             hash  the server's record, PEXPIRE heartbeat_ttl
         P server-connections:{T}<sid>  set   the server's connection ids
         P lock:cleanup:{T}<sid>        str   who cleans the dead server
@@ -81,7 +81,7 @@ class KeyLayout:
         return self.prefix + logical
 
     def logical(self, channel: str) -> str:
-        """The inverse of :meth:`channel`."""
+        """The inverse of `channel`."""
         name = channel[self._cut:]
         if name.startswith("server:{"):
             return "server:" + name[name.index("}") + 1:]

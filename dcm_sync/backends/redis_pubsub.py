@@ -2,7 +2,7 @@
 Cluster shard with sharded pub/sub (``SSUBSCRIBE``), read by a worker per shard.
 
 Channels given and returned here are logical (``room:<room>``, ``server:<sid>``); the
-:class:`~.redis_keys.KeyLayout` names them in Redis.
+`KeyLayout` names them in Redis.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ READ_WAIT = 5.0  # seconds a shard reader waits in one read
 
 
 class ShardedSubscription:
-    """Sharded pub/sub over a Redis Cluster: a :class:`RedisSubscription` to the master of each
+    """Sharded pub/sub over a Redis Cluster: a `RedisSubscription` to the master of each
     shard that holds a subscribed channel, each read by its own worker into one queue. A lost
     shard connection or a moved slot ends the whole subscription (``get_message`` raises), and
     the listener builds a new one from a fresh slot map."""

@@ -1,14 +1,14 @@
-"""Lua scripts run by the Redis backends; the key names follow :mod:`.redis_keys`.
+"""Lua scripts run by the Redis backends; the key names follow `.redis_keys`.
 
 A script only touches keys of one Cluster slot: a server's slot (its record, its connection set,
 its connections' hashes, its channel) or a room bucket's slot (room sets and their index). On a
 single Redis (or Sentinel) a join, a leave and a removal are one script over both; in Cluster
 they are two, run in an order that never leaves a connection id in a room set without the room
 in the connection's list, a removal noting its rooms in ``removing:{T}`` until its second step
-is done (see :mod:`.redis_cluster`).
+is done (see `.redis_cluster`).
 
 Scripts that publish say ``%PUBLISH%``: ``PUBLISH`` on a single Redis, ``SPUBLISH`` (sharded
-pub/sub, on the channel's own shard) in Cluster. :class:`Scripts` fills it in.
+pub/sub, on the channel's own shard) in Cluster. `Scripts` fills it in.
 """
 
 from __future__ import annotations
