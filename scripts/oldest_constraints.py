@@ -1,6 +1,6 @@
 """Print pip constraints that pin each runtime dependency in setup.cfg to its lowest allowed
-version: ``install_requires`` and the extras a user installs (not ``test``, ``bench`` or
-``lock``, which are the toolchain). ``bash scripts/test.sh --oldest`` installs with them.
+version: ``install_requires`` and the extras a user installs (not ``test``, ``bench``, ``docs``
+or ``lock``, which are the toolchain). ``bash scripts/test.sh --oldest`` installs with them.
 
 Every runtime requirement must have a lower bound (``>=``): one without is an error here.
 """
@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-TOOLCHAIN_EXTRAS = {"test", "bench", "lock"}
+TOOLCHAIN_EXTRAS = {"test", "bench", "docs", "lock"}
 REQUIREMENT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*>=\s*(?P<low>[0-9][0-9A-Za-z.]*)"
                          r"\s*(,.*)?$")
 

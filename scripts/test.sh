@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh Debian machine with Python 3.10+: installs
 # redis-server, redis-tools, openssl, chromium and chromium-driver (apt) if missing, makes a
-# virtual environment, installs the project and its toolchain, runs ruff, mypy and pytest.
+# virtual environment, installs the project and its toolchain, runs ruff, mypy, the docs build
+# (mkdocs build --strict: a broken link or reference fails) and pytest.
 #
 #   bash scripts/test.sh [--locked | --oldest | --latest] [pytest arguments...]
 #
@@ -46,13 +47,14 @@ case $mode in
     python3 scripts/oldest_constraints.py > "$venv/oldest-constraints.txt"
     echo "--oldest: $(tr '\n' ' ' < "$venv/oldest-constraints.txt")"
     pip install -q --upgrade pip
-    pip install -q -c "$venv/oldest-constraints.txt" -e '.[test]' ;;
+    pip install -q -c "$venv/oldest-constraints.txt" -e '.[test,docs]' ;;
   latest)
     pip install -q --upgrade pip
-    pip install -q --upgrade --upgrade-strategy eager -e '.[test]' ;;
+    pip install -q --upgrade --upgrade-strategy eager -e '.[test,docs]' ;;
 esac
 pip check
 
 "$venv/bin/ruff" check .
 "$venv/bin/mypy"
+NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet
 "$venv/bin/python" -m pytest "$@"
