@@ -107,8 +107,10 @@ def test_at_most_one_pong_waits_and_it_answers_the_latest_ping() -> None:
     for n in range(100_000):  # a ping flood from a client that never reads
         payload = f"ping {n}".encode()
         outbox.put_control(pong_frame(payload))
-    # one pong waits, counted in the bytes (a flood does not grow the outbox)
-    assert outbox.queued == (messages + 1, waiting + 2 + len(b"ping 99999"))
+    # one pong waits, counted in the bytes (a flood does not grow the outbox); the writer may
+    # have written a little more of what waited meanwhile, never less
+    assert outbox.queued[0] <= messages + 1
+    assert outbox.queued[1] <= waiting + 2 + len(b"ping 99999")
     conn.close(1000, "bye")
     pongs = [p for op, p in sock.read_frames(timeout=2.0) if op == PONG]
     assert pongs == [b"ping 99999"]
