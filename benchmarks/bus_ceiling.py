@@ -22,7 +22,7 @@ import time
 
 import redis
 
-from tests.helpers.redis_server import RedisServer
+from testkit.redis_server import RedisServer
 
 from .harness import span, summarize
 

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.url
     if url is None:
-        from tests.helpers.redis_server import RedisServer
+        from testkit.redis_server import RedisServer
 
         server = RedisServer()
         server.start()

@@ -369,7 +369,7 @@ def periodic_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, flo
 
 # ------------------------------------------------------------------------------- failure cleanup
 def cleanup_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, float]:
-    from tests.helpers.redis_server import env_for_subprocess
+    from testkit.redis_server import env_for_subprocess
 
     prefix, n = b.prefix, b.dead
     b.clear()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.processes import ServerProcess
-from tests.helpers.redis_server import RedisServer
+from testkit.processes import ServerProcess
+from testkit.redis_server import RedisServer
 
 from .harness import Context, Result, summarize
 from .loadgen import PLAIN, SIO, ClientGroup, LoadError, Records, SendReport, percentile

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from dcm_sync import Emitter
-from tests.helpers.frames import masked
-from tests.helpers.redis_server import RedisServer, free_port
+from testkit.frames import masked
+from testkit.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 120.0  # seconds any one phase may take

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from dcm_sync import DCMError
-from tests.helpers.proxy import TcpProxy
+from testkit.proxy import TcpProxy
 
 from . import recovery_topologies as topologies
 from .harness import summarize

@@ -33,10 +33,10 @@ from dcm_sync import (
     create_distributed_connection_manager,
 )
 from dcm_sync.backends.redis_keys import KeyLayout
-from tests.e2e.chat import EXAMPLE, ChatClient, ChatServer
-from tests.helpers.processes import ServerProcess
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import RecordingSocket, connect
+from testkit.chat import EXAMPLE, ChatClient, ChatServer
+from testkit.processes import ServerProcess
+from testkit.recording import RecordingSocket, connect
+from testkit.redis_server import RedisServer
 
 from .harness import span
 

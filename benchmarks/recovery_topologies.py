@@ -1,5 +1,5 @@
 """Faults 7-9 of ``benchmarks.recovery``: Redis Cluster and Sentinel, a fresh topology from
-``tests/helpers/topologies.py`` per run (loopback only).
+``testkit/topologies.py`` per run (loopback only).
 
 Each run makes two in-process managers, A and B (``heartbeat_interval=1``, ``heartbeat_ttl=3``
 as in faults 5-6; otherwise the library's defaults: ``redis_timeout`` 2 s, ``probe_interval``
@@ -64,8 +64,8 @@ from typing import Any
 
 from dcm_sync import DistributedConnectionManager
 from dcm_sync.backends.redis_keys import KeyLayout
-from tests.helpers.sockets import RecordingSocket, connect
-from tests.helpers.topologies import ClusterTopology, SentinelTopology
+from testkit.recording import RecordingSocket, connect
+from testkit.topologies import ClusterTopology, SentinelTopology
 
 from .recovery_tools import (
     HEARTBEAT,

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import redis
 
 from dcm_sync import BackendUnavailableError
-from tests.helpers.sockets import RecordingSocket
-from tests.helpers.topologies import HOST
+from testkit.recording import RecordingSocket
+from testkit.topologies import HOST
 
 from .recovery_tools import LIMIT, SEND_EVERY, MeasurementError, Route
 

@@ -40,9 +40,9 @@ from typing import Any
 
 from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.maintenance import IDLE_CLOSE_SECONDS
-from tests.helpers.keys import indexed_rooms
-from tests.helpers.processes import ServerProcess, rss_kb
-from tests.helpers.redis_server import RedisServer
+from testkit.keys import indexed_rooms
+from testkit.processes import ServerProcess, rss_kb
+from testkit.redis_server import RedisServer
 
 from .harness import pipe_reply
 from .redis_stats import key_class

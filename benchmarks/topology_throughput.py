@@ -19,8 +19,8 @@ import uuid
 
 from dcm_sync import create_distributed_connection_manager
 from dcm_sync.backends import open_backend
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.topologies import ClusterTopology
+from testkit.redis_server import RedisServer
+from testkit.topologies import ClusterTopology
 
 from .harness import span, summarize
 

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from socket import create_connection, socket
 
-from tests.helpers.frames import masked, parse
-from tests.helpers.processes import HEALTH_PATH, server_env
-from tests.helpers.redis_server import RedisServer, free_port
+from testkit.frames import masked, parse
+from testkit.processes import HEALTH_PATH, server_env
+from testkit.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 120.0  # seconds any one run may take

@@ -147,17 +147,8 @@ class DistributedConnectionManager:
         """Stop the loops, remove every local connection (reason ``shutdown``: members on other
         servers are told), close the sockets with ``code`` (1001: the client may reconnect, to
         another server) and deregister. Idempotent."""
-        with self._state_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._stop.set()
-        self._listener.close()  # wakes the listener out of its read
-        deadline = time.monotonic() + STOP_SECONDS
-        for worker in self._workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-            if worker.is_alive():
-                self._driver.kill(worker)
+        if not self._halt():
+            return
         conns = [c for c in self.local.connections() if self.local.remove(c.connection_id)]
         try:
             if self._started:
@@ -170,6 +161,34 @@ class DistributedConnectionManager:
         for conn in conns:
             close_socket(conn, code, reason)
         self._backend.close()
+
+    def abandon(self) -> None:
+        """Fall silent the way a killed process does: the loops stop, the subscription and the
+        connections to the backend close, and nothing else happens. No connection is removed
+        from the shared state, no member is told, no socket is closed and the server is not
+        deregistered: the other servers find it dead once its heartbeat record expires and clean
+        up after it (members are told, reason ``server-failure``).
+
+        For testing how an application copes with a server's death without killing a process,
+        and for a process about to exit that leaves its cleanup to its peers. Idempotent; the
+        manager is shut down afterwards (calls raise [`DCMError`][dcm_sync.DCMError])."""
+        if self._halt():
+            self._backend.close()
+
+    def _halt(self) -> bool:
+        """Mark the manager closed and stop its loops; False if it already was."""
+        with self._state_lock:
+            if self._closed:
+                return False
+            self._closed = True
+        self._stop.set()
+        self._listener.close()  # wakes the listener out of its read
+        deadline = time.monotonic() + STOP_SECONDS
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                self._driver.kill(worker)
+        return True
 
     def __enter__(self) -> DistributedConnectionManager:
         return self

@@ -5,23 +5,18 @@ import shutil
 import signal
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
-from tests.helpers.closing import close_all
-from tests.helpers.redis_server import RedisServer
+from dcm_sync import DistributedConnectionManager
+from testkit.closing import close_all
+from testkit.redis_server import RedisServer
+from tests.helpers.managers import Managers
 
 # redis_cluster, cluster_url, fresh_cluster, redis_sentinel, sentinel_url, fresh_sentinel
 pytest_plugins = ["tests.topology_fixtures"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
-
-# Fast timings so that failure detection and cleanup happen within a test.
-FAST = dict(heartbeat_interval=0.1, heartbeat_ttl=0.5, cleanup_interval=0.1,
-            stale_connection_timeout=60.0)
-
 
 def pytest_configure(config: pytest.Config) -> None:
     if shutil.which("redis-server") is None:
@@ -56,25 +51,6 @@ def own_redis() -> Iterator[RedisServer]:
     if server.proc is not None and server.proc.poll() is None:
         server.proc.send_signal(signal.SIGCONT)  # a test that failed while it was paused
     server.cleanup()
-
-
-class Managers:
-    """Started managers with the FAST timings, the test's key prefix and ``defaults``;
-    ``managers(**overrides)`` makes one, :meth:`shutdown_all` stops every one made."""
-
-    def __init__(self, prefix: str, **defaults: Any) -> None:
-        self.settings: dict[str, Any] = dict(key_prefix=prefix, **FAST)
-        self.settings.update(defaults)
-        self.made: list[DistributedConnectionManager] = []
-
-    def __call__(self, **overrides: Any) -> DistributedConnectionManager:
-        mgr = create_distributed_connection_manager(None, Config(**{**self.settings, **overrides}))
-        self.made.append(mgr)
-        return mgr
-
-    def shutdown_all(self) -> None:
-        for mgr in self.made:
-            mgr.shutdown()
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
-from tests.conftest import Managers
-from tests.helpers.sockets import connect, crash, settle
-from tests.helpers.topologies import ClusterNode, ClusterTopology
-from tests.helpers.topology_base import wait_until
+from testkit.polling import wait_until
+from testkit.recording import connect, settle
+from testkit.topologies import ClusterNode, ClusterTopology
+from tests.helpers.managers import Managers
 
 pytestmark = pytest.mark.topology
 
@@ -114,7 +114,7 @@ def test_dead_servers_cleanup_interrupted_then_finished_and_announced(
     cb, wb = connect(b, "bob", room)
     start = time.monotonic()
     with paused(room_master):
-        crash(a)  # a dies; b finds it dead and pops its connections, but cannot empty the room
+        a.abandon()  # a dies; b finds it dead and pops its connections, but cannot empty the room
         wait_until(lambda: noted(home, keys, ca), PAUSE_MS / 1000 - 1,
                    "b's cleanup took alice's hash and noted her removal")
         assert time.monotonic() - start < PAUSE_MS / 1000  # still paused: the room step failed

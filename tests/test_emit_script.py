@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import websocket
 
+from testkit.closing import ws_connect
+from testkit.processes import ROOT
+from testkit.redis_server import RedisServer
 from tests.browser.chat_app import ChatApp, app_env
-from tests.helpers.closing import ws_connect
-from tests.helpers.processes import ROOT
-from tests.helpers.redis_server import RedisServer
 
 SCRIPT = ROOT / "examples" / "emit_from_script.py"
 

@@ -5,7 +5,8 @@ from collections.abc import Callable
 import pytest
 
 from dcm_sync import DCMError, DistributedConnectionManager, Emitter, MessageTooLargeError
-from tests.helpers.sockets import RecordingSocket, wait_until
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket
 
 
 def test_emitter_reaches_rooms_and_connections(make_manager: Callable[..., DistributedConnectionManager],

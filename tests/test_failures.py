@@ -10,7 +10,8 @@ import pytest
 
 from dcm_sync import DistributedConnectionManager
 from dcm_sync.models import RemovedConnection
-from tests.helpers.sockets import connect, crash, settle, wait_until
+from testkit.polling import wait_until
+from testkit.recording import connect, settle
 
 Make = Callable[..., DistributedConnectionManager]
 
@@ -20,7 +21,7 @@ def test_dead_server_is_detected_and_cleaned(make_manager: Make) -> None:
     _, wa = connect(a, "alice", "r1", "r2")
     dead = {connect(b, f"bob{i}", "r1")[0] for i in range(3)}
     dead.add(connect(b, "solo", "only-b")[0])
-    crash(b)
+    b.abandon()
     notices = wait_until(lambda: len(wa.of_type("user-disconnected")) == 3
                          and wa.of_type("user-disconnected"), timeout=10)
     assert {n["connectionId"] for n in notices} < dead
@@ -44,7 +45,7 @@ def test_concurrent_failure_handling_cleans_exactly_once(make_manager: Make) -> 
     _, wa = connect(a, "alice", "room")
     _, wb = connect(b, "bob", "room")
     ids = {connect(victim, f"v{i}", "room")[0] for i in range(200)}
-    crash(victim)
+    victim.abandon()
     victim._backend.deregister_server(victim.server_id)  # as if its record had expired
     counts: list[int] = []
     barrier = threading.Barrier(3)

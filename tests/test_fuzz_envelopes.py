@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
 from dcm_sync.envelopes import KINDS, EnvelopeError, decode_envelope, encode_envelope
 from dcm_sync.signing import EnvelopeSigner
-from tests.conftest import FAST
-from tests.helpers.sockets import RecordingSocket, wait_until
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket
+from tests.helpers.managers import FAST
 
 KEY = "fuzzing-signing-key-0123456789"
 FUZZ = settings(max_examples=150, deadline=None, database=None,

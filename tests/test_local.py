@@ -5,7 +5,8 @@ import websocket
 
 from dcm_sync import ConnectionLimitError, LocalConnectionManager
 from flask_ext.wire import text_frame
-from tests.helpers.sockets import PairSocket, RecordingSocket
+from testkit.recording import RecordingSocket
+from tests.helpers.pair_socket import PairSocket
 
 
 def test_rooms_track_first_and_last_local_member() -> None:

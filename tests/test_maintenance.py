@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 
 from dcm_sync import DistributedConnectionManager
-from tests.helpers.sockets import PairSocket, RecordingSocket, wait_until
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket
+from tests.helpers.pair_socket import PairSocket
 
 Make = Callable[..., DistributedConnectionManager]
 PING, PONG = 0x9, 0xA

@@ -18,7 +18,8 @@ from dcm_sync import (
     UnknownConnectionError,
 )
 from dcm_sync.backends.redis_keys import server_tag
-from tests.helpers.sockets import RecordingSocket, connect, settle, until_reached, wait_until
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket, connect, settle, until_reached
 
 Make = Callable[..., DistributedConnectionManager]
 

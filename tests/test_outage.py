@@ -13,9 +13,10 @@ import pytest
 
 from dcm_sync import BackendUnavailableError, DistributedConnectionManager
 from dcm_sync.backends.redis_keys import KeyLayout
-from tests.conftest import Managers
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import RecordingSocket, connect, wait_until
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket, connect
+from testkit.redis_server import RedisServer
+from tests.helpers.managers import Managers
 
 REDIS_TIMEOUT = 1.0
 BOUND = REDIS_TIMEOUT + 0.5  # what "within about redis_timeout" allows for scheduling

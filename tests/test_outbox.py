@@ -10,7 +10,8 @@ from dcm_sync import LocalConnectionManager
 from dcm_sync.local import LocalConnection
 from dcm_sync.outbox import SendPolicy
 from flask_ext.wire import pong_frame
-from tests.helpers.sockets import PairSocket, wait_until
+from testkit.polling import wait_until
+from tests.helpers.pair_socket import PairSocket
 
 PONG = 0xA
 

@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
 from dcm_sync.prometheus import DCMCollector
-from tests.conftest import FAST
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket, connect
+from testkit.redis_server import RedisServer, env_for_subprocess
+from tests.helpers.managers import FAST
 from tests.helpers.metrics import parse_scrape
-from tests.helpers.redis_server import RedisServer, env_for_subprocess
-from tests.helpers.sockets import RecordingSocket, connect, wait_until
 
 Make = Callable[..., DistributedConnectionManager]
 

@@ -20,10 +20,11 @@ from dcm_sync import (
 from dcm_sync.backends.redis_base import translate_errors
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
 from dcm_sync.errors import BackendError
-from tests.conftest import FAST
-from tests.helpers.keys import indexed_rooms
-from tests.helpers.redis_server import RedisServer, free_port
-from tests.helpers.sockets import RecordingSocket, wait_until
+from testkit.keys import indexed_rooms
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket
+from testkit.redis_server import RedisServer, free_port
+from tests.helpers.managers import FAST
 
 # FAST, but no server is found dead when a busy machine holds a heartbeat back for a moment:
 # the tests that use these managers look at the keys, and a cleaner's lock would be one more

@@ -33,19 +33,13 @@ from dcm_sync.backends import open_backend
 from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.config import redact_url
 from flask_ext import DistributedWebSockets, WebSocketConnection
-from tests.conftest import FAST, Managers
-from tests.helpers.closing import ws_connect
-from tests.helpers.redis_server import RedisServer, free_port
-from tests.helpers.sockets import RecordingSocket, connect, crash, wait_until
-from tests.helpers.tls import Certs, TLSRedisServer, make_certs
-
-#: What a manager's Redis user needs besides its key and channel patterns, in the README's two
-#: forms: by category, and the exact commands the library sends.
-BY_CATEGORY = ("+@all", "-@dangerous")
-EXACT = ("-@all", "+evalsha", "+script|load", "+hset", "+hget", "+hgetall",
-         "+hmget", "+pexpire", "+sadd", "+srem", "+sismember", "+smembers", "+spop", "+scard",
-         "+exists", "+del",
-         "+set", "+publish", "+subscribe", "+unsubscribe")
+from testkit.closing import ws_connect
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket, connect
+from testkit.redis_server import RedisServer, free_port
+from testkit.tls import Certs, TLSRedisServer, make_certs
+from tests.helpers.acl import BY_CATEGORY, EXACT
+from tests.helpers.managers import FAST, Managers
 
 MakeUser = Callable[..., tuple[str, str]]
 
@@ -124,7 +118,7 @@ def test_acceptance_flow(transport: str, request: pytest.FixtureRequest, prefix:
                    and {"text": "to bob"} in wb.messages())
         stats = a.get_distributed_stats()
         assert (stats.active_servers, stats.total_connections, stats.total_rooms) == (2, 2, 1)
-        crash(b)  # failure detection and cleanup
+        b.abandon()  # failure detection and cleanup
         notice = wait_until(lambda: wa.of_type("user-disconnected"), timeout=10)[0]
         assert (notice["connectionId"], notice["reason"]) == (cb, "server-failure")
         wait_until(lambda: a.get_distributed_stats().total_connections == 1, timeout=5)
@@ -278,7 +272,7 @@ def test_no_secret_reaches_redis_or_the_logs(redis_server: RedisServer, prefix: 
         wait_until(lambda: all(ws.frames for ws in sockets))
         flask_users = _flask_clients(url, prefix, bearer, query)
         assert flask_users == ["bearer-user", "query-user"]
-        crash(b)
+        b.abandon()
         wait_until(lambda: sockets[0].of_type("user-disconnected"), timeout=10)
         stored = _dump(admin)
         assert KeyLayout(prefix).connection(cids[0]).encode() in stored  # the state is there

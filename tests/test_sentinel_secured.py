@@ -15,13 +15,13 @@ from urllib.parse import quote
 import pytest
 
 from dcm_sync import BackendAuthenticationError, BackendUnavailableError, Emitter
-from tests.conftest import Managers
-from tests.helpers.redis_server import free_port
-from tests.helpers.sockets import RecordingSocket, crash, wait_until
-from tests.helpers.tls import Certs, make_certs
-from tests.helpers.topologies import SentinelTopology
-from tests.helpers.topology_base import wait_until as wait_through_errors
-from tests.test_topologies_dcm import SLOW, counts, delivered, pair
+from testkit.polling import wait_until
+from testkit.polling import wait_until as wait_through_errors
+from testkit.recording import RecordingSocket
+from testkit.redis_server import free_port
+from testkit.tls import Certs, make_certs
+from testkit.topologies import SentinelTopology
+from tests.helpers.managers import SLOW, Managers, counts, delivered, pair
 
 pytestmark = pytest.mark.topology
 
@@ -60,7 +60,7 @@ def test_secured_sentinel_flow_over_tls_with_both_passwords(
         assert emitter.get_distributed_stats().active_servers == 2
     wait_until(lambda: {"text": "from a script"} in sb.messages(), 10)
     assert counts(a) == (2, 1, 2)
-    crash(b)
+    b.abandon()
     wait_until(lambda: sa.of_type("user-disconnected"), 15)
     assert sa.of_type("user-disconnected")[0]["reason"] == "server-failure"
     shown = repr(a.config) + caplog.text

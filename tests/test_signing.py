@@ -15,9 +15,10 @@ from dcm_sync.backends.base import Subscription
 from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.envelopes import RoomMessage, decode_envelope, encode_envelope
 from dcm_sync.signing import SIGNED_HEADER_LENGTH, EnvelopeError, EnvelopeSigner, SignatureError
-from tests.conftest import Managers
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import connect, wait_until
+from testkit.polling import wait_until
+from testkit.recording import connect
+from testkit.redis_server import RedisServer
+from tests.helpers.managers import Managers
 
 Make = Callable[..., DistributedConnectionManager]
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers.topologies import ClusterTopology, SentinelTopology
+from testkit.topologies import ClusterTopology, SentinelTopology
 
 pytestmark = [pytest.mark.topology, pytest.mark.timeout(120)]
 

@@ -14,50 +14,16 @@ from collections.abc import Callable
 
 import pytest
 
-from dcm_sync import DistributedConnectionManager, Emitter
+from dcm_sync import Emitter
 from dcm_sync.backends.redis_keys import KeyLayout, server_tag
-from tests.conftest import Managers
-from tests.helpers.redis_server import free_port
-from tests.helpers.sockets import RecordingSocket, connect, crash, settle
-from tests.helpers.topologies import ClusterTopology, SentinelTopology
-from tests.helpers.topology_base import wait_until
-from tests.test_redis_security import EXACT
+from testkit.polling import wait_until
+from testkit.recording import RecordingSocket, connect, settle
+from testkit.redis_server import free_port
+from testkit.topologies import ClusterTopology, SentinelTopology
+from tests.helpers.acl import EXACT
+from tests.helpers.managers import SLOW, Managers, counts, delivered, pair
 
 pytestmark = pytest.mark.topology
-
-SLOW = dict(heartbeat_interval=0.3, heartbeat_ttl=1.5, probe_interval=1.0, probe_timeout=1.0)
-
-
-def delivered(a: DistributedConnectionManager, room: str, target: str, sock: RecordingSocket,
-              n: int) -> bool:
-    """Send broadcast n and direct message n from ``a``; True once both reached ``sock``."""
-    try:
-        a.broadcast_to_room(room, {"b": n})
-        a.send_to_connection(target, {"d": n})
-    except Exception:
-        return False
-    time.sleep(0.1)
-    got = list(sock.frames)
-    return f'{{"b":{n}}}' in got and f'{{"d":{n}}}' in got
-
-
-def pair(make: Managers, room: str) -> tuple[DistributedConnectionManager,
-                                             DistributedConnectionManager,
-                                             RecordingSocket, RecordingSocket, str, str]:
-    """Two servers; alice on the first and bob on the second, both in ``room``."""
-    a, b = make(), make()
-    sa, sb = RecordingSocket(), RecordingSocket()
-    ca, cb = a.register_connection(sa, "alice"), b.register_connection(sb, "bob")
-    a.join_room(ca, room)
-    b.join_room(cb, room)
-    return a, b, sa, sb, ca, cb
-
-
-def counts(mgr: DistributedConnectionManager) -> tuple[int, int, int]:
-    """``(connections, rooms, servers)`` as the cluster-wide stats give them."""
-    stats = mgr.get_distributed_stats()
-    return stats.total_connections, stats.total_rooms, stats.active_servers
-
 
 # --------------------------------------------------------------------------- Cluster
 def test_cluster_uses_sharded_pubsub_and_spreads_keys(
@@ -147,7 +113,7 @@ def test_cluster_dead_server_cleaned_after_failover(
     # a's subscriptions are back (pub/sub keeps nothing for a listener that is reconnecting)
     n = itertools.count(1)
     wait_until(lambda: delivered(b, "lobby", ca, sa, next(n)), 30, "b reaches alice again")
-    crash(b)  # stops without telling anyone, like a killed process
+    b.abandon()  # stops without telling anyone, like a killed process
     wait_until(lambda: a.get_distributed_stats().active_servers == 1, 20, "b found dead")
 
     with fresh_cluster.client() as r:  # one client for the whole poll
@@ -238,7 +204,7 @@ def test_cluster_acceptance_flow_as_a_confined_acl_user(
                    and {"text": "to bob"} in wb.messages(), 10, "the emitter's messages arrive")
         b.leave_room(cb, "lobby")
         b.join_room(cb, "lobby")
-        crash(b)
+        b.abandon()
         wait_until(lambda: wa.of_type("user-disconnected"), 15, "alice told bob's server died")
         a.shutdown()
         denied = []

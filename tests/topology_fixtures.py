@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import Managers
-from tests.helpers.topologies import ClusterTopology, SentinelTopology
-from tests.helpers.topology_base import Topology
+from testkit.topologies import ClusterTopology, SentinelTopology
+from testkit.topology_base import Topology
+from tests.helpers.managers import Managers
 
 T = TypeVar("T", bound=Topology)
 

@@ -45,7 +45,7 @@ TARGET_S = 5.0
 
 # ------------------------------------------------------------------------------- the scenario
 def run(ctx: Context) -> Result:
-    from tests.helpers.redis_server import RedisServer, env_for_subprocess
+    from testkit.redis_server import RedisServer, env_for_subprocess
 
     n = ctx.scale(100_000, 10_000)
     result = Result(headline="cleanup_s", higher_is_better=False)
@@ -105,7 +105,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
              run_no: int, detector: subprocess.Popen[bytes],
              problems: list[str]) -> dict[str, float]:
     from dcm_sync.backends.redis_keys import KeyLayout
-    from tests.helpers.keys import indexed_room_count
+    from testkit.keys import indexed_room_count
 
     keys = KeyLayout(prefix)
     victim = spawn(ctx, env, "server", [url, prefix, str(n)], f"failover-server-{run_no}.log")

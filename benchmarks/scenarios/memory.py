@@ -50,7 +50,7 @@ _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # ------------------------------------------------------------------------------- the scenario
 def run(ctx: Context) -> Result:
-    from tests.helpers.redis_server import RedisServer
+    from testkit.redis_server import RedisServer
 
     n = ctx.scale(100_000, 10_000)
     m = ctx.scale(10_000, 1_000)
@@ -184,8 +184,8 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- RSS
 def _rss_one(ctx: Context, side: str, redis_server: Any, m: int, run_no: int) -> dict[str, float]:
     """One server of ``side`` with ``m`` idle sockets: its RSS and Redis deltas per socket."""
-    from tests.helpers.processes import rss_kb
-    from tests.helpers.redis_server import env_for_subprocess, free_port
+    from testkit.processes import rss_kb
+    from testkit.redis_server import env_for_subprocess, free_port
 
     env = env_for_subprocess()
     port = free_port()

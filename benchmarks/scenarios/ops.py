@@ -44,7 +44,7 @@ WORKER_TIMEOUT = 300.0  # seconds, for all runs of one worker
 
 # ------------------------------------------------------------------------------- the scenario
 def run(ctx: Context) -> Result:
-    from tests.helpers.redis_server import RedisServer, env_for_subprocess
+    from testkit.redis_server import RedisServer, env_for_subprocess
 
     n = ctx.scale(10_000, 1_000)
     result = Result(headline="join_per_s", higher_is_better=True)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers.processes import HEALTH_PATH, ROOT, Json, ServerProcess, is_ready, server_env
+from testkit.processes import HEALTH_PATH, ROOT, Json, ServerProcess, is_ready, server_env
 
 APP = ROOT / "examples" / "chat" / "app.py"
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from testkit.redis_server import RedisServer
 from tests.browser.chat_app import ChatApp
-from tests.helpers.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver

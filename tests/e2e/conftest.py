@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.chat import ChatClient, ChatServer
+from testkit.chat import ChatClient, ChatServer
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ WebSocket clients, server crashes, graceful stops and a Redis restart."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 
@@ -11,9 +10,10 @@ import pytest
 import websocket
 
 from dcm_sync.backends.redis_keys import KeyLayout
-from tests.e2e.chat import ChatClient, ChatServer, Frame, Predicate, is_departure, is_message
-from tests.helpers.closing import ws_connect
-from tests.helpers.redis_server import RedisServer
+from testkit.chat import ChatClient, ChatServer, Predicate, is_departure, is_message, say_until_received
+from testkit.closing import ws_connect
+from testkit.keys import index_servers, redis_rooms_naming
+from testkit.redis_server import RedisServer
 
 Launch = Callable[..., list[ChatServer]]
 Connect = Callable[[ChatServer, str], ChatClient]
@@ -25,49 +25,6 @@ def flush(sender: ChatClient, room: str, *receivers: ChatClient) -> None:
     sender.say(room, "flush", seq=seq)
     for client in (sender, *receivers):
         client.wait_for(is_message(seq, room))
-
-
-def say_until_received(sender: ChatClient, receiver: ChatClient, room: str,
-                       attempts: int = 100, timeout: float = 20.0) -> int:
-    """Say numbered messages until one reaches ``receiver`` (the bus may still be reconnecting);
-    return the seq that arrived."""
-    deadline = time.monotonic() + timeout
-    start = receiver.mark()
-    tag = uuid.uuid4().hex
-
-    def arrived(f: Frame) -> bool:
-        return f.get("type") == "message" and f.get("tag") == tag and f.get("from") == sender.user
-
-    for seq in range(1, attempts + 1):
-        sender.say(room, f"try {seq}", seq=seq, tag=tag)
-        try:
-            got = receiver.wait_for(arrived, timeout=max(0.0, min(0.3, deadline - time.monotonic())),
-                                    start=start)
-            return int(got["seq"])
-        except AssertionError:
-            if time.monotonic() > deadline:
-                break
-    raise AssertionError(f"no message from {sender.user} reached {receiver.user} "
-                         f"within {attempts} attempts / {timeout}s")
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def redis_rooms_naming(redis_server: RedisServer, prefix: str, cids: set[str]) -> dict[str, set[str]]:
-    """Room sets in Redis that still name one of ``cids``."""
-    r = redis_server.client()
-    found = {}
-    for key in r.scan_iter(match=f"{prefix}rooms:*", count=1000):
-        members = {text(m) for m in r.smembers(key)}
-        if members & cids:
-            found[text(key)] = members & cids
-    return found
-
-
-def index_servers(redis_server: RedisServer, prefix: str) -> set[str]:
-    return {text(s) for s in redis_server.client().smembers(KeyLayout(prefix).servers_index)}
 
 
 # ---------------------------------------------------------------------------------------- tests

@@ -9,16 +9,10 @@ import time
 from collections.abc import Callable
 
 from dcm_sync.backends.redis_keys import KeyLayout
-from tests.e2e.chat import ChatClient, ChatServer, is_departure
-from tests.e2e.test_gevent_servers import (
-    index_servers,
-    redis_rooms_naming,
-    say_until_received,
-    text,
-)
-from tests.helpers.keys import indexed_rooms, room_of_key
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import wait_until
+from testkit.chat import ChatClient, ChatServer, is_departure, say_until_received
+from testkit.keys import index_servers, indexed_rooms, redis_rooms_naming, room_of_key, text
+from testkit.polling import wait_until
+from testkit.redis_server import RedisServer
 
 Launch = Callable[..., list[ChatServer]]
 Connect = Callable[[ChatServer, str], ChatClient]

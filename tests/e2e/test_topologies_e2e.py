@@ -10,9 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from dcm_sync.backends.redis_keys import KeyLayout
-from tests.e2e.chat import ChatClient, ChatServer, is_departure, is_message
-from tests.e2e.test_gevent_servers import say_until_received
-from tests.helpers.topologies import ClusterTopology, SentinelTopology
+from testkit.chat import ChatClient, ChatServer, is_departure, is_message, say_until_received
+from testkit.topologies import ClusterTopology, SentinelTopology
 
 pytestmark = pytest.mark.topology
 

@@ -1,1 +1,1 @@
-"""Network faults between a server and Redis, put in by a TCP proxy (tests/helpers/proxy.py)."""
+"""Network faults between a server and Redis, put in by a TCP proxy (testkit/proxy.py)."""

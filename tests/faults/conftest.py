@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from dcm_sync import DistributedConnectionManager
-from tests.conftest import Managers
-from tests.helpers.proxy import TcpProxy
-from tests.helpers.redis_server import RedisServer
+from testkit.proxy import TcpProxy
+from testkit.redis_server import RedisServer
+from tests.helpers.managers import Managers
 
 Make = Callable[..., DistributedConnectionManager]
 

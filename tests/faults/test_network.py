@@ -17,10 +17,11 @@ import pytest
 
 from dcm_sync import BackendUnavailableError, DCMError, DistributedConnectionManager
 from dcm_sync.backends.redis_keys import KeyLayout
+from testkit.polling import wait_until
+from testkit.proxy import TcpProxy
+from testkit.recording import RecordingSocket, connect, settle, until_reached
+from testkit.redis_server import RedisServer
 from tests.faults.conftest import Make
-from tests.helpers.proxy import TcpProxy
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import RecordingSocket, connect, settle, until_reached, wait_until
 
 REDIS_TIMEOUT = 1.0
 BOUND = REDIS_TIMEOUT + 1.5  # "within about redis_timeout", with room for scheduling

@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
-from tests.helpers.proxy import TcpProxy
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import wait_until
+from testkit.polling import wait_until
+from testkit.proxy import TcpProxy
+from testkit.redis_server import RedisServer
 
 
 def client(proxy: TcpProxy, timeout: float = 1.0) -> redis.Redis:

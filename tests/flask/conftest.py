@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.redis_server import RedisServer
 from tests.flask.procs import Servers
-from tests.helpers.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.closing import ws_connect
-from tests.helpers.processes import HEALTH_PATH, Json, ServerProcess, is_ready
-from tests.helpers.redis_server import free_port
+from testkit.closing import ws_connect
+from testkit.processes import HEALTH_PATH, Json, ServerProcess, is_ready
+from testkit.redis_server import free_port
 
 # gunicorn 27 opens a control socket under ~/.gunicorn/ unless told not to; older releases
 # have neither the socket nor the option

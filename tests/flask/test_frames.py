@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import pytest
 from websocket import ABNF
 
+from testkit.closing import closed_after_test
+from testkit.polling import wait_until
+from testkit.processes import rss_kb
+from testkit.redis_server import RedisServer
 from tests.flask.procs import Server, Servers
 from tests.flask.wire import close_of, masked, raw
-from tests.helpers.closing import closed_after_test
-from tests.helpers.processes import rss_kb
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import wait_until
 
 NO_RATE_LIMIT = {"DCM_RATE_LIMIT": "0"}  # the floods below are not stopped by the rate limit
 

@@ -21,10 +21,10 @@ from dcm_sync import ConfigError
 from flask_ext import DistributedWebSockets
 from flask_ext.limits import InboundLimits, Violation
 from flask_ext.transports import GeventTransport
+from testkit.closing import closed_after_test, ws_connect
+from testkit.redis_server import RedisServer
 from tests.flask.procs import Client, Server, Servers
 from tests.flask.wire import close_of, masked, raw
-from tests.helpers.closing import closed_after_test, ws_connect
-from tests.helpers.redis_server import RedisServer
 
 MAX_BYTES = 16 * 1024
 LIMITS = {"DCM_MAX_MESSAGE_BYTES": str(MAX_BYTES), "DCM_RATE_LIMIT": "20", "DCM_RATE_BURST": "40",

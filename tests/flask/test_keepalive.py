@@ -9,9 +9,9 @@ import time
 
 import websocket
 
+from testkit.polling import wait_until
 from tests.flask.procs import Client, Servers
 from tests.flask.wire import raw
-from tests.helpers.sockets import wait_until
 
 KEEPALIVE = {"DCM_PING_INTERVAL": "0.5", "DCM_PING_TIMEOUT": "0.5",
              "DCM_STALE_CONNECTION_TIMEOUT": "1.5", "DCM_CLEANUP_INTERVAL": "0.2"}

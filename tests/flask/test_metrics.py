@@ -10,8 +10,8 @@ from flask import Flask
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from flask_ext import DistributedWebSockets
+from testkit.recording import RecordingSocket
 from tests.helpers.metrics import parse_scrape
-from tests.helpers.sockets import RecordingSocket
 
 
 def make_app(backend_url: str, prefix: str) -> tuple[Flask, DistributedWebSockets]:

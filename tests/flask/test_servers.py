@@ -12,11 +12,11 @@ import pytest
 import websocket
 
 from dcm_sync.backends.redis_keys import KeyLayout
+from testkit.closing import ws_connect
+from testkit.frames import masked
+from testkit.polling import wait_until
+from testkit.redis_server import RedisServer
 from tests.flask.procs import Client, Server, Servers
-from tests.helpers.closing import ws_connect
-from tests.helpers.frames import masked
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.sockets import wait_until
 
 DCM_WORKER = "flask_ext.gunicorn_worker.DCMGeventWebSocketWorker"
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"

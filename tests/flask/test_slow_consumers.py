@@ -16,12 +16,12 @@ from pathlib import Path
 
 import websocket
 
+from testkit.closing import closed_after_test, ws_connect
+from testkit.frames import masked, parse
+from testkit.polling import wait_until
+from testkit.processes import rss_kb
+from testkit.redis_server import free_port
 from tests.flask.procs import Server, Servers
-from tests.helpers.closing import closed_after_test, ws_connect
-from tests.helpers.frames import masked, parse
-from tests.helpers.processes import rss_kb
-from tests.helpers.redis_server import free_port
-from tests.helpers.sockets import wait_until
 
 READERS = 200
 MESSAGES = 150

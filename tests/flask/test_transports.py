@@ -18,8 +18,8 @@ from flask_ext.handshake import HandshakeError
 from flask_ext.limits import Violation
 from flask_ext.transports import GeventTransport, SocketClosed, ThreadedTransport
 from flask_ext.wire import close_frame, pong_frame, text_frame
-from tests.helpers.closing import closed_after_test
-from tests.helpers.frames import masked, parse
+from testkit.closing import closed_after_test
+from testkit.frames import masked, parse
 
 
 def _pair() -> tuple[GeventTransport, gsocket.socket]:

@@ -21,7 +21,7 @@ from flask_ext.wire import (
     pong_frame,
     text_frame,
 )
-from tests.helpers.frames import masked, parse
+from testkit.frames import masked, parse
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 

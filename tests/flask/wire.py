@@ -7,9 +7,9 @@ import json
 import websocket
 from websocket import ABNF
 
+from testkit.closing import ws_connect
+from testkit.frames import masked
 from tests.flask.procs import Server
-from tests.helpers.closing import ws_connect
-from tests.helpers.frames import masked
 
 __all__ = ["raw", "close_of", "masked"]
 

@@ -25,9 +25,9 @@ import redis
 from redis.cluster import ClusterNode as RedisClusterNode
 from redis.crc import key_slot
 
-from tests.helpers.redis_server import RedisServer, free_ports
-from tests.helpers.sentinel_topology import SentinelTopology
-from tests.helpers.topology_base import (
+from testkit.redis_server import RedisServer, free_ports
+from testkit.sentinel_topology import SentinelTopology
+from testkit.topology_base import (
     CLUSTER_SLOTS_COUNT,
     DEFAULT_TIMEOUT,
     FAST_REPLICATION,

@@ -26,23 +26,6 @@ FAST_REPLICATION = ("--repl-diskless-sync-delay", "0", "--repl-ping-replica-peri
 SlotRange = tuple[int, int, int, tuple[int, ...]]
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll ``check`` until it is truthy (errors count as not yet: the topology may be between
-    owners); the seconds it took, or AssertionError saying ``what`` did not happen.
-    Unlike :func:`tests.helpers.sockets.wait_until`, which lets an exception from its predicate
-    through and returns the truthy value, this one retries on exceptions: use it after a failover."""
-    start = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - start < timeout:
-        try:
-            if check():
-                return time.monotonic() - start
-        except Exception as exc:
-            last = exc
-        time.sleep(POLL_INTERVAL)
-    raise AssertionError(f"not within {timeout}s: {what} (last error: {last!r})")
-
-
 def _probe(port: int, **kwargs: Any) -> redis.Redis:
     """A short-lived client for polling (use it in ``with``: tests count Redis's clients)."""
     return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=2,

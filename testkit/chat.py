@@ -8,14 +8,15 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import websocket
 
-from tests.helpers.closing import ws_connect
-from tests.helpers.processes import ROOT, ServerProcess
+from testkit.closing import ws_connect
+from testkit.processes import ROOT, ServerProcess
 
 EXAMPLE = ROOT / "examples" / "gevent_chat_server.py"
 
@@ -150,3 +151,26 @@ def is_departure(connection_id: str, room: str | None = None) -> Predicate:
     return lambda f: (f.get("type") == "user-disconnected" and f.get("connectionId") == connection_id
                       and room in (None, f.get("roomId")))
 
+
+def say_until_received(sender: ChatClient, receiver: ChatClient, room: str,
+                       attempts: int = 100, timeout: float = 20.0) -> int:
+    """Say numbered messages until one reaches ``receiver`` (the bus may still be reconnecting);
+    return the seq that arrived."""
+    deadline = time.monotonic() + timeout
+    start = receiver.mark()
+    tag = uuid.uuid4().hex
+
+    def arrived(f: Frame) -> bool:
+        return f.get("type") == "message" and f.get("tag") == tag and f.get("from") == sender.user
+
+    for seq in range(1, attempts + 1):
+        sender.say(room, f"try {seq}", seq=seq, tag=tag)
+        try:
+            got = receiver.wait_for(arrived, timeout=max(0.0, min(0.3, deadline - time.monotonic())),
+                                    start=start)
+            return int(got["seq"])
+        except AssertionError:
+            if time.monotonic() > deadline:
+                break
+    raise AssertionError(f"no message from {sender.user} reached {receiver.user} "
+                         f"within {attempts} attempts / {timeout}s")

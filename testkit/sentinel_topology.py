@@ -16,9 +16,9 @@ from urllib.parse import quote
 import redis
 from redis.sentinel import Sentinel
 
-from tests.helpers.redis_server import RedisServer, free_ports
-from tests.helpers.tls import Certs, tls_args
-from tests.helpers.topology_base import (
+from testkit.redis_server import RedisServer, free_ports
+from testkit.tls import Certs, tls_args
+from testkit.topology_base import (
     DEFAULT_TIMEOUT,
     FAST_REPLICATION,
     HOST,

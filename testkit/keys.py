@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dcm_sync.backends.redis_keys import KeyLayout
+from testkit.redis_server import RedisServer
 
 
 def indexed_rooms(r: Any, prefix: str) -> set[str]:
@@ -31,3 +32,24 @@ def room_of_key(key: str | bytes, prefix: str) -> str:
     if not name.startswith(head):
         raise ValueError(f"not a room key under {prefix!r}: {name!r}")
     return name[name.index("}", len(head)) + 1:]
+
+
+def text(value: bytes | str) -> str:
+    """A reply decoded, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def redis_rooms_naming(redis_server: RedisServer, prefix: str, cids: set[str]) -> dict[str, set[str]]:
+    """Room sets in Redis that still name one of ``cids``."""
+    r = redis_server.client()
+    found = {}
+    for key in r.scan_iter(match=f"{prefix}rooms:*", count=1000):
+        members = {text(m) for m in r.smembers(key)}
+        if members & cids:
+            found[text(key)] = members & cids
+    return found
+
+
+def index_servers(redis_server: RedisServer, prefix: str) -> set[str]:
+    """The server ids in the server index."""
+    return {text(s) for s in redis_server.client().smembers(KeyLayout(prefix).servers_index)}

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.redis_server import env_for_subprocess, free_port
+from testkit.redis_server import env_for_subprocess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
