@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from dcm_sync import BackendUnavailableError
 from testkit.polling import wait_until
 
 
@@ -92,3 +94,34 @@ def connect(mgr: Any, user: str, *rooms: str) -> tuple[str, RecordingSocket]:
     for room in rooms:
         mgr.join_room(cid, room)
     return cid, ws
+
+
+def deliver_until(sender: Any, room: str, ws: RecordingSocket,
+                  timeout: float = 15.0) -> float:
+    """Broadcast tagged messages until one reaches ``ws`` (a subscription may still be coming
+    back); the seconds it took. A failed broadcast counts as a failed attempt."""
+    tag = uuid.uuid4().hex
+    started = time.monotonic()
+    for n in range(1000):
+        try:
+            sender.broadcast_to_room(room, {"tag": tag, "n": n})
+        except BackendUnavailableError:
+            pass
+        try:
+            wait_until(lambda: any(m.get("tag") == tag for m in json_frames(ws)), timeout=0.2)
+            return time.monotonic() - started
+        except AssertionError:
+            if time.monotonic() - started > timeout:
+                break
+    raise AssertionError(f"no broadcast from {sender.server_id} reached the socket within {timeout}s")
+
+
+def json_frames(ws: RecordingSocket) -> list[dict[str, Any]]:
+    """The socket's JSON-object frames (plain-text messages are sent as they are)."""
+    out = []
+    for frame in list(ws.frames):
+        if frame.startswith("{"):
+            value = json.loads(frame)
+            if isinstance(value, dict):
+                out.append(value)
+    return out

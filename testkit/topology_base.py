@@ -96,6 +96,15 @@ class Topology:
     def cleanup(self) -> None:
         raise NotImplementedError
 
+    @property
+    def url(self) -> str:
+        """The URL a manager is given to reach the topology."""
+        raise NotImplementedError
+
+    def flushall(self) -> None:
+        """Empty every data node."""
+        raise NotImplementedError
+
     def start(self: T) -> T:
         started = time.monotonic()
         ok = False

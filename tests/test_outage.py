@@ -14,7 +14,7 @@ import pytest
 from dcm_sync import BackendUnavailableError, DistributedConnectionManager
 from dcm_sync.backends.redis_keys import KeyLayout
 from testkit.polling import wait_until
-from testkit.recording import RecordingSocket, connect
+from testkit.recording import connect, deliver_until
 from testkit.redis_server import RedisServer
 from tests.helpers.managers import Managers
 
@@ -38,23 +38,6 @@ def timed(call: Callable[[], object]) -> float:
     with pytest.raises(BackendUnavailableError):
         call()
     return time.monotonic() - start
-
-
-def deliver_until(sender: DistributedConnectionManager, room: str, ws: RecordingSocket,
-                  timeout: float = 15.0) -> None:
-    """Broadcast numbered messages until one reaches ``ws`` (the bus may still be reconnecting)."""
-    deadline = time.monotonic() + timeout
-    for n in range(10_000):
-        try:
-            sender.broadcast_to_room(room, {"probe": n})
-        except BackendUnavailableError:
-            pass
-        if any(f.startswith('{"probe":') for f in list(ws.frames)):
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"no broadcast reached the socket within {timeout}s")
 
 
 def test_stalled_redis_fails_calls_fast_and_local_delivery_goes_on(own_redis: RedisServer,

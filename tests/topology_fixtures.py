@@ -26,44 +26,37 @@ def _started(kind: type[T]) -> Iterator[T]:
         yield topology
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[ClusterTopology]:
-    """3 masters with a replica each, for the whole session: never kill its nodes (use
-    ``fresh_cluster``); ask for ``cluster_url`` to start from an empty cluster."""
-    yield from _started(ClusterTopology)
+def _fixtures(kind: type[T], name: str, what: str) -> tuple[Any, Any, Any]:
+    """The three fixtures of one topology ``kind``:
+
+    - ``redis_<name>``: ``what``, started once for the whole session. Never kill its nodes;
+    - ``<name>_url``: the shared one's URL, its data flushed first (a test starts empty);
+    - ``fresh_<name>``: one for this test alone, which it may kill and restart nodes of.
+    """
+
+    @pytest.fixture(scope="session", name=f"redis_{name}")
+    def shared() -> Iterator[T]:
+        yield from _started(kind)
+
+    @pytest.fixture(name=f"{name}_url")
+    def url(request: pytest.FixtureRequest) -> str:
+        topology: T = request.getfixturevalue(f"redis_{name}")
+        topology.flushall()
+        return topology.url
+
+    @pytest.fixture(name=f"fresh_{name}")
+    def fresh() -> Iterator[T]:
+        yield from _started(kind)
+
+    for fixture in (shared, url, fresh):
+        fixture.__doc__ = f"{what}: see :func:`_fixtures`."
+    return shared, url, fresh
 
 
-@pytest.fixture
-def cluster_url(redis_cluster: ClusterTopology) -> str:
-    """The shared cluster's ``redis+cluster://`` URL, every master flushed first."""
-    redis_cluster.flushall()
-    return redis_cluster.url
-
-
-@pytest.fixture
-def fresh_cluster() -> Iterator[ClusterTopology]:
-    """A cluster for this test alone: it may kill and restart nodes."""
-    yield from _started(ClusterTopology)
-
-
-@pytest.fixture(scope="session")
-def redis_sentinel() -> Iterator[SentinelTopology]:
-    """A master, a replica and 3 Sentinels for the whole session: never kill its master (use
-    ``fresh_sentinel``); ask for ``sentinel_url`` to start from an empty master."""
-    yield from _started(SentinelTopology)
-
-
-@pytest.fixture
-def sentinel_url(redis_sentinel: SentinelTopology) -> str:
-    """The shared Sentinel set's ``redis+sentinel://`` URL, the master flushed first."""
-    redis_sentinel.flushall()
-    return redis_sentinel.url
-
-
-@pytest.fixture
-def fresh_sentinel() -> Iterator[SentinelTopology]:
-    """A Sentinel set for this test alone: it may kill the master."""
-    yield from _started(SentinelTopology)
+redis_cluster, cluster_url, fresh_cluster = _fixtures(
+    ClusterTopology, "cluster", "3 Redis Cluster masters with a replica each")
+redis_sentinel, sentinel_url, fresh_sentinel = _fixtures(
+    SentinelTopology, "sentinel", "a Redis master, a replica and 3 Sentinels")
 
 
 @pytest.fixture

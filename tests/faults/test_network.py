@@ -6,10 +6,8 @@ afterwards it is registered again, its state is back in Redis and delivery works
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +17,7 @@ from dcm_sync import BackendUnavailableError, DCMError, DistributedConnectionMan
 from dcm_sync.backends.redis_keys import KeyLayout
 from testkit.polling import wait_until
 from testkit.proxy import TcpProxy
-from testkit.recording import RecordingSocket, connect, settle, until_reached
+from testkit.recording import RecordingSocket, connect, deliver_until, json_frames, settle, until_reached
 from testkit.redis_server import RedisServer
 from tests.faults.conftest import Make
 
@@ -37,37 +35,6 @@ def timed_failure(what: str, call: Callable[[], object]) -> float:
     took = time.monotonic() - started
     print(f"{what} failed in {took:.2f}s")
     return took
-
-
-def deliver_until(sender: DistributedConnectionManager, room: str, ws: RecordingSocket,
-                  timeout: float = 10.0) -> float:
-    """Broadcast tagged messages until one reaches ``ws`` (a subscription may still be coming
-    back); the seconds it took. A failed broadcast counts as a failed attempt."""
-    tag = uuid.uuid4().hex
-    started = time.monotonic()
-    for n in range(1000):
-        try:
-            sender.broadcast_to_room(room, {"tag": tag, "n": n})
-        except BackendUnavailableError:
-            pass
-        try:
-            wait_until(lambda: any(m.get("tag") == tag for m in json_frames(ws)), timeout=0.2)
-            return time.monotonic() - started
-        except AssertionError:
-            if time.monotonic() - started > timeout:
-                break
-    raise AssertionError(f"no broadcast from {sender.server_id} reached the socket within {timeout}s")
-
-
-def json_frames(ws: RecordingSocket) -> list[dict[str, Any]]:
-    """The socket's JSON-object frames (plain-text messages are sent as they are)."""
-    out = []
-    for frame in list(ws.frames):
-        if frame.startswith("{"):
-            value = json.loads(frame)
-            if isinstance(value, dict):
-                out.append(value)
-    return out
 
 
 def departures(ws: RecordingSocket) -> list[dict[str, Any]]:
