@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dcm_sync import DistributedConnectionManager
+from dcm_sync import Config, DistributedConnectionManager, create_distributed_connection_manager
 from testkit.closing import close_all
 from testkit.redis_server import RedisServer
-from tests.helpers.managers import Managers
+from tests.helpers.managers import STEADY, Managers
 
 # redis_cluster, cluster_url, fresh_cluster, redis_sentinel, sentinel_url, fresh_sentinel
 pytest_plugins = ["tests.topology_fixtures"]
@@ -79,3 +79,13 @@ def make_manager(backend_url: str, prefix: str) -> Iterator[Callable[..., Distri
     managers = Managers(prefix, redis_url=backend_url)
     yield managers
     managers.shutdown_all()
+
+
+@pytest.fixture
+def redis_pair(redis_server: RedisServer, prefix: str) -> Iterator[list[DistributedConnectionManager]]:
+    """Two started managers on the session's Redis with the :data:`STEADY` timings."""
+    made = [create_distributed_connection_manager(
+        None, Config(redis_url=redis_server.url, key_prefix=prefix, **STEADY)) for _ in range(2)]
+    yield made
+    for m in made:
+        m.shutdown()

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import pytest
-import websocket
 
 from dcm_sync import ConnectionLimitError, LocalConnectionManager
-from flask_ext.wire import text_frame
 from testkit.recording import RecordingSocket
 from tests.helpers.pair_socket import PairSocket
 
@@ -45,14 +43,6 @@ def test_limit() -> None:
         local.add("b", RecordingSocket(), "u")
     with pytest.raises(ValueError):
         LocalConnectionManager(max_connections=0)
-
-
-@pytest.mark.parametrize("text", ["", "hi", "é" * 100, "x" * 125, "x" * 126, "ü" * 40_000,
-                                  "z" * 70_000])
-def test_text_frame_matches_rfc6455(text: str) -> None:
-    # websocket-client's frame encoder, unmasked as a server sends it, is the reference
-    expected = websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 0, text.encode()).format()
-    assert text_frame(text) == expected
 
 
 def test_sockets_that_share_frames_get_the_prebuilt_frame() -> None:

@@ -1,6 +1,7 @@
-"""The maintenance loops' keepalive (dcm_sync/maintenance.py): a quiet socket that answers
-pings stays connected past stale_connection_timeout; one that stops answering is removed
-(reason "stale") within ping_interval + ping_timeout. Real socket pairs, every backend."""
+"""The maintenance loops (dcm_sync/maintenance.py) on every backend: failure detection,
+cleanup exactly once, stale cleanup, the keepalive (a quiet socket that answers pings stays
+connected past stale_connection_timeout; one that stops answering is removed, reason "stale",
+within ping_interval + ping_timeout), and shutdown."""
 
 from __future__ import annotations
 
@@ -8,12 +9,167 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from dcm_sync import DistributedConnectionManager
+from dcm_sync.models import RemovedConnection
 from testkit.polling import wait_until
-from testkit.recording import RecordingSocket
+from testkit.recording import RecordingSocket, connect, settle
 from tests.helpers.pair_socket import PairSocket
 
 Make = Callable[..., DistributedConnectionManager]
+
+
+def test_dead_server_is_detected_and_cleaned(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager()
+    _, wa = connect(a, "alice", "r1", "r2")
+    dead = {connect(b, f"bob{i}", "r1")[0] for i in range(3)}
+    dead.add(connect(b, "solo", "only-b")[0])
+    b.abandon()
+    notices = wait_until(lambda: len(wa.of_type("user-disconnected")) == 3
+                         and wa.of_type("user-disconnected"), timeout=10)
+    assert {n["connectionId"] for n in notices} < dead
+    assert {n["reason"] for n in notices} == {"server-failure"}
+    assert {n["roomId"] for n in notices} == {"r1"}
+    stats = wait_until(lambda: (s := a.get_distributed_stats()).active_servers == 1 and s)
+    assert (stats.total_connections, stats.total_rooms) == (1, 2)  # r1, r2; only-b is gone
+    # counted once the cleanup is over (stats may show B gone a moment before)
+    wait_until(lambda: a.metrics()["connections_cleaned"] == 4)
+    assert a.handle_server_failure(b.server_id) == 0  # another pass finds nothing to clean
+    settle("r1", [a], [wa])
+    assert len(wa.of_type("user-disconnected")) == 3
+    assert a.metrics()["connections_cleaned"] == 4
+
+
+def test_concurrent_failure_handling_cleans_exactly_once(make_manager: Make) -> None:
+    # long heartbeats so only the explicit calls below clean up
+    slow = dict(heartbeat_interval=30.0, heartbeat_ttl=0.5 + 60.0)
+    a, b, c = make_manager(**slow), make_manager(**slow), make_manager(**slow)
+    victim = make_manager(**slow)
+    _, wa = connect(a, "alice", "room")
+    _, wb = connect(b, "bob", "room")
+    ids = {connect(victim, f"v{i}", "room")[0] for i in range(200)}
+    victim.abandon()
+    a._backend.deregister_server(victim.server_id)  # as if its record had expired
+    counts: list[int] = []
+    barrier = threading.Barrier(3)
+
+    def clean(mgr: DistributedConnectionManager) -> None:
+        barrier.wait()
+        counts.append(mgr.handle_server_failure(victim.server_id))
+
+    threads = [threading.Thread(target=clean, args=(m,)) for m in (a, b, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 200
+    assert a.handle_server_failure(victim.server_id) == 0  # idempotent
+    for ws in (wa, wb):
+        wait_until(lambda ws=ws: len(ws.of_type("user-disconnected")) == 200, timeout=10)
+    settle("room", [a, b, c], [wa, wb])  # a notice sent twice by any cleaner is there by now
+    for ws in (wa, wb):
+        got = [n["connectionId"] for n in ws.of_type("user-disconnected")]
+        assert sorted(got) == sorted(ids)
+    assert a.get_distributed_stats().total_connections == 2
+
+
+def test_handle_own_failure_is_refused(make_manager: Make) -> None:
+    a = make_manager()
+    with pytest.raises(ValueError):
+        a.handle_server_failure(a.server_id)
+
+
+def test_cleanup_of_a_live_server_removes_nothing(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager()
+    _, wa = connect(a, "alice", "r")
+    cb, wb = connect(b, "bob", "r")
+    assert a.handle_server_failure(b.server_id) == 0  # its record is fresh: it is not dead
+    assert a.get_distributed_stats().total_connections == 2
+    assert a.send_to_connection(cb, "still here") is True
+    wait_until(lambda: "still here" in wb.frames)
+    assert wa.of_type("user-disconnected") == []
+
+
+def test_server_back_during_its_cleanup_keeps_its_state(make_manager: Make,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # b was declared dead (its record gone) and writes itself back between two cleanup batches
+    a = make_manager()
+    b = make_manager(heartbeat_interval=30.0, heartbeat_ttl=90.0)  # no heartbeat meanwhile
+    _, wa = connect(a, "alice", "r")
+    bobs = {connect(b, f"bob{i}", "r")[0] for i in range(3)}
+    b._backend.deregister_server(b.server_id)
+    monkeypatch.setattr("dcm_sync.maintenance.CLEANUP_BATCH", 1)
+    pop = a._backend.pop_server_connections
+    batches: list[list[str]] = []
+
+    def pop_then_b_returns(server_id: str, count: int) -> list[RemovedConnection]:
+        out = pop(server_id, count)
+        batches.append([r.connection_id for r in out])
+        if len(batches) == 1:
+            b._restore()  # what b's heartbeat does when it finds its record gone
+        return out
+
+    monkeypatch.setattr(a._backend, "pop_server_connections", pop_then_b_returns)
+    assert a.handle_server_failure(b.server_id) == 1
+    assert [len(x) for x in batches] == [1, 0]  # nothing popped once b was back
+    notices = wait_until(lambda: wa.of_type("user-disconnected"))
+    settle("r", [a, b], [wa])
+    assert len(wa.of_type("user-disconnected")) == 1 and notices[0]["connectionId"] in bobs
+    stats = a.get_distributed_stats()  # b's record, index entry and connections stay
+    assert (stats.active_servers, stats.total_connections) == (2, 4)
+
+
+def test_stale_connections_are_removed(make_manager: Make) -> None:
+    a = make_manager(stale_connection_timeout=0.4, cleanup_interval=0.1)
+    b = make_manager()
+    idle, w_idle = connect(a, "idle", "r")
+    busy, w_busy = connect(a, "busy", "r")
+    _, wb = connect(b, "bob", "r")
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        a.touch(busy)
+        b.touch(busy)  # routed
+        time.sleep(0.05)
+    assert w_idle.closed and not w_busy.closed
+    assert idle not in a.local and busy in a.local
+    notice = wait_until(lambda: wb.of_type("user-disconnected"))[0]
+    assert (notice["connectionId"], notice["reason"]) == (idle, "stale")
+    assert w_busy.of_type("user-disconnected")[0]["reason"] == "stale"
+    assert a.metrics()["stale_removed"] == 1
+
+
+def test_shutdown_tells_other_servers_and_stops_quickly(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager()
+    ids = [connect(a, f"a{i}", "r")[0] for i in range(3)]
+    socks = [a.local.get(i).ws for i in ids]  # type: ignore[union-attr]
+    _, wb = connect(b, "bob", "r")
+    workers = list(a._workers)
+    started = time.monotonic()
+    a.shutdown()
+    elapsed = time.monotonic() - started
+    assert not any(w.is_alive() for w in workers)
+    assert elapsed < 2.0
+    assert all(ws.closed for ws in socks)
+    assert not a.is_ready()
+    a.shutdown()  # idempotent
+    notices = wait_until(lambda: len(wb.of_type("user-disconnected")) == 3
+                         and wb.of_type("user-disconnected"))
+    assert {n["connectionId"] for n in notices} == set(ids)
+    assert {n["reason"] for n in notices} == {"shutdown"}
+    stats = b.get_distributed_stats()
+    assert (stats.active_servers, stats.total_connections) == (1, 1)
+
+
+def test_threads_are_named_and_gone_after_shutdown(make_manager: Make) -> None:
+    a = make_manager()
+    names = {w.name for w in a._workers}
+    assert names == {"dcm-listener", "dcm-heartbeat", "dcm-cleanup", "dcm-probe"}
+    a.shutdown()
+    alive = [t for t in threading.enumerate() if t.name.startswith("dcm-") and t in a._workers]
+    assert alive == []
+
+
 PING, PONG = 0x9, 0xA
 KEEPALIVE = dict(ping_interval=0.3, ping_timeout=0.3, stale_connection_timeout=0.8,
                  cleanup_interval=0.1)

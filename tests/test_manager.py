@@ -375,3 +375,18 @@ def test_operations_after_shutdown_raise(make_manager: Make) -> None:
         a.register_connection(RecordingSocket(), "u")
     with pytest.raises(DCMError):
         a.broadcast_to_room("r", "x")
+
+
+def test_abandon_leaves_the_state_and_the_sockets_as_a_killed_process_does(make_manager: Make) -> None:
+    a, b = make_manager(), make_manager(heartbeat_interval=30.0, heartbeat_ttl=90.0)
+    cb, wb = connect(b, "bob", "lobby")
+    b.abandon()
+    b.abandon()  # idempotent
+    assert not b.is_ready()
+    assert not wb.closed  # nobody closed bob's socket: a killed process closes nothing
+    with pytest.raises(DCMError):
+        b.broadcast_to_room("lobby", "after")
+    stats = a.get_distributed_stats()  # b's record outlives it until its heartbeat TTL ends
+    assert (stats.active_servers, stats.total_connections) == (2, 1)
+    assert a.send_to_connection(cb, "to bob") is True  # still routed to b, which never reads it
+    assert "to bob" not in wb.frames

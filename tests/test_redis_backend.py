@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,20 +23,7 @@ from testkit.keys import indexed_rooms
 from testkit.polling import wait_until
 from testkit.recording import RecordingSocket
 from testkit.redis_server import RedisServer, free_port
-from tests.helpers.managers import FAST
-
-# FAST, but no server is found dead when a busy machine holds a heartbeat back for a moment:
-# the tests that use these managers look at the keys, and a cleaner's lock would be one more
-STEADY = {**FAST, "heartbeat_ttl": 10.0}
-
-
-@pytest.fixture
-def managers(redis_server: RedisServer, prefix: str) -> Iterator[list[DistributedConnectionManager]]:
-    made = [create_distributed_connection_manager(
-        None, Config(redis_url=redis_server.url, key_prefix=prefix, **STEADY)) for _ in range(2)]
-    yield made
-    for m in made:
-        m.shutdown()
+from tests.helpers.managers import FAST, STEADY
 
 
 def keys(r: object, prefix: str) -> set[str]:
@@ -45,9 +31,9 @@ def keys(r: object, prefix: str) -> set[str]:
 
 
 def test_layout(redis_server: RedisServer, prefix: str,
-                managers: list[DistributedConnectionManager]) -> None:
+                redis_pair: list[DistributedConnectionManager]) -> None:
     # The names are written out here, not taken from KeyLayout, so that a layout change shows.
-    a, b = managers
+    a, b = redis_pair
     r = redis_server.client()
     cid = a.register_connection(RecordingSocket(), "alice", auth_token="s3cret-token")
     tag_a, tag_b = server_tag(a.server_id), server_tag(b.server_id)
@@ -104,29 +90,6 @@ def test_layout(redis_server: RedisServer, prefix: str,
     k_lock = f"{prefix}lock:cleanup:{{{server_tag(dead)}}}{dead}"
     assert r.get(k_lock) == a.server_id.encode()
     r.delete(k_lock)
-
-
-def test_room_channel_subscribed_only_with_local_members(
-        redis_server: RedisServer, prefix: str, managers: list[DistributedConnectionManager]) -> None:
-    a, b = managers
-    r = redis_server.client()
-
-    def channels() -> set[str]:
-        return {c.decode() for c in r.pubsub_channels(prefix + "*")}
-
-    layout = KeyLayout(prefix)
-    base = {layout.channel(f"server:{a.server_id}"), layout.channel(f"server:{b.server_id}")}
-    assert channels() == base
-    c1 = a.register_connection(RecordingSocket(), "u1")
-    c2 = a.register_connection(RecordingSocket(), "u2")
-    a.join_room(c1, "r")
-    assert channels() == base | {layout.channel("room:r")}  # confirmed before join_room returned
-    a.join_room(c2, "r")
-    a.leave_room(c1, "r")
-    assert channels() == base | {layout.channel("room:r")}
-    a.remove_connection(c2)
-    wait_until(lambda: channels() == base)
-    assert r.pubsub_numsub(layout.channel("room:r")) == [(layout.channel("room:r").encode(), 0)]
 
 
 def test_shutdown_leaves_no_keys(redis_server: RedisServer, prefix: str) -> None:
@@ -242,27 +205,6 @@ def test_transient_redis_replies_are_unavailable_not_errors(reply: str) -> None:
         with translate_errors("stats"):
             raise BaseParser.parse_error("ERR unknown command")
     assert not isinstance(caught.value, BackendUnavailableError)
-
-
-def test_an_idle_listener_keeps_its_subscription(redis_server: RedisServer, prefix: str) -> None:
-    # nothing published for several times the connections' socket timeout (redis_timeout/2):
-    # the subscription is not taken for lost (redis-py before 8.0 ends a read that was to
-    # wait for ever after socket_timeout), and what comes after the quiet spell arrives
-    made = [create_distributed_connection_manager(None, Config(
-        redis_url=redis_server.url, key_prefix=prefix, redis_timeout=0.4, **STEADY))
-        for _ in range(2)]
-    try:
-        a, b = made
-        wa, wb = RecordingSocket(), RecordingSocket()
-        a.join_room(a.register_connection(wa, "alice"), "r")
-        b.join_room(b.register_connection(wb, "bob"), "r")
-        time.sleep(1.5)  # idle: the condition under test, not a wait for something to arrive
-        b.broadcast_to_room("r", "after the quiet")
-        wait_until(lambda: wa.frames == ["after the quiet"])
-        assert a.metrics()["reconnects"] == 0 and b.metrics()["reconnects"] == 0
-    finally:
-        for m in made:
-            m.shutdown()
 
 
 def test_the_hiredis_extra_is_what_redis_py_parses_with() -> None:

@@ -273,7 +273,8 @@ def test_no_secret_reaches_redis_or_the_logs(redis_server: RedisServer, prefix: 
         flask_users = _flask_clients(url, prefix, bearer, query)
         assert flask_users == ["bearer-user", "query-user"]
         b.abandon()
-        wait_until(lambda: sockets[0].of_type("user-disconnected"), timeout=10)
+        wait_until(lambda: any(n["reason"] == "server-failure"
+                               for n in sockets[0].of_type("user-disconnected")), timeout=10)
         stored = _dump(admin)
         assert KeyLayout(prefix).connection(cids[0]).encode() in stored  # the state is there
         a.shutdown()

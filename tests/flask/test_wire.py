@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 import pytest
+import websocket
 
 from flask_ext.limits import InboundLimits, Violation
 from flask_ext.wire import (
@@ -277,3 +278,11 @@ def test_close_and_pong_frames() -> None:
     long = close_frame(4000, "é" * 100)  # 200 bytes of reason: cut to 123, on a character
     assert len(long) == 2 + 2 + 122 and long[4:].decode() == "é" * 61
     assert pong_frame(b"p" * 125) == b"\x8a\x7d" + b"p" * 125
+
+
+@pytest.mark.parametrize("text", ["", "hi", "é" * 100, "x" * 125, "x" * 126, "ü" * 40_000,
+                                  "z" * 70_000])
+def test_text_frame_matches_rfc6455(text: str) -> None:
+    # websocket-client's frame encoder, unmasked as a server sends it, is the reference
+    expected = websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 0, text.encode()).format()
+    assert text_frame(text) == expected

@@ -1,6 +1,7 @@
-"""The WebSocket wire under hostile clients, on real chat servers (tests/flask/serve.py): close
-frames answered with the code RFC 6455 calls for, a stream of empty fragments bounded like a
-stream of bytes, and no token in the server's access or error log."""
+"""The handler (flask_ext/handler.py) reading the wire from hostile clients, on real chat
+servers (tests/flask/serve.py): close frames answered with the code RFC 6455 calls for, a
+stream of empty fragments bounded like a stream of bytes, and no token in the server's access
+or error log."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Sentinel secured as production sets run it: a password on the master and replica, another on
-the Sentinels (``?sentinel_password=``), and TLS on every link (``rediss+sentinel://``). The
-core flow and a master failover work; wrong credentials or an unknown CA fail at start, at once,
-saying which; the passwords never show."""
+"""dcm-sync on a real Sentinel set (master, replica, 3 Sentinels): the master killed under
+running managers; and the set secured as production sets run it: a password on the master and
+replica, another on the Sentinels (``?sentinel_password=``), and TLS on every link
+(``rediss+sentinel://``). The core flow and a master failover work; wrong credentials or an
+unknown CA fail at start, at once, saying which; the passwords never show."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from urllib.parse import quote
 import pytest
 
 from dcm_sync import BackendAuthenticationError, BackendUnavailableError, Emitter
-from testkit.polling import wait_until
-from testkit.polling import wait_until as wait_through_errors
+from dcm_sync.backends.redis_keys import KeyLayout
+from testkit.polling import seconds_until, wait_until
 from testkit.recording import RecordingSocket
 from testkit.redis_server import free_port
 from testkit.tls import Certs, make_certs
@@ -108,9 +109,30 @@ def test_secured_sentinel_master_killed_delivery_recovers(
         topology.kill_master()
         assert topology.wait_failover().port != old.port
         # right after the failover a call may still fail (BackendUnavailableError): poll on
-        wait_through_errors(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
+        wait_until(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
                             "broadcast and direct message reach bob after the failover")
-        wait_through_errors(lambda: counts(a) == (2, 1, 2), 15,
+        wait_until(lambda: counts(a) == (2, 1, 2), 15,
                             "stats count both connections, the room and both servers")
         for m in (a, b):
             m.shutdown()
+
+
+def test_sentinel_master_killed_delivery_and_state_recover(
+        fresh_sentinel: SentinelTopology, prefix: str, managers_on: Callable[..., Managers]) -> None:
+    a, b, sa, sb, ca, cb = pair(managers_on(fresh_sentinel.url, **SLOW), "lobby")
+    n = itertools.count(1)
+    assert delivered(a, "lobby", cb, sb, next(n))
+    old = fresh_sentinel.master()
+    fresh_sentinel.kill_master()
+    new = fresh_sentinel.wait_failover()
+    assert new.port != old.port
+    took = seconds_until(lambda: delivered(a, "lobby", cb, sb, next(n)), 30,
+                         "broadcast and direct message reach bob after the failover")
+    print(f"sentinel failover: delivery back {took:.2f}s after the new master took over")
+
+    wait_until(lambda: counts(a) == (2, 1, 2), 15,
+               "stats count both connections, the room and both servers")
+    keys = KeyLayout(prefix)
+    with fresh_sentinel.client() as r:  # the new master holds the state
+        assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()
+        assert {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca, cb}
