@@ -1,1 +1,2 @@
-"""Test helpers: real redis-server processes, recording sockets, polling."""
+"""What only the tests use: in-process managers with fast timings, the ACL lists, a socket pair
+with the outbox interface, the Prometheus parser. What benchmarks use too is in ``testkit``."""
