@@ -23,7 +23,7 @@ from .errors import (
 from .factory import create_distributed_connection_manager
 from .local import LocalConnectionManager
 from .manager import DistributedConnectionManager
-from .models import DistributedStats, ServerInfo
+from .models import DistributedStats, RoomMember, ServerInfo
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "Emitter",
     "DistributedStats",
     "ServerInfo",
+    "RoomMember",
     "DCMError",
     "ConfigError",
     "UnknownConnectionError",

@@ -51,6 +51,7 @@ class Config:
     connection_ttl: float = 3600.0
     max_connections: int = 10_000
     max_rooms_per_connection: int = 100
+    max_connections_per_user: int = 0
     max_message_bytes: int = 1024 * 1024
     send_queue_max_messages: int = 1000
     send_queue_max_bytes: int = 1024 * 1024
@@ -117,6 +118,8 @@ class Config:
             raise ConfigError("max_connections must be >= 1")
         if self.max_rooms_per_connection < 0:
             raise ConfigError("max_rooms_per_connection must be >= 0 (0 = no limit)")
+        if self.max_connections_per_user < 0:
+            raise ConfigError("max_connections_per_user must be >= 0 (0 = no limit)")
         if self.max_message_bytes < 64:
             raise ConfigError("max_message_bytes must be >= 64")
         if self.authenticate is not None and not callable(self.authenticate):

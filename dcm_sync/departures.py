@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .backends import Backend
 from .delivery import Delivery
@@ -21,7 +21,7 @@ from .local import LocalConnection, LocalConnectionManager
 from .messages import disconnect_notice, encode_message
 from .models import RemovedConnection
 
-__all__ = ["Departures"]
+__all__ = ["Departures", "Publication", "notice_publications", "close_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,11 @@ class Departures:
         self._pending: dict[str, tuple[RemovedConnection, str]] = {}
         self._pending_lock = threading.Lock()
 
-    def remove_local(self, connection_id: str, reason: str) -> bool:
-        """Remove one of this server's connections everywhere; False if it is not local."""
-        conn = self.drop_local(connection_id)
+    def remove_local(self, connection_id: str, reason: str, code: int = 1000,
+                     close_reason: str = "") -> bool:
+        """Remove one of this server's connections everywhere, closing its socket with
+        ``code`` and ``close_reason``; False if it is not local."""
+        conn = self.drop_local(connection_id, code, close_reason)
         if conn is None:
             return False
         try:
@@ -64,7 +66,8 @@ class Departures:
             self.publish_quietly(self.notices([removed], reason))
         return True
 
-    def drop_local(self, connection_id: str) -> LocalConnection | None:
+    def drop_local(self, connection_id: str, code: int = 1000,
+                   reason: str = "") -> LocalConnection | None:
         """Forget a local socket, close it and leave emptied room channels."""
         result = self._local.remove(connection_id)
         if result is None:
@@ -72,7 +75,7 @@ class Departures:
         conn, emptied = result
         if emptied:
             self._listener.sync_rooms(emptied)
-        close_socket(conn)
+        close_socket(conn, code, reason)
         return conn
 
     def notices(self, removed: Sequence[RemovedConnection], reason: str,
@@ -81,16 +84,8 @@ class Departures:
         return the envelopes to publish for the other servers."""
         if not self._notify:
             return []
-        items = []
-        for r in removed:
-            for room in r.rooms_left:
-                text = encode_message(disconnect_notice(room, r.user_id, r.connection_id, reason),
-                                      self._max_bytes)
-                if local:
-                    self._delivery.to_room(room, text)
-                items.append((f"room:{room}", self._envelope(
-                    RoomMessage(room, text, (r.connection_id,)))))
-        return items
+        deliver = self._delivery.to_room if local else None
+        return notice_publications(removed, reason, self._envelope, self._max_bytes, deliver)
 
     def publish_quietly(self, items: list[Publication]) -> None:
         """Publish departure notices; a failure is logged, not raised (the removal is done)."""
@@ -118,6 +113,22 @@ class Departures:
             # Redis may have come back empty and forgotten it: announce it from what we knew
             # (local members were told when it left)
             self.publish_quietly(self.notices([r or known], reason, local=False))
+
+
+def notice_publications(removed: Sequence[RemovedConnection], reason: str,
+                        envelope: EnvelopeWriter, max_bytes: int,
+                        deliver: Callable[[str, str], object] | None = None) -> list[Publication]:
+    """The room envelopes that tell the other servers' members of each removal (reason
+    ``reason``); ``deliver(room, text)`` gives each notice to this server's members too."""
+    items = []
+    for r in removed:
+        for room in r.rooms_left:
+            text = encode_message(disconnect_notice(room, r.user_id, r.connection_id, reason),
+                                  max_bytes)
+            if deliver is not None:
+                deliver(room, text)
+            items.append((f"room:{room}", envelope(RoomMessage(room, text, (r.connection_id,)))))
+    return items
 
 
 def close_socket(conn: LocalConnection, code: int = 1000, reason: str = "") -> None:

@@ -15,6 +15,8 @@ from .departures import Departures
 from .envelopes import (
     Body,
     DirectMessage,
+    DirectMessages,
+    Disconnect,
     Evict,
     JoinRoom,
     LeaveRoom,
@@ -59,6 +61,8 @@ class Dispatcher:
         self.table: dict[type[Body], Handler] = {
             RoomMessage: self._room,
             DirectMessage: self._direct,
+            DirectMessages: self._directs,
+            Disconnect: self._disconnect,
             ServerMessage: self._server,
             JoinRoom: self._join,
             LeaveRoom: self._leave,
@@ -94,6 +98,16 @@ class Dispatcher:
         conn = self._local.get(body.connection)
         if conn is not None:
             self._delivery.send(conn, body.text)
+
+    def _directs(self, origin: str, body: DirectMessages) -> None:
+        for connection_id in body.connections:
+            conn = self._local.get(connection_id)
+            if conn is not None:
+                self._delivery.send(conn, body.text)
+
+    def _disconnect(self, origin: str, body: Disconnect) -> None:
+        for connection_id in body.connections:
+            self._departures.drop_local(connection_id, body.code, body.reason)
 
     def _server(self, origin: str, body: ServerMessage) -> None:
         for handler in list(self.server_handlers):

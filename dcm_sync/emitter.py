@@ -7,10 +7,12 @@ from typing import Any
 
 from .backends import open_backend
 from .config import Config
+from .departures import notice_publications
 from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage
 from .errors import DCMError
 from .messages import encode_message, exclusions, new_id, validate_id
-from .models import DistributedStats
+from .models import DistributedStats, RoomMember
+from .presence import Presence
 
 __all__ = ["Emitter"]
 
@@ -36,6 +38,9 @@ class Emitter:
         self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout,
                                      ca_file=cfg.redis_ca_file)
         self._closed = False
+        self._presence = Presence(self._backend, self._envelope, self._max,
+                                  lambda removed, reason: notice_publications(
+                                      removed, reason, self._envelope, self._max))
 
     def broadcast_to_room(self, room_id: str, message: Any,
                           exclude: Iterable[str] | None = None) -> None:
@@ -53,6 +58,38 @@ class Emitter:
         text = encode_message(message, self._max)
         data = self._envelope(DirectMessage(connection_id, text))
         return self._backend.route(connection_id, self.origin, data) is not None
+
+    def get_room_members(self, room_id: str) -> list[RoomMember]:
+        """Every connection in the room on every server (``[]`` for an unknown or empty room)."""
+        self._check_open()
+        return self._presence.room_members(room_id)
+
+    def get_room_users(self, room_id: str) -> set[str]:
+        """The user ids of the room's members."""
+        self._check_open()
+        return self._presence.room_users(room_id)
+
+    def get_user_connections(self, user_id: str) -> list[str]:
+        """The connection ids of a user on every server."""
+        self._check_open()
+        return self._presence.user_connections(user_id)
+
+    def send_to_user(self, user_id: str, message: Any) -> int:
+        """Send to every connection of a user (one bus message per server that holds some);
+        how many connections it reached."""
+        self._check_open()
+        return self._presence.send_to_user(user_id, message)
+
+    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
+        """Close every socket of a user with ``code`` and ``reason``; the rooms they were in
+        hear ``user-disconnected`` (reason ``removed``). How many."""
+        self._check_open()
+        return self._presence.disconnect_user(user_id, code, reason)
+
+    def close_room(self, room_id: str) -> int:
+        """Take every member out of the room; they stay connected. How many."""
+        self._check_open()
+        return self._presence.close_room(room_id)
 
     def get_distributed_stats(self) -> DistributedStats:
         """Cluster-wide figures, as a server's (``local_connections`` is 0)."""

@@ -10,10 +10,13 @@ their bodies:
 
     room    r: room id, m: message text, x: excluded connection ids   RoomMessage
     direct  c: connection id, m: message text                         DirectMessage
+    directs cs: connection ids (all of one server), m: message text   DirectMessages
     server  p: the control payload as sent (dict, list or str)        ServerMessage
     join    c: connection id, r: room id  (routed to its owner)       JoinRoom
     leave   c: connection id, r: room id                              LeaveRoom
     evict   c: connection id  (removed from shared state; close it)   Evict
+    disconnect cs: connection ids, n: close code, e: close reason     Disconnect
+                (removed from shared state; close them with that code)
     touch   c: connection id                                          Touch
     probe   n: a number  (a server to itself: its subscription works) Probe
 
@@ -39,7 +42,8 @@ from .signing import (
 )
 
 __all__ = ["PROTOCOL_VERSION", "KINDS", "Envelope", "Received", "Body", "RoomMessage",
-           "DirectMessage", "ServerMessage", "JoinRoom", "LeaveRoom", "Evict", "Touch", "Probe",
+           "DirectMessage", "DirectMessages", "Disconnect", "ServerMessage", "JoinRoom",
+           "LeaveRoom", "Evict", "Touch", "Probe",
            "EnvelopeWriter", "encode_envelope", "envelope_prefix", "decode_envelope",
            "decode_body", "EnvelopeError", "SignatureError", "SIGNED_HEADER_LENGTH"]
 
@@ -66,6 +70,25 @@ class DirectMessage:
     KIND: ClassVar[str] = "direct"
     connection: str
     text: str
+
+
+@dataclass(frozen=True)
+class DirectMessages:
+    """One message to several connections of one server (a user's), published to its channel."""
+
+    KIND: ClassVar[str] = "directs"
+    connections: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Connections removed from the shared state: their owner closes them with ``code``."""
+
+    KIND: ClassVar[str] = "disconnect"
+    connections: tuple[str, ...]
+    code: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -118,12 +141,15 @@ class Probe:
     number: int
 
 
-Body = RoomMessage | DirectMessage | ServerMessage | JoinRoom | LeaveRoom | Evict | Touch | Probe
+Body = (RoomMessage | DirectMessage | DirectMessages | Disconnect | ServerMessage | JoinRoom
+        | LeaveRoom | Evict | Touch | Probe)
 
 #: body class -> (JSON key, type) of each of its fields, in field order
 _KEYS: dict[type[Body], tuple[tuple[str, type], ...]] = {
     RoomMessage: (("r", str), ("m", str), ("x", list)),
     DirectMessage: (("c", str), ("m", str)),
+    DirectMessages: (("cs", list), ("m", str)),
+    Disconnect: (("cs", list), ("n", int), ("e", str)),
     ServerMessage: (("p", object),),
     JoinRoom: (("c", str), ("r", str)),
     LeaveRoom: (("c", str), ("r", str)),
@@ -183,9 +209,8 @@ def _json_fields(body: Body) -> dict[str, Any]:
 
 def _typed(env: Envelope) -> Body:
     cls = _BODIES[env.kind]
-    values = [env.fields[key] for key, _ in _KEYS[cls]]
-    if cls is RoomMessage:
-        values[2] = tuple(values[2])
+    values: list[Any] = [tuple(env.fields[key]) if typ is list else env.fields[key]
+                         for key, typ in _KEYS[cls]]
     body: Body = cls(*values)
     return body
 
@@ -234,8 +259,11 @@ def decode_envelope(data: bytes | str, signer: EnvelopeSigner | None = None) -> 
     for name, typ in _REQUIRED[kind]:
         if name not in body or not isinstance(body[name], typ):
             raise EnvelopeError(f"{kind} envelope needs field {name!r} of type {typ.__name__}")
-    if kind == "room" and not all(isinstance(c, str) for c in body["x"]):
-        raise EnvelopeError("room envelope exclusions must be strings")
+    for name, typ in _REQUIRED[kind]:
+        if typ is list and not all(isinstance(c, str) for c in body[name]):
+            raise EnvelopeError(f"{kind} envelope field {name!r} must hold strings")
+        if typ is int and type(body[name]) is not int:  # not true
+            raise EnvelopeError(f"{kind} envelope field {name!r} must be an integer")
     return Envelope(kind, origin, env_id, body)
 
 

@@ -39,8 +39,9 @@ from .local import LocalConnectionManager, WebSocketLike
 from .maintenance import Maintenance
 from .membership import Membership
 from .messages import encode_message, exclusions, validate_id
-from .models import DistributedStats, ServerInfo
+from .models import DistributedStats, RoomMember, ServerInfo
 from .outbox import SendPolicy
+from .presence import Presence, ServerHere
 
 __all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
 
@@ -115,6 +116,11 @@ class DistributedConnectionManager:
         self._dispatch = Dispatcher(self.server_id, self._envelope.signer, self._counters, local,
                                     self._listener, self._delivery, self._departures,
                                     self._membership.change_here)
+        here = ServerHere(self.server_id, local, self._delivery, self._departures,
+                          self._membership)
+        self._presence = Presence(self._backend, self._envelope, config.max_message_bytes,
+                                  lambda removed, reason: self._departures.notices(removed, reason),
+                                  here)
         #: the outboxes' limits and hooks, for the sockets this manager registers
         self._send_policy = SendPolicy(config.send_queue_max_messages, config.send_queue_max_bytes,
                                        spawn=self._driver.spawn,
@@ -207,7 +213,9 @@ class DistributedConnectionManager:
     # ----------------------------------------------------------------- connections
     def register_connection(self, ws: WebSocketLike, user_id: str,
                             auth_token: str | None = None) -> str:
-        """Hold ``ws`` for ``user_id`` and return its cluster-wide connection id."""
+        """Hold ``ws`` for ``user_id`` and return its cluster-wide connection id.
+        [`ConnectionLimitError`][] past ``max_connections`` here, or past
+        ``max_connections_per_user`` connections of the user on all servers together."""
         self._check_open()
         validate_id(user_id, "user_id")
         if not (callable(getattr(ws, "send", None)) and callable(getattr(ws, "close", None))):
@@ -223,7 +231,8 @@ class DistributedConnectionManager:
             record = ConnectionRecord(cid, user_id, conn.connected_at)
             try:
                 added = self._backend.add_connection(self.server_id, record,
-                                                     self.config.connection_ttl)
+                                                     self.config.connection_ttl,
+                                                     self.config.max_connections_per_user)
             except Exception:
                 self.local.remove(cid)
                 raise
@@ -336,6 +345,40 @@ class DistributedConnectionManager:
             raise TypeError("handler must be callable")
         self._dispatch.server_handlers.append(handler)
         return handler
+
+    # ----------------------------------------------------------------- presence and users
+    def get_room_members(self, room_id: str) -> list[RoomMember]:
+        """Every connection in the room on every server, from the shared state (``[]`` for an
+        unknown or empty room), in connection id order."""
+        self._check_open()
+        return self._presence.room_members(room_id)
+
+    def get_room_users(self, room_id: str) -> set[str]:
+        """The user ids of the room's members on every server."""
+        self._check_open()
+        return self._presence.room_users(room_id)
+
+    def get_user_connections(self, user_id: str) -> list[str]:
+        """The connection ids of a user on every server."""
+        self._check_open()
+        return self._presence.user_connections(user_id)
+
+    def send_to_user(self, user_id: str, message: Any) -> int:
+        """Send to every connection of a user on every server: this server's directly, the
+        others' in one bus message per server. How many connections it reached."""
+        self._check_open()
+        return self._presence.send_to_user(user_id, message)
+
+    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
+        """Close every socket of a user on every server with ``code`` and ``reason``; the
+        rooms they were in hear ``user-disconnected`` (reason ``removed``). How many."""
+        self._check_open()
+        return self._presence.disconnect_user(user_id, code, reason)
+
+    def close_room(self, room_id: str) -> int:
+        """Take every member out of the room on every server; they stay connected. How many."""
+        self._check_open()
+        return self._presence.close_room(room_id)
 
     # ----------------------------------------------------------------- cluster
     def handle_server_failure(self, server_id: str) -> int:

@@ -1,11 +1,11 @@
-"""Plain values returned by the API: `ServerInfo`, `DistributedStats`,
+"""Plain values returned by the API: `ServerInfo`, `DistributedStats`, `RoomMember`,
 and the record of a connection removed from shared state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ServerInfo", "DistributedStats", "RemovedConnection"]
+__all__ = ["ServerInfo", "DistributedStats", "RoomMember", "RemovedConnection"]
 
 
 @dataclass(frozen=True)
@@ -41,3 +41,12 @@ class RemovedConnection:
     user_id: str
     server_id: str
     rooms_left: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoomMember:
+    """One connection as the shared state knows it: whose it is and which server holds it."""
+
+    connection_id: str
+    user_id: str
+    server_id: str

@@ -16,15 +16,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import ConnectionLimitError
-from ..models import RemovedConnection, ServerInfo
+from ..models import RemovedConnection, RoomMember, ServerInfo
 
-__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "rooms_full"]
+__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "rooms_full", "user_full"]
 
 
 def rooms_full(connection_id: str, max_rooms: int) -> ConnectionLimitError:
     """The error of a join refused by ``max_rooms_per_connection``."""
     return ConnectionLimitError(f"connection {connection_id} is in {max_rooms} rooms already "
                                 "(max_rooms_per_connection); leave one first")
+
+
+def user_full(user_id: str, max_per_user: int) -> ConnectionLimitError:
+    """The error of a registration refused by ``max_connections_per_user``."""
+    return ConnectionLimitError(f"user {user_id!r} has {max_per_user} connections already "
+                                "(max_connections_per_user, counted on every server)")
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,11 @@ class Backend(Protocol):
         ...
 
     # connections and rooms
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
-        """Write a new connection (no rooms yet); False, writing nothing, if its id is taken."""
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+                       max_per_user: int = 0) -> bool:
+        """Write a new connection (no rooms yet) and index it under its user; False, writing
+        nothing, if its id is taken. `ConnectionLimitError`, writing nothing, if its user has
+        ``max_per_user`` connections on all servers together already (0: no limit)."""
         ...
 
     def restore_connections(
@@ -125,6 +134,19 @@ class Backend(Protocol):
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
         """Remove each connection and its memberships; None for those already gone."""
+        ...
+
+    def clear_room(self, room_id: str) -> list[RoomMember]:
+        """Take every member out of the room (they stay connected); who they were."""
+        ...
+
+    # presence
+    def room_members(self, room_id: str) -> list[RoomMember]:
+        """Every connection in the room whose record exists, on every server."""
+        ...
+
+    def user_connections(self, user_id: str) -> list[RoomMember]:
+        """Every connection of the user whose record exists, on every server."""
         ...
 
     # bus

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..models import RemovedConnection, ServerInfo
+from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
-from .base import ConnectionRecord, rooms_full
+from .base import ConnectionRecord, rooms_full, user_full
 
 __all__ = ["MemoryBackend", "reset_memory_backends"]
 
@@ -44,6 +44,7 @@ class _State:
         self.server_conns: dict[str, set[str]] = {}
         self.conns: dict[str, _Conn] = {}
         self.rooms: dict[str, set[str]] = {}
+        self.users: dict[str, set[str]] = {}
         self.locks: dict[str, float] = {}
         self.subscribers: list[_MemorySubscription] = []
 
@@ -188,10 +189,13 @@ class MemoryBackend:
     def new_connection_id(self, server_id: str) -> str:
         return ids.new_connection_id(server_id)
 
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+                       max_per_user: int = 0) -> bool:
         with self._s.lock:
             if record.connection_id in self._s.conns:
                 return False
+            if max_per_user and len(self._user_connections(record.user_id)) >= max_per_user:
+                raise user_full(record.user_id, max_per_user)
             self.restore_connections(server_id, [record], ttl)
             return True
 
@@ -204,6 +208,7 @@ class MemoryBackend:
                 s.conns[rec.connection_id] = _Conn(rec.user_id, server_id, rec.connected_at,
                                                    time.monotonic() + ttl, list(rec.rooms))
                 s.server_conns.setdefault(server_id, set()).add(rec.connection_id)
+                s.users.setdefault(rec.user_id, set()).add(rec.connection_id)
                 for room in rec.rooms:
                     s.rooms.setdefault(room, set()).add(rec.connection_id)
 
@@ -263,8 +268,49 @@ class MemoryBackend:
             return None
         del s.conns[cid]
         s.server_conns.get(conn.server_id, set()).discard(cid)
+        self._discard_user(conn.user_id, cid)
         left = tuple(r for r in conn.rooms if not self._discard_member(r, cid))
         return RemovedConnection(cid, conn.user_id, conn.server_id, left)
+
+    def _discard_user(self, user_id: str, cid: str) -> None:
+        ids = self._s.users.get(user_id)
+        if ids is not None:
+            ids.discard(cid)
+            if not ids:
+                del self._s.users[user_id]
+
+    def _user_connections(self, user_id: str) -> list[RoomMember]:
+        """The user's live connections; ids of expired ones are dropped (as in Redis)."""
+        s = self._s
+        found = []
+        for cid in sorted(s.users.get(user_id, ())):
+            conn = s.live_conn(cid)
+            if conn is None:
+                self._discard_user(user_id, cid)
+            else:
+                found.append(RoomMember(cid, user_id, conn.server_id))
+        return found
+
+    def user_connections(self, user_id: str) -> list[RoomMember]:
+        with self._s.lock:
+            return self._user_connections(user_id)
+
+    def room_members(self, room_id: str) -> list[RoomMember]:
+        s = self._s
+        with s.lock:
+            return [RoomMember(cid, conn.user_id, conn.server_id)
+                    for cid in sorted(s.rooms.get(room_id, ()))
+                    if (conn := s.live_conn(cid)) is not None]
+
+    def clear_room(self, room_id: str) -> list[RoomMember]:
+        s = self._s
+        with s.lock:
+            members = self.room_members(room_id)
+            s.rooms.pop(room_id, None)
+            for m in members:
+                conn = s.conns[m.connection_id]
+                conn.rooms = [r for r in conn.rooms if r != room_id]
+            return members
 
     def _discard_member(self, room_id: str, cid: str) -> bool:
         """Remove a member; True if the room is now gone."""

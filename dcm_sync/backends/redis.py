@@ -16,9 +16,9 @@ import redis
 
 from ..concurrency import HandOffLock
 from ..errors import BackendUnavailableError
-from ..models import RemovedConnection
-from .base import rooms_full
-from .redis_base import CHUNK, RedisBase, as_str, removed_row, translate_errors
+from ..models import RemovedConnection, RoomMember
+from .base import ConnectionRecord, rooms_full, user_full
+from .redis_base import CHUNK, RedisBase, as_str, members_of, removed_row, translate_errors
 from .redis_keys import room_bucket
 from .redis_pubsub import RedisSubscription
 from .redis_typed import close, redis_client
@@ -45,7 +45,8 @@ class RedisBackend(RedisBase):
         self._hot_lock = HandOffLock()  # fair under gevent: see HandOffLock
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
-                               "heartbeat", "to_live_server", "forget")
+                               "heartbeat", "to_live_server", "forget", "room_members",
+                               "user_connections", "clear_room")
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:
@@ -82,6 +83,27 @@ class RedisBackend(RedisBase):
                                                self._keys.server(server_id)],
                                 [self.key_prefix, count, 1])
         return [r for r in map(removed_row, rows) if r is not None]
+
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+                       max_per_user: int = 0) -> bool:
+        with translate_errors("connection registration"):
+            added = self._add(server_id, record, ttl, max_per_user, with_user=True)
+        if added == -1:
+            raise user_full(record.user_id, max_per_user)
+        return added == 1
+
+    def room_members(self, room_id: str) -> list[RoomMember]:
+        with translate_errors("reading a room's members"):
+            return members_of(self._script("room_members", [], [self.key_prefix, room_id]))
+
+    def user_connections(self, user_id: str) -> list[RoomMember]:
+        with translate_errors("reading a user's connections"):
+            return members_of(self._script("user_connections", [], [self.key_prefix, user_id]),
+                              user=user_id)
+
+    def clear_room(self, room_id: str) -> list[RoomMember]:
+        with translate_errors("closing a room"):
+            return members_of(self._script("clear_room", [], [self.key_prefix, room_id]))
 
     def _room_op(self, name: str, cid: str, room: str, caller: str, route: bytes,
                  max_rooms: int = 0) -> str | None:

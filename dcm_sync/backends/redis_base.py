@@ -19,14 +19,15 @@ from typing import Any
 import redis
 
 from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError
-from ..models import RemovedConnection, ServerInfo
+from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
 from .base import ConnectionRecord
 from .redis_keys import KeyLayout, room_bucket
 from .redis_scripts import Scripts
 from .redis_typed import equal_jitter_backoff
 
-__all__ = ["translate_errors", "RedisBase", "CHUNK", "TRANSIENT_ERRORS", "as_str", "removed_row"]
+__all__ = ["translate_errors", "RedisBase", "CHUNK", "TRANSIENT_ERRORS", "as_str", "removed_row",
+           "members_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,18 @@ def removed_row(row: Any) -> RemovedConnection | None:
     cid, user, sid, rooms = row
     return RemovedConnection(as_str(cid), as_str(user), as_str(sid),
                              tuple(as_str(r) for r in rooms or ()))
+
+
+def members_of(flat: Sequence[Any], user: str | None = None) -> list[RoomMember]:
+    """A script's flat ``{cid, user, server, ...}`` (or ``{cid, server, ...}`` for ``user``'s
+    own connections) as RoomMembers, in connection id order."""
+    if user is not None:
+        out = [RoomMember(as_str(flat[i]), user, as_str(flat[i + 1]))
+               for i in range(0, len(flat), 2)]
+    else:
+        out = [RoomMember(as_str(flat[i]), as_str(flat[i + 1]), as_str(flat[i + 2]))
+               for i in range(0, len(flat), 3)]
+    return sorted(out, key=lambda m: m.connection_id)
 
 
 class RedisBase:
@@ -169,12 +182,16 @@ class RedisBase:
     def new_connection_id(self, server_id: str) -> str:
         return ids.new_connection_id(server_id)
 
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float) -> bool:
-        cid = record.connection_id
-        with translate_errors("connection registration"):
-            return bool(self._script(
-                "add", [self._keys.connection(cid), self._keys.server_connections(server_id)],
-                [cid, record.user_id, server_id, repr(record.connected_at), int(ttl * 1000)]))
+    def _add(self, server_id: str, record: ConnectionRecord, ttl: float, max_per_user: int,
+             with_user: bool) -> int:
+        """The ADD script: 1 added, 0 the id is taken, -1 the user is at the cap."""
+        k, cid = self._keys, record.connection_id
+        keys = [k.connection(cid), k.server_connections(server_id)]
+        if with_user:
+            keys.append(k.user(record.user_id))
+        return int(self._script("add", keys, [cid, record.user_id, server_id,
+                                              repr(record.connected_at), int(ttl * 1000),
+                                              self.key_prefix, max_per_user]))
 
     def restore_connections(
         self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
@@ -190,6 +207,7 @@ class RedisBase:
                                             "rooms": json.dumps(list(rec.rooms))})
                     pipe.pexpire(key, int(ttl * 1000))
                     pipe.sadd(k.server_connections(server_id), rec.connection_id)
+                    pipe.sadd(k.user(rec.user_id), rec.connection_id)
                     for room in rec.rooms:
                         pipe.sadd(k.room(room), rec.connection_id)
                         pipe.sadd(k.rooms_index(room_bucket(room)), room)

@@ -11,7 +11,13 @@ changes the same connection in between:
 * leave: the room set first, then the connection's list and the notice.
 * removal (and a dead server's cleanup batch): the connections' hashes first (server slot; the
   script returns each one's rooms and, in the same step, notes them in ``removing:{T}``), then
-  the room sets, then the note is deleted.
+  the room sets, then the note is deleted and the id taken out of its user's set.
+* registration: the connection's hash first, then its user's set (user bucket slot, where the
+  cap on connections per user is checked); a refused or failed second step takes the hash back.
+  A user's set may keep the id of a connection whose removal was cut short between its steps:
+  reading the user's connections drops such ids (and the cap check reads them first when the
+  user is at the cap).
+* closing a room: the room's set first (its members, taken out), then each member's room list.
 
 A removal whose second step never happens (its process killed, or the room's shard unreachable)
 is finished by whoever reads the note next: every heartbeat of a server reads the notes of its
@@ -34,8 +40,8 @@ from redis.exceptions import NoScriptError
 from ..concurrency import HandOffLock
 from ..config import redact_url
 from ..errors import BackendError
-from ..models import RemovedConnection
-from .base import rooms_full
+from ..models import RemovedConnection, RoomMember
+from .base import ConnectionRecord, rooms_full, user_full
 from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
 from .redis_keys import room_bucket, server_tag
 from .redis_pubsub import ShardedSubscription
@@ -70,7 +76,8 @@ class RedisClusterBackend(RedisBase):
         with translate_errors(f"connecting to the Redis Cluster at {self.url}"):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
-                               "room_add", "room_del", "conn_room", "conn_remove", "forget")
+                               "room_add", "room_del", "conn_room", "conn_remove", "forget",
+                               "user_add", "room_clear", "conn_leave")
         self._subscribed_before = False
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
@@ -204,13 +211,18 @@ class RedisClusterBackend(RedisBase):
         still = iter(self._eval_many("room_del", calls))
         out = []
         notes: dict[str, list[str]] = defaultdict(list)  # the removals' notes, by tag
+        users: dict[str, list[str]] = defaultdict(list)  # their ids, by user
         for r in removed:
             left = tuple(room for room in r.rooms_left if next(still))
             out.append(RemovedConnection(r.connection_id, r.user_id, r.server_id, left))
             if r.rooms_left:
                 notes[r.connection_id[:4]].append(r.connection_id)
-        if notes:
+            if r.user_id:
+                users[r.user_id].append(r.connection_id)
+        if notes or users:
             pipe = self._r.pipeline(transaction=False)
+            for user, ids in users.items():
+                pipe.srem(k.user(user), *ids)
             for tag, ids in notes.items():
                 for start in range(0, len(ids), CHUNK):
                     pipe.hdel(k.removing(tag), *ids[start:start + CHUNK])
@@ -218,6 +230,72 @@ class RedisClusterBackend(RedisBase):
         return out
 
     # connections and rooms
+    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+                       max_per_user: int = 0) -> bool:
+        cid, user = record.connection_id, record.user_id
+        with translate_errors("connection registration"):
+            if not self._add(server_id, record, ttl, 0, with_user=False):
+                return False
+            indexed = False
+            try:
+                indexed = self._index_user(cid, user, max_per_user)
+            finally:
+                if not indexed:  # refused at the cap, or the user's shard failed
+                    self._take_back_connection(cid)
+        if not indexed:
+            raise user_full(user, max_per_user)
+        return True
+
+    def _index_user(self, cid: str, user: str, max_per_user: int) -> bool:
+        """Add ``cid`` to its user's set unless the user is at the cap; at the cap, ids of
+        connections that are gone are dropped first and the cap checked again."""
+        key = self._keys.user(user)
+        if self._script("user_add", [key], [cid, max_per_user]):
+            return True
+        self.user_connections(user)  # drops the ids of connections that are gone
+        return bool(self._script("user_add", [key], [cid, max_per_user]))
+
+    def _take_back_connection(self, cid: str) -> None:
+        try:
+            self._script("conn_remove", [self._keys.connection(cid)], [self.key_prefix, cid])
+        except redis.RedisError as exc:
+            logger.warning("connection %s left registered after a failed registration: %s",
+                           cid, exc)
+
+    def _members(self, ids: Sequence[str]) -> list[RoomMember]:
+        """The connections of ``ids`` whose hash exists: one pipeline, split by shard."""
+        pipe = self._r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hmget(self._keys.connection(cid), "userId", "serverId")
+        rows = pipe.execute() if ids else []
+        found = [RoomMember(cid, as_str(user or b""), as_str(sid))
+                 for cid, (user, sid) in zip(ids, rows, strict=True) if sid is not None]
+        return sorted(found, key=lambda m: m.connection_id)
+
+    def room_members(self, room_id: str) -> list[RoomMember]:
+        with translate_errors("reading a room's members"):
+            return self._members([as_str(c) for c in self._r.smembers(self._keys.room(room_id))])
+
+    def user_connections(self, user_id: str) -> list[RoomMember]:
+        key = self._keys.user(user_id)
+        with translate_errors("reading a user's connections"):
+            ids = [as_str(c) for c in self._r.smembers(key)]
+            found = self._members(ids)
+            gone = set(ids) - {m.connection_id for m in found}
+            if gone:  # removals cut short between their steps
+                self._r.srem(key, *gone)
+        return found
+
+    def clear_room(self, room_id: str) -> list[RoomMember]:
+        k = self._keys
+        with translate_errors("closing a room"):
+            ids = [as_str(c) for c in self._script(
+                "room_clear", [k.room(room_id), k.rooms_index(room_bucket(room_id))], [room_id])]
+            rows = self._eval_many("conn_leave", [([k.connection(c)], [room_id]) for c in ids])
+        found = [RoomMember(cid, as_str(row[0]), as_str(row[1]))
+                 for cid, row in zip(ids, rows, strict=True) if row]
+        return sorted(found, key=lambda m: m.connection_id)
+
     def _conn_room(self, cid: str, room: str, caller: str, route: bytes, join: bool,
                    max_rooms: int = 0) -> str | None:
         owner = self._script("conn_room", [self._keys.connection(cid)],

@@ -17,6 +17,8 @@ what one atomic script touches lives in one slot:
         P rooms:{rXX}<room>            set   the room's connection ids
         P index:rooms:{rXX}            set   the bucket's rooms with members
       -> a room's first join and last leave update the room index in the same script.
+    user bucket slot {uXX}   XX = the first 2 hex digits of sha1(user): 256 buckets
+        P users:{uXX}<user>            set   the user's connection ids (every server)
     P index:servers                    set   every registered server id: one global key
     channel P room:<room>              not tagged: room broadcasts spread over all shards
 
@@ -30,12 +32,17 @@ import hashlib
 
 from .ids import TAG_COUNT, TAG_LOW, server_tag
 
-__all__ = ["KeyLayout", "server_tag", "room_bucket", "TAG_LOW", "TAG_COUNT"]
+__all__ = ["KeyLayout", "server_tag", "room_bucket", "user_bucket", "TAG_LOW", "TAG_COUNT"]
 
 
 def room_bucket(room: str) -> str:
     """The hash tag of a room's set and of its room-index bucket: ``r`` + 2 hex digits."""
     return "r" + hashlib.sha1(room.encode("utf-8")).hexdigest()[:2]
+
+
+def user_bucket(user: str) -> str:
+    """The hash tag of a user's set of connections: ``u`` + 2 hex digits."""
+    return "u" + hashlib.sha1(user.encode("utf-8")).hexdigest()[:2]
 
 
 class KeyLayout:
@@ -67,6 +74,9 @@ class KeyLayout:
 
     def room(self, room: str) -> str:
         return f"{self.prefix}rooms:{{{room_bucket(room)}}}{room}"
+
+    def user(self, user: str) -> str:
+        return f"{self.prefix}users:{{{user_bucket(user)}}}{user}"
 
     def rooms_index(self, bucket: str) -> str:
         return f"{self.prefix}index:rooms:{{{bucket}}}"

@@ -22,6 +22,9 @@ end
 local function bucket(room) return 'r' .. string.sub(redis.sha1hex(room), 1, 2) end
 local function rkey(prefix, room) return prefix .. 'rooms:{' .. bucket(room) .. '}' .. room end
 local function ikey(prefix, room) return prefix .. 'index:rooms:{' .. bucket(room) .. '}' end
+local function ukey(prefix, user)
+  return prefix .. 'users:{u' .. string.sub(redis.sha1hex(user), 1, 2) .. '}' .. user
+end
 local function rooms_of(ckey_)
   local ok, rooms = pcall(cjson.decode, redis.call('HGET', ckey_, 'rooms') or '[]')
   if not ok or type(rooms) ~= 'table' then return {} end
@@ -84,7 +87,20 @@ local function conn_remove(prefix, cid, journal)
   end
   redis.call('DEL', ck)
   redis.call('SREM', prefix .. 'server-connections:{' .. tag .. '}' .. f[2], cid)
+  if not journal and f[1] then redis.call('SREM', ukey(prefix, f[1]), cid) end
   return {cid, f[1] or '', f[2], rooms}
+end
+-- the user's set of connections has room for one more (0: no limit). With prune (single
+-- Redis), ids whose connection is gone (its hash expired) are dropped first
+local function user_has_room(uk, max, prefix, prune)
+  local limit = tonumber(max)
+  if limit <= 0 or redis.call('SCARD', uk) < limit then return true end
+  if prune then
+    for _, cid in ipairs(redis.call('SMEMBERS', uk)) do
+      if redis.call('EXISTS', ckey(prefix, cid)) == 0 then redis.call('SREM', uk, cid) end
+    end
+  end
+  return redis.call('SCARD', uk) < limit
 end
 """
 
@@ -136,10 +152,81 @@ notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner
 """
 
+# ARGV: prefix, room -> {cid, user, server, ...} of the room's members whose connection exists
+ROOM_MEMBERS = _HEAD + """
+local out = {}
+for _, cid in ipairs(redis.call('SMEMBERS', rkey(ARGV[1], ARGV[2]))) do
+  local f = redis.call('HMGET', ckey(ARGV[1], cid), 'userId', 'serverId')
+  if f[2] then
+    out[#out + 1] = cid; out[#out + 1] = f[1] or ''; out[#out + 1] = f[2]
+  end
+end
+return out
+"""
+
+# ARGV: prefix, user -> {cid, server, ...} of the user's connections (ids whose connection is
+# gone are dropped from the set)
+USER_CONNECTIONS = _HEAD + """
+local uk = ukey(ARGV[1], ARGV[2])
+local out = {}
+for _, cid in ipairs(redis.call('SMEMBERS', uk)) do
+  local owner = redis.call('HGET', ckey(ARGV[1], cid), 'serverId')
+  if owner then
+    out[#out + 1] = cid; out[#out + 1] = owner
+  else
+    redis.call('SREM', uk, cid)
+  end
+end
+return out
+"""
+
+# ARGV: prefix, room -> {cid, user, server, ...}: every member taken out of the room (the set
+# and each connection's room list), the room out of the index
+CLEAR_ROOM = _HEAD + """
+local rk = rkey(ARGV[1], ARGV[2])
+local members = redis.call('SMEMBERS', rk)
+redis.call('DEL', rk)
+redis.call('SREM', ikey(ARGV[1], ARGV[2]), ARGV[2])
+local out = {}
+for _, cid in ipairs(members) do
+  local ck = ckey(ARGV[1], cid)
+  local f = redis.call('HMGET', ck, 'userId', 'serverId')
+  if f[2] then
+    list_edit(ck, ARGV[2], false)
+    out[#out + 1] = cid; out[#out + 1] = f[1] or ''; out[#out + 1] = f[2]
+  end
+end
+return out
+"""
+
 # ---------------------------------------------------------------- Cluster: one slot per script
 # KEYS: rooms:<room>, its index bucket. ARGV: cid, room
 ROOM_ADD = _ROOM + "return room_add(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
 ROOM_DEL = _ROOM + "return room_del(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
+
+# KEYS: rooms:<room>, its index bucket. ARGV: room -> the members, all taken out
+ROOM_CLEAR = """
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return members
+"""
+
+# KEYS: users:<user>. ARGV: cid, max per user (0: no limit) -> 1 added, 0 the user is at the cap
+USER_ADD = _HEAD + """
+if not user_has_room(KEYS[1], ARGV[2], '', false) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: connections:<cid>. ARGV: room -> {user, server} with the room out of the connection's
+# list, or false if the connection is gone
+CONN_LEAVE = _HEAD + """
+local f = redis.call('HMGET', KEYS[1], 'userId', 'serverId')
+if not f[2] then return false end
+list_edit(KEYS[1], ARGV[1], false)
+return {f[1] or '', f[2]}
+"""
 
 # KEYS: connections:<cid>. ARGV: prefix, cid, caller, route, room, 1 join / 0 leave, max rooms
 # (0: no limit) -> owner; false if unknown; 0 (nothing changed) if a join would pass max rooms
@@ -193,14 +280,18 @@ notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner
 """
 
-# KEYS: connections:<cid>, server-connections:<sid>. ARGV: cid, user, sid, timestamp, ttl ms
-# -> 1 added, 0 the id is taken (nothing written)
-ADD = """
+# KEYS: connections:<cid>, server-connections:<sid> (Cluster: the user's set is the second
+# step, USER_ADD), and on a single Redis users:<user>. ARGV: cid, user, sid, timestamp, ttl ms,
+# prefix, max connections per user (0: no limit) -> 1 added, 0 the id is taken, -1 the user
+# is at the cap (nothing written either way)
+ADD = _HEAD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if KEYS[3] and not user_has_room(KEYS[3], ARGV[7], ARGV[6], true) then return -1 end
 redis.call('HSET', KEYS[1], 'userId', ARGV[2], 'serverId', ARGV[3], 'timestamp', ARGV[4],
            'rooms', '[]')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[1])
+if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
 return 1
 """
 
@@ -237,7 +328,10 @@ class Scripts:
         self.remove, self.join, self.leave = fill(REMOVE), fill(JOIN), fill(LEAVE)
         self.room_add, self.room_del = ROOM_ADD, ROOM_DEL
         self.conn_room, self.conn_remove = fill(CONN_ROOM), fill(CONN_REMOVE)
-        self.pop_server, self.route, self.add = fill(POP_SERVER), fill(ROUTE), ADD
+        self.pop_server, self.route, self.add = fill(POP_SERVER), fill(ROUTE), fill(ADD)
         self.heartbeat, self.to_live_server = HEARTBEAT, fill(TO_LIVE_SERVER)
         self.forget = FORGET
+        self.room_members, self.user_connections = fill(ROOM_MEMBERS), fill(USER_CONNECTIONS)
+        self.clear_room, self.room_clear = fill(CLEAR_ROOM), ROOM_CLEAR
+        self.user_add, self.conn_leave = fill(USER_ADD), fill(CONN_LEAVE)
 

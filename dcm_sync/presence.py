@@ -1,0 +1,159 @@
+"""Who is where, and acting on users and rooms across servers: a room's members and users, a
+user's connections, a message to every connection of a user, disconnecting a user, closing a
+room. Everything is read from the shared state (the room sets, the index by user and the
+connection records), never gathered by asking the servers.
+
+The manager and the `Emitter` share this part: the manager serves its own connections directly
+(`Here`), an Emitter holds none and goes through the bus for all.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .backends import Backend
+from .delivery import Delivery
+from .departures import Departures, Publication
+from .envelopes import DirectMessages, Disconnect, EnvelopeWriter, LeaveRoom
+from .local import LocalConnectionManager
+from .membership import Membership
+from .messages import encode_message, utf8_length, validate_id
+from .models import RemovedConnection, RoomMember
+
+__all__ = ["Presence", "Here", "ServerHere", "check_close"]
+
+#: Close codes an application may send (RFC 6455 section 7.4: 1000-1003 and 1007-1014 are
+#: defined, 3000-4999 are for libraries and applications).
+_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
+
+Notices = Callable[[Sequence[RemovedConnection], str], list[Publication]]
+
+
+def check_close(code: int, reason: str) -> None:
+    """`ValueError` unless ``code`` may be sent in a close frame and ``reason`` fits in it."""
+    if type(code) is not int or code not in _CLOSE_CODES:
+        raise ValueError(f"close code {code!r} is not one an application may send "
+                         "(1000-1003, 1007-1014, 3000-4999)")
+    if not isinstance(reason, str):
+        raise TypeError("reason must be str")
+    if utf8_length(reason, "reason") > 123:
+        raise ValueError("a close reason holds at most 123 bytes of UTF-8")
+
+
+class Here(Protocol):
+    """What a server does for its own connections."""
+
+    server_id: str
+
+    def send(self, connection_id: str, text: str) -> bool | None:
+        """Send to a local connection: whether it went out; None if it is not local."""
+        ...
+
+    def disconnect(self, connection_id: str, code: int, reason: str) -> bool:
+        """Remove a local connection everywhere and close its socket; False if not local."""
+        ...
+
+    def leave(self, connection_id: str, room_id: str) -> None:
+        """A local connection is out of a room in the shared state: out of it here too."""
+        ...
+
+
+class ServerHere:
+    """`Here` for a server: its sockets, its rooms and its departures."""
+
+    def __init__(self, server_id: str, local: LocalConnectionManager, delivery: Delivery,
+                 departures: Departures, membership: Membership) -> None:
+        self.server_id = server_id
+        self._local = local
+        self._delivery = delivery
+        self._departures = departures
+        self._membership = membership
+
+    def send(self, connection_id: str, text: str) -> bool | None:
+        conn = self._local.get(connection_id)
+        return None if conn is None else self._delivery.send(conn, text)
+
+    def disconnect(self, connection_id: str, code: int, reason: str) -> bool:
+        return self._departures.remove_local(connection_id, "removed", code, reason)
+
+    def leave(self, connection_id: str, room_id: str) -> None:
+        self._membership.change_here(connection_id, room_id, False, None)
+
+
+class Presence:
+    def __init__(self, backend: Backend, envelope: EnvelopeWriter, max_message_bytes: int,
+                 notices: Notices, here: Here | None = None) -> None:
+        self._backend = backend
+        self._envelope = envelope
+        self._max = max_message_bytes
+        self._notices = notices
+        self._here = here
+
+    def _is_here(self, member: RoomMember) -> bool:
+        return self._here is not None and member.server_id == self._here.server_id
+
+    # reading
+    def room_members(self, room_id: str) -> list[RoomMember]:
+        return self._backend.room_members(validate_id(room_id, "room_id"))
+
+    def room_users(self, room_id: str) -> set[str]:
+        return {m.user_id for m in self.room_members(room_id)}
+
+    def user_connections(self, user_id: str) -> list[str]:
+        return [m.connection_id for m in
+                self._backend.user_connections(validate_id(user_id, "user_id"))]
+
+    # acting
+    def send_to_user(self, user_id: str, message: Any) -> int:
+        validate_id(user_id, "user_id")
+        text = encode_message(message, self._max)
+        reached = 0
+        remote: dict[str, list[str]] = defaultdict(list)  # owner -> its connections of the user
+        for m in self._backend.user_connections(user_id):
+            if self._here is not None and self._is_here(m):
+                reached += bool(self._here.send(m.connection_id, text))
+            else:
+                remote[m.server_id].append(m.connection_id)
+        if remote:  # one message per owning server, not one per connection
+            self._backend.publish_many([
+                (f"server:{owner}", self._envelope(DirectMessages(tuple(ids), text)))
+                for owner, ids in remote.items()])
+        return reached + sum(map(len, remote.values()))
+
+    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
+        validate_id(user_id, "user_id")
+        check_close(code, reason)
+        closed = 0
+        remote = []
+        for m in self._backend.user_connections(user_id):
+            if self._here is not None and self._is_here(m):
+                closed += self._here.disconnect(m.connection_id, code, reason)
+            else:
+                remote.append(m.connection_id)
+        if remote:
+            removed = [r for r in self._backend.remove_connections(remote) if r is not None]
+            owners: dict[str, list[str]] = defaultdict(list)
+            for r in removed:
+                owners[r.server_id].append(r.connection_id)
+            # the owners close the sockets first, then the rooms are told
+            self._backend.publish_many(
+                [(f"server:{owner}", self._envelope(Disconnect(tuple(ids), code, reason)))
+                 for owner, ids in owners.items()] + self._notices(removed, "removed"))
+            closed += len(removed)
+        return closed
+
+    def close_room(self, room_id: str) -> int:
+        validate_id(room_id, "room_id")
+        members = self._backend.clear_room(room_id)
+        routes = []
+        for m in members:
+            if self._here is not None and self._is_here(m):
+                self._here.leave(m.connection_id, room_id)
+            else:
+                routes.append((f"server:{m.server_id}",
+                               self._envelope(LeaveRoom(m.connection_id, room_id))))
+        if routes:
+            self._backend.publish_many(routes)
+        return len(members)
