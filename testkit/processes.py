@@ -17,7 +17,7 @@ from typing import Any
 
 from testkit.redis_server import env_for_subprocess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 Json = dict[str, Any]
 

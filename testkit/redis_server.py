@@ -153,7 +153,8 @@ class RedisServer:
 
 
 def env_for_subprocess() -> dict[str, str]:
+    """This environment, with the project's root first on ``PYTHONPATH``."""
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
