@@ -24,7 +24,7 @@ and `pong_frame` for the rest.
 
 The frames are read by hand, not with wsproto's decoder: with it (its ``Connection``, the
 limits in an extension's hooks) a chat server took in 8-14% fewer messages per second
-(``benchmarks/wire_inbound.py``), more than this project allows for it.
+(``python -m benchmarks.wire.inbound``), more than this project allows for it.
 """
 
 from __future__ import annotations

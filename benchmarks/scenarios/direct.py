@@ -12,18 +12,18 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ..cluster import (
+from ..harness import Context, Result, ratio
+from ..loadgen import data_command
+from ..sides import (
     SEQ_SPAN,
-    Cluster,
     Side,
+    SideServers,
     best_of_windows,
     groups,
     measure_sides,
     rate_and_latency,
     run_phase,
 )
-from ..harness import Context, Result, ratio
-from ..loadgen import data_command
 
 CLIENTS_PER_SERVER = 50
 PACED_RATE = 200.0  # messages per second
@@ -38,7 +38,7 @@ def run(ctx: Context) -> Result:
     n = CLIENTS_PER_SERVER
 
     def setup(side: Side, stack: contextlib.ExitStack) -> Any:
-        cl = stack.enter_context(Cluster(side, 2, ctx.workdir, "direct"))
+        cl = stack.enter_context(SideServers(side, 2, ctx.workdir, "direct"))
         made = stack.enter_context(groups(
             ("idle", side.proto, [cl.url(0)] * (n - 1) + [cl.url(1)] * (n - 1)),
             ("receiver", side.proto, [cl.url(1)]),
@@ -55,7 +55,7 @@ def run(ctx: Context) -> Result:
             lo = (10 * i + k + 1) * SEQ_SPAN
             done = run_phase([(receiver, count)], sender, [[(head, tail, lo + j) for j in range(count)]],
                              rate, lo, lo + count, limit, flow=([receiver], 1, window),
-                             cluster=cl if rate is None else None)
+                             servers=cl if rate is None else None)
             return rate_and_latency(done, done.records, lambda _seq: 1, count, prefix, rate_name)
 
         figures = best_of_windows({w: phase(k, burst, None, w, "burst_", "messages_per_s")

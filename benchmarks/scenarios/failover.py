@@ -92,7 +92,7 @@ def run(ctx: Context) -> Result:
     result.notes.append(
         "in the cleaner (handle_server_failure, timed inside the detector process): pop_script_s "
         "= the POP_SERVER Lua batches (SPOP 1,000 + removal, round trip and parsing), "
-        "encode_notices_s = building the departure notices (_notifications: JSON message + "
+        "encode_notices_s = building the departure notices (Departures.notices: JSON message + "
         "envelope per connection and room), publish_notices_s = publishing them (pipelines of "
         "500 PUBLISH)")
     result.notes.append("peer: python-socketio keeps no shared state (rooms live in each "
@@ -244,7 +244,9 @@ def _detector_main(url: str, prefix: str) -> int:
 
 def _time_cleanups(mgr: Any) -> None:
     """Measure where the cleaner's time goes: wrap (on this instance only) the backend's pop
-    and publish and the manager's notice building; print one JSON line per cleanup."""
+    and publish, the building of the departure notices and the cleanup itself (the heartbeat
+    loop calls the maintenance part's ``handle_server_failure``, not the manager's); print one
+    JSON line per cleanup."""
     spent: dict[str, float] = {}
 
     def timed(obj: Any, name: str, key: str) -> None:
@@ -261,8 +263,9 @@ def _time_cleanups(mgr: Any) -> None:
 
     timed(mgr._backend, "pop_server_connections", "pop_s")
     timed(mgr._backend, "publish_many", "publish_s")
-    timed(mgr, "_notifications", "notices_s")
-    handle = mgr.handle_server_failure
+    timed(mgr._departures, "notices", "notices_s")
+    maintenance = mgr._maintenance
+    handle = maintenance.handle_server_failure
 
     def handle_timed(server_id: str) -> int:
         spent.clear()
@@ -274,7 +277,7 @@ def _time_cleanups(mgr: Any) -> None:
                               "total_s": time.perf_counter() - t, **spent}), flush=True)
         return int(removed)
 
-    mgr.handle_server_failure = handle_timed
+    maintenance.handle_server_failure = handle_timed
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ import contextlib
 import random
 from typing import Any
 
-from ..cluster import (
+from ..harness import Context, Result
+from ..loadgen import data_command
+from ..sides import (
     SEQ_SPAN,
-    Cluster,
     Side,
+    SideServers,
     best_of_windows,
     groups,
     join_all,
@@ -30,8 +32,6 @@ from ..cluster import (
     rate_and_latency,
     run_phase,
 )
-from ..harness import Context, Result
-from ..loadgen import data_command
 
 SERVERS = 3
 ROOM_SIZE = 10
@@ -65,7 +65,7 @@ def run(ctx: Context) -> Result:
     joins, members = placement(rooms, clients)
 
     def setup(side: Side, stack: contextlib.ExitStack) -> Any:
-        cl = stack.enter_context(Cluster(side, SERVERS, ctx.workdir, "rooms"))
+        cl = stack.enter_context(SideServers(side, SERVERS, ctx.workdir, "rooms"))
         receivers = stack.enter_context(groups(
             *((f"server{s}", side.proto, [cl.url(s)] * clients) for s in range(SERVERS)),
             ("senders", side.proto, [cl.url(s) for s in range(SERVERS)])))
@@ -91,7 +91,7 @@ def run(ctx: Context) -> Result:
                 for s in range(SERVERS):
                     expected[s] += members[room][s]
             phase = run_phase(list(zip(receivers, expected, strict=True)), senders, items, None,
-                              lo, lo + burst, limit, flow=(receivers, ROOM_SIZE, window), cluster=cl)
+                              lo, lo + burst, limit, flow=(receivers, ROOM_SIZE, window), servers=cl)
             per_window[window] = rate_and_latency(phase, phase.records, lambda _seq: ROOM_SIZE, burst,
                                                   "burst_", "broadcasts_per_s")
         figures = best_of_windows(per_window, "broadcasts_per_s")

@@ -8,7 +8,7 @@ the 256 ``index:rooms:{rXX}`` buckets (key names: :class:`dcm_sync.backends.redi
 ``other`` is what they do not explain (the key-expiry entry, hash-table buckets, the room
 channels' subscriptions, allocator rounding).
 
-RSS: a gevent server process (``benchmarks/memory_server.py``) with ``M`` real idle WebSockets
+RSS: a gevent server process (``benchmarks/scenarios/memory_processes.py``) with ``M`` real idle WebSockets
 from separate client processes (a few hundred each): ``VmRSS`` after minus before, over ``M``.
 The server is warmed up first (its manager started, a few sockets opened and closed). Each
 client waits for the server's answer on one socket (dcm: a welcome sent once the socket is
@@ -37,7 +37,7 @@ from ..harness import Context, Result, populate, read_line, summarize
 from ..redis_stats import used_memory
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER = ROOT / "benchmarks" / "memory_server.py"
+SERVER = Path(__file__).resolve().with_name("memory_processes.py")  # run by path
 ROOM_MEMBERS = 200
 POPULATE_THREADS = 2
 SOCKETS_PER_CLIENT = 400
@@ -266,7 +266,7 @@ def _wait_count(port: int, expected: int, timeout: float) -> None:
 
 def _warm_up(side: str, port: int) -> None:
     """Open and close a few sockets, so that first-use costs are not counted per socket."""
-    from ..memory_server import connect
+    from .memory_processes import connect
 
     socks = [connect(side, port) for _ in range(WARM_UP_SOCKETS)]
     for ws in socks:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ..cluster import (
+from ..harness import Context, Result, ratio
+from ..loadgen import data_command
+from ..sides import (
     SEQ_SPAN,
-    Cluster,
     Side,
+    SideServers,
     best_of_windows,
     groups,
     join_all,
@@ -29,8 +31,6 @@ from ..cluster import (
     rate_and_latency,
     run_phase,
 )
-from ..harness import Context, Result, ratio
-from ..loadgen import data_command
 
 CLIENTS_PER_SERVER = 50
 PACED_RATE = 100.0  # broadcasts per second
@@ -45,7 +45,7 @@ def run(ctx: Context) -> Result:
     n = CLIENTS_PER_SERVER
 
     def setup(side: Side, stack: contextlib.ExitStack) -> Any:
-        cl = stack.enter_context(Cluster(side, 2, ctx.workdir, "fanout"))
+        cl = stack.enter_context(SideServers(side, 2, ctx.workdir, "fanout"))
         made = stack.enter_context(groups(("A", side.proto, [cl.url(0)] * (n - 1)),
                                           ("B", side.proto, [cl.url(1)] * n),
                                           ("sender", side.proto, [cl.url(0)])))
@@ -63,7 +63,7 @@ def run(ctx: Context) -> Result:
             lo = (10 * i + k + 1) * SEQ_SPAN
             done = run_phase([(a, count * (n - 1)), (b, count * n)], sender,
                              [[(head, tail, lo + j) for j in range(count)]], rate, lo, lo + count,
-                             limit, flow=([b], n, window), cluster=cl if rate is None else None)
+                             limit, flow=([b], n, window), servers=cl if rate is None else None)
             return rate_and_latency(done, done.records[1:], lambda _seq: n, count, prefix, rate_name)
 
         figures = best_of_windows({w: phase(k, burst, None, w, "burst_", "broadcasts_per_s")

@@ -1,9 +1,9 @@
-"""``python -m benchmarks.wire_inbound [--compare REV ...] [--clients 20] [--messages 500]
+"""``python -m benchmarks.wire.inbound [--compare REV ...] [--clients 20] [--messages 500]
 [--listeners 1] [--window 400] [--runs 5]``: what reading clients' messages costs a server,
 with this checkout's WebSocket wire and with older commits', in the same run.
 
-Chat servers (examples/chat/app.py under gevent.pywsgi with ``DCMWebSocketHandler``:
-``python -m tests.flask.serve dcm``), one run from this checkout and one from each
+Chat servers (examples/chat/app.py run as a script: gevent.pywsgi with ``DCMWebSocketHandler``;
+see ``benchmarks/wire/chat_server.py``), one run from this checkout and one from each
 ``git archive REV`` unpacked in a temporary folder (default ``10e574e``: the frame reader that
 read off gevent-websocket's WebSocket), each with its own key prefix on one Redis of the
 benchmark's own, the rate limit off.
@@ -36,17 +36,16 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from socket import create_connection, socket
 
 from testkit.frames import masked, parse
-from testkit.processes import HEALTH_PATH, server_env
-from testkit.redis_server import RedisServer, free_port
+from testkit.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[1]
+from .chat_server import ROOT, ChatServer
+
 DEADLINE = 120.0  # seconds any one run may take
 TEXT = "x" * 80
 CHUNK = 10  # messages a client writes at once
@@ -185,47 +184,14 @@ def old_checkout(rev: str, into: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
 
 
-class Server:
-    """``python -m tests.flask.serve dcm PORT`` run from ``root``, so that its packages come first."""
-
-    def __init__(self, name: str, root: Path, redis_url: str, logs: Path) -> None:
-        self.name, self.port = name, free_port()
-        env = server_env(redis_url, f"{name}{uuid.uuid4().hex[:6]}:", {"DCM_RATE_LIMIT": "0"},
-                         PORT=str(self.port))
-        env["PYTHONPATH"] = str(root)
-        env.update({k: v for k, v in os.environ.items() if k.startswith("GEVENT_")})
-        self.log_path = logs / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.flask.serve", "dcm", str(self.port)],
-                                         env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not self._ready():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"the {name} server did not start:\n{self.log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{HEALTH_PATH}", timeout=5) as r:
-                return bool(json.loads(r.read()).get("ready"))
-        except (OSError, ValueError):
-            return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+def start_server(name: str, redis_url: str, logs: Path, root: Path) -> ChatServer:
+    """The chat example of ``root`` with its own key prefix and the rate limit off."""
+    return ChatServer(name, redis_url, f"{name}{uuid.uuid4().hex[:6]}:", logs / f"{name}.log", root,
+                      DCM_RATE_LIMIT="0")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.wire_inbound", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.wire.inbound", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", nargs="+", default=["10e574e"], metavar="REV",
                         help="the commits to compare this checkout with")
@@ -241,16 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--messages must be a multiple of {CHUNK}")
     redis = RedisServer()
     redis.start()
-    servers: dict[str, Server] = {}
+    servers: dict[str, ChatServer] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="dcm-wire-bench-") as tmp:
             for rev in args.compare:
                 root = Path(tmp) / rev
                 root.mkdir()
                 old_checkout(rev, root)
-                servers[rev] = Server(rev, root, redis.url, Path(tmp))
-            servers[HERE] = Server("this", ROOT, redis.url, Path(tmp))
-            print(f"wire_inbound: {args.clients} clients x {args.messages} messages into a room with "
+                servers[rev] = start_server(rev, redis.url, Path(tmp), root)
+            servers[HERE] = start_server("this", redis.url, Path(tmp), ROOT)
+            print(f"wire inbound: {args.clients} clients x {args.messages} messages into a room with "
                   f"{args.listeners} listener(s), {args.runs} runs each, the servers taking turns; "
                   f"{os.cpu_count()} cores")
             figures: dict[str, list[Figures]] = {name: [] for name in servers}

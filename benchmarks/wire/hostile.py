@@ -1,4 +1,4 @@
-"""``python -m benchmarks.hostile [--pings 400000] [--fragments 2000000]``: what three hostile
+"""``python -m benchmarks.wire.hostile [--pings 400000] [--fragments 2000000]``: what three hostile
 clients cost the chat example (gevent.pywsgi, the project's handler, a Redis of its own):
 
 1. **Cut slow consumers.** Three clients join a room with tiny receive buffers and never read;
@@ -22,28 +22,21 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from dcm_sync import Emitter
 from testkit.frames import masked
-from testkit.redis_server import RedisServer, free_port
+from testkit.polling import wait_until
+from testkit.processes import rss_kb
+from testkit.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[1]
+from .chat_server import ChatServer
+
 DEADLINE = 120.0  # seconds any one phase may take
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def _server_sockets(server_port: int, client_ports: set[int]) -> list[int]:
@@ -57,28 +50,8 @@ def _server_sockets(server_port: int, client_ports: set[int]) -> list[int]:
     return out
 
 
-class Chat:
-    """examples/chat/app.py on a free loopback port."""
-
-    def __init__(self, redis_url: str, prefix: str, log: Path, **env: str) -> None:
-        self.port = free_port()
-        full = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "REDIS_URL": redis_url,
-                "DCM_KEY_PREFIX": prefix, "DCM_HEALTH_DETAILS": "1", "PYTHONUNBUFFERED": "1", **env}
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "examples/chat/app.py"], cwd=ROOT, env=full,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while self.health() is None:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"the chat server did not start (see {log})")
-            time.sleep(0.05)
-
-    def health(self) -> Any:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/dcm/health", timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
+class Chat(ChatServer):
+    """The chat example, and clients that stall."""
 
     def stalled(self, room: str | None = None) -> socket.socket:
         """A client that completes the handshake with a 4 KB receive buffer, joins ``room``,
@@ -101,35 +74,28 @@ class Chat:
             sock.sendall(masked(0x1, json.dumps({"op": "join", "room": room}).encode()))
         return sock
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+
+def connections(chat: Chat) -> int:
+    """The server's own count of its connections."""
+    return int(chat.health()["stats"]["local_connections"])
 
 
 def slow_consumers(redis: RedisServer, prefix: str, log: Path) -> str:
-    chat = Chat(redis.url, prefix, log)
+    chat = Chat("slow-consumers", redis.url, prefix, log)
     clients: list[socket.socket] = []
     try:
         clients = [chat.stalled("hall") for _ in range(3)]
         ports = {c.getsockname()[1] for c in clients}
-        deadline = time.monotonic() + DEADLINE
-        while chat.health()["stats"]["local_connections"] != 3:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the three clients did not join")
-            time.sleep(0.05)
+        wait_until(lambda: connections(chat) == 3, DEADLINE, "the three clients joined",
+                   interval=0.05)
         time.sleep(0.5)  # their joins are done
         with Emitter(redis.url, key_prefix=prefix) as emitter:
             for i in range(300):
                 emitter.broadcast_to_room("hall", f"{i:06d}" + "x" * (32 * 1024))
-        while chat.health()["stats"]["local_connections"] != 0:
-            if time.monotonic() > deadline:
-                return "not cut within the deadline"
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: connections(chat) == 0, DEADLINE, "the three cut", interval=0.05)
+        except AssertionError:
+            return "not cut within the deadline"
         held = _server_sockets(chat.port, ports)
         time.sleep(10.0)
         after = _server_sockets(chat.port, ports)
@@ -145,12 +111,12 @@ def slow_consumers(redis: RedisServer, prefix: str, log: Path) -> str:
 def _flooder(redis: RedisServer, prefix: str, log: Path) -> Iterator[tuple[Chat, socket.socket, int]]:
     """A chat server with the rate limit off, one client that never reads, and the server's RSS
     (KB) once it has settled after the handshake."""
-    chat = Chat(redis.url, prefix, log, DCM_RATE_LIMIT="0")
+    chat = Chat("flooded", redis.url, prefix, log, DCM_RATE_LIMIT="0")
     client = None
     try:
         client = chat.stalled()
         time.sleep(0.5)
-        yield chat, client, _rss_kb(chat.proc.pid)
+        yield chat, client, rss_kb(chat.proc.pid)
     finally:
         if client is not None:
             client.close()
@@ -166,7 +132,7 @@ def ping_flood(redis: RedisServer, prefix: str, log: Path, pings: int) -> str:
             if time.monotonic() - started > DEADLINE:
                 break
         time.sleep(1.0)  # the server reads what is still in its buffer
-        grown = _rss_kb(chat.proc.pid) - before
+        grown = rss_kb(chat.proc.pid) - before
         alive = chat.health() is not None
         return (f"{pings:,} pings in {time.monotonic() - started:.1f} s: RSS {grown / 1024:+.1f} MB, "
                 f"server {'answers' if alive else 'does not answer'}")
@@ -183,7 +149,7 @@ def empty_fragments(redis: RedisServer, prefix: str, log: Path, fragments: int) 
                 sent += 10_000
         except OSError as exc:
             closed = f" (send failed: {exc.strerror})"
-        grown = _rss_kb(chat.proc.pid) - before
+        grown = rss_kb(chat.proc.pid) - before
         client.settimeout(5)
         data = b""
         with contextlib.suppress(OSError):  # reset by the server: what arrived is all there is
@@ -199,7 +165,7 @@ def empty_fragments(redis: RedisServer, prefix: str, log: Path, fragments: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hostile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.wire.hostile", description=__doc__)
     parser.add_argument("--pings", type=int, default=400_000)
     parser.add_argument("--fragments", type=int, default=2_000_000)
     parser.add_argument("--logs", default="/tmp", help="where the servers' logs go")

@@ -1,4 +1,4 @@
-"""The soak's verdict (see ``benchmarks/soak.py``): from what was observed, the figures and a
+"""The soak's verdict (see ``benchmarks/soak/__main__.py``): from what was observed, the figures and a
 PASS/FAIL per check, and their printout."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from dcm_sync.backends.redis_keys import KeyLayout, room_bucket
 
-from .soak_clients import MODES, ClientReport
+from .clients import MODES, ClientReport
 
 __all__ = ["Observed", "evaluate", "print_figures", "WARM", "FD_SLACK", "RSS_SLACK_KB"]
 

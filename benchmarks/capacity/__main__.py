@@ -5,7 +5,7 @@ model needs (docs/capacity.md does the arithmetic with them). Each figure is the
 ``--runs`` runs (default 3), measured through the public API against a ``redis-server`` of its
 own on a free loopback port, or against ``--url`` (then only keys under its own prefix
 ``cap<pid>:`` are touched, and other clients' traffic shows in the figures). How each figure is
-measured: ``benchmarks/capacity_phases.py``; reading Redis (one server, or every master of a
+measured: ``benchmarks/capacity/phases.py``; reading Redis (one server, or every master of a
 ``redis+cluster://`` URL): ``benchmarks/redis_stats.py``.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 from dcm_sync.config import redact_url
 
-from .capacity_phases import BUS_SERVERS, HEARTBEAT_SERVERS, MESSAGE_SIZES, PHASES, Bench
-from .harness import span, summarize
-from .redis_stats import is_cluster_url
+from ..harness import span, summarize
+from ..redis_stats import is_cluster_url
+from .phases import BUS_SERVERS, HEARTBEAT_SERVERS, MESSAGE_SIZES, PHASES, Bench
 
 SEED_BYTES_PER_CONNECTION = 500  # the seed design's estimate, "about 500 bytes per connection"
 

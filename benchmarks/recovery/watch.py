@@ -21,7 +21,7 @@ from dcm_sync import BackendUnavailableError
 from testkit.recording import RecordingSocket
 from testkit.topologies import HOST
 
-from .recovery_tools import LIMIT, SEND_EVERY, MeasurementError, Route
+from .tools import LIMIT, SEND_EVERY, MeasurementError, Route
 
 __all__ = ["Watch", "Calls", "Stream", "node_client", "is_master", "holds", "topology_errors",
            "names_master", "subscribers"]

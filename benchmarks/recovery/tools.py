@@ -1,4 +1,4 @@
-"""What ``benchmarks.recovery`` builds its faults from: bounded polling of delivery and of Redis
+"""What ``python -m benchmarks.recovery`` builds its faults from: bounded polling of delivery and of Redis
 state, failing calls timed, a Redis of its own, in-process managers with recording sockets (a
 ``Pair``: A and B), and an example server process with WebSocket clients (a ``Victim``) next
 to an in-process survivor. Everything made is registered on an ``ExitStack`` and torn down there.
@@ -38,12 +38,10 @@ from testkit.processes import ServerProcess
 from testkit.recording import RecordingSocket, connect
 from testkit.redis_server import RedisServer
 
-from .harness import span
-
 __all__ = ["LIMIT", "DEFAULTS", "MeasurementError", "RunResult", "Route", "measure", "failing_calls",
            "state_present", "state_gone", "ExampleServer", "redis_server", "manager", "new_prefix",
            "Pair", "make_pair", "departures", "told_of", "Victim", "survivor_and_victim", "victim_routes",
-           "HEARTBEAT", "SEND_EVERY", "Summary", "Seen", "fmt", "how_often", "counts"]
+           "HEARTBEAT", "SEND_EVERY"]
 
 LIMIT = 60.0          # seconds: the longest any one wait may take
 SEND_EVERY = 0.05     # seconds between the tagged messages of a route
@@ -380,24 +378,3 @@ def survivor_and_victim(stack: contextlib.ExitStack, workdir: Path, url: str, pr
     v = start_victim(stack, workdir, url, prefix, rooms)
     measure(time.monotonic(), "warm-up (before the fault)", victim_routes(s, ws, v), timeout=15)
     return s, ws, v
-
-
-# ----------------------------------------------------------------------------- report
-Summary = dict[str, dict[str, Any]]  # figure -> summarize(...) of its runs
-Seen = list[dict[str, Any]]          # what the user saw, one dict per run
-
-
-def fmt(summary: Summary, key: str) -> str:
-    return span(summary.get(key), ".2f", " s", missing="n/a")
-
-
-def how_often(seen: Seen, key: str, yes: str, no: str) -> str:
-    hits = sum(1 for s in seen if s.get(key))
-    if hits == len(seen):
-        return yes
-    return no if hits == 0 else f"{yes} in {hits} of {len(seen)} runs"
-
-
-def counts(seen: Seen, key: str) -> str:
-    values = sorted({s.get(key, 0) for s in seen})
-    return "/".join(str(v) for v in values)

@@ -7,7 +7,7 @@ then ``--clients`` minus the observers churning clients, spread evenly over ``--
 run from ``--procs`` load-generator processes, each connect to a random server, join 1-3 random
 rooms, send 2-5 tagged messages, wait for their own echoes and disconnect after 1-8 s (leaving
 their rooms, with a close frame, with a bare TCP FIN, or with a reset; see
-``benchmarks/soak_clients.py``). Afterwards it checks:
+``benchmarks/soak/clients.py``). Afterwards it checks:
 
 * delivery: every tagged message whose send call succeeded reached every observer and its sender
   exactly once (no loss, no duplicates; no churn client got any message twice);
@@ -41,13 +41,14 @@ from typing import Any
 from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.maintenance import IDLE_CLOSE_SECONDS
 from testkit.keys import indexed_rooms
+from testkit.polling import seconds_until, wait_until
 from testkit.processes import ServerProcess, rss_kb
 from testkit.redis_server import RedisServer
 
-from .harness import pipe_reply
-from .redis_stats import key_class
-from .soak_clients import MODES, ChurnPlan, ClientReport, churn_main, observer_main
-from .soak_report import Observed, evaluate, print_figures
+from ..harness import pipe_reply
+from ..redis_stats import key_class
+from .clients import MODES, ChurnPlan, ClientReport, churn_main, observer_main
+from .report import Observed, evaluate, print_figures
 
 PREFIX = "soak:"
 KEYS = KeyLayout(PREFIX)
@@ -152,16 +153,6 @@ def smembers(redis: Any, key: str) -> set[str]:
     return {m.decode() for m in redis.smembers(key)}
 
 
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> float:
-    """Poll ``predicate`` every 0.1 s until true; the seconds it took. SoakError on timeout."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise SoakError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
-
-
 def stats_of(server: ServerProcess) -> dict[str, Any]:
     answer = server.get_json("/stats", timeout=5)
     if answer is None or "error" in answer:
@@ -227,12 +218,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         def settle_clients(count: Callable[[], int], baseline: int) -> float | None:
             """Seconds until the Redis client count is back to ``baseline``: a server closes
             pooled connections nobody uses every IDLE_CLOSE_SECONDS (None: not within twice that)."""
-            start = time.monotonic()
-            while time.monotonic() - start < 2 * IDLE_CLOSE_SECONDS + 2 * HEARTBEAT_S:
-                if count() <= baseline:
-                    return round(time.monotonic() - start, 1)
-                time.sleep(0.2)
-            return None
+            limit = 2 * IDLE_CLOSE_SECONDS + 2 * HEARTBEAT_S
+            try:
+                return round(seconds_until(lambda: count() <= baseline, limit,
+                                           "the Redis client count back to its baseline", interval=0.2), 1)
+            except AssertionError:
+                return None
 
         last = [-1]
 
@@ -245,7 +236,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sampler = Sampler(procs, redis_server.client())  # its own connection, open before the baseline
         stack.callback(sampler.redis.close)
         sampler.redis.ping()
-        wait_until("Redis client count steady before any client", steady, 10)
+        wait_until(steady, 10, "Redis client count steady before any client", interval=0.1)
         base = {"redis_clients": clients_of(), "keys": classify_keys(r),
                 "servers": [proc_figures(*p) for p in procs]}
         figures["baseline"] = base
@@ -282,9 +273,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         drain = time.monotonic() - sampler.t0 - churn_done
 
         # ---- only the observers left
-        wait_until("the servers count only the observers",
-                   lambda: [stats_of(s)["local_connections"] for s in servers] == [args.observers] * 2, 20)
-        wait_until("Redis client count steady after the churn", steady, 10)
+        wait_until(lambda: [stats_of(s)["local_connections"] for s in servers] == [args.observers] * 2, 20,
+                   "the servers count only the observers", interval=0.1)
+        wait_until(steady, 10, "Redis client count steady after the churn", interval=0.1)
         back_mid = settle_clients(clients_of, base["redis_clients"])
         mid = {"settle_s": back_mid, "redis_clients": clients_of(), "keys": classify_keys(r),
                "servers": [proc_figures(*p) for p in procs], "stats": [stats_of(s) for s in servers],
@@ -295,9 +286,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # ---- nobody left
         obs.send("close")
         obs.reply("closed", 30)
-        wait_until("the servers count no connection",
-                   lambda: [stats_of(s)["local_connections"] for s in servers] == [0, 0], 20)
-        wait_until("Redis client count steady after every client left", steady, 10)
+        wait_until(lambda: [stats_of(s)["local_connections"] for s in servers] == [0, 0], 20,
+                   "the servers count no connection", interval=0.1)
+        wait_until(steady, 10, "Redis client count steady after every client left", interval=0.1)
         back_after = settle_clients(clients_of, base["redis_clients"])
         after = {"settle_s": back_after, "redis_clients": clients_of(), "keys": classify_keys(r),
                  "servers": [proc_figures(*p) for p in procs], "stats": [stats_of(s) for s in servers],
@@ -335,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     with cleanup_on_signal(), tempfile.TemporaryDirectory(prefix="dcm-soak-") as tmp:
         try:
             figures = run(args, Path(tmp))
-        except SoakError as exc:
+        except (SoakError, AssertionError) as exc:  # AssertionError: a bounded wait ran out
             print(f"soak aborted: {exc}", file=sys.stderr)
             for log in sorted(Path(tmp).glob("*.log")):
                 tail = log.read_text(errors="replace").splitlines()[-15:]

@@ -1,9 +1,9 @@
 """The processes of the ``memory`` scenario: the servers whose RSS per idle WebSocket it measures
 (one gevent process each), and the client processes that hold the idle sockets.
 
-    python benchmarks/memory_server.py dcm  PORT REDIS_URL KEY_PREFIX
-    python benchmarks/memory_server.py peer PORT REDIS_URL CHANNEL
-    python benchmarks/memory_server.py clients dcm|peer PORT COUNT
+    python benchmarks/scenarios/memory_processes.py dcm  PORT REDIS_URL KEY_PREFIX
+    python benchmarks/scenarios/memory_processes.py peer PORT REDIS_URL CHANNEL
+    python benchmarks/scenarios/memory_processes.py clients dcm|peer PORT COUNT
 
 ``dcm``: Flask + this project's extension (``flask_ext``) on ``gevent.pywsgi`` with
 ``DCMWebSocketHandler``; ``/ws`` registers each socket, sends it ``{"type": "welcome"}`` and
@@ -193,5 +193,5 @@ def _answer(sel: selectors.BaseSelector, timeout: float) -> bool:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
     raise SystemExit(main(sys.argv[1:]))

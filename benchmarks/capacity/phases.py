@@ -42,9 +42,9 @@ from typing import Any
 from dcm_sync import Config, LocalConnectionManager, create_distributed_connection_manager
 from dcm_sync.backends.redis_keys import KeyLayout
 
-from .harness import Context, NullSocket, RedisCounts, RedisProbe, in_threads, populate, read_line
-from .redis_stats import RedisNodes, used_memory
-from .scenarios import failover
+from ..harness import Context, NullSocket, RedisCounts, RedisProbe, in_threads, populate, read_line
+from ..redis_stats import RedisNodes, used_memory
+from ..scenarios import failover
 
 THREADS = 2
 EXTRA_SERVERS = 4

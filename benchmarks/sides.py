@@ -1,6 +1,7 @@
-"""What the message scenarios (room_fanout, direct, many_rooms) share: the three sides, a
-cluster of one side's servers on its own ``redis-server``, one measured phase, and turning the
-runs into a :class:`~benchmarks.harness.Result` whose failed side reports nothing and a note.
+"""What the message scenarios (room_fanout, direct, many_rooms) share: the three sides (dcm-sync,
+python-socketio, the hand-written ceiling), a side's servers on a ``redis-server`` of their own
+(:class:`SideServers`), one measured phase, and turning the runs into a
+:class:`~benchmarks.harness.Result` whose failed side reports nothing and a note.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from testkit.redis_server import RedisServer
 from .harness import Context, Result, summarize
 from .loadgen import PLAIN, SIO, ClientGroup, LoadError, Records, SendReport, percentile
 
-__all__ = ["SIDES", "SEQ_SPAN", "Side", "Cluster", "Phase", "groups", "join_all", "run_phase",
+__all__ = ["SIDES", "SEQ_SPAN", "Side", "SideServers", "Phase", "groups", "join_all", "run_phase",
            "rate_and_latency", "best_of_windows", "measure_sides", "latency_ms", "completions"]
 
 SEQ_SPAN = 10_000_000  # each phase gets its own range of sequence numbers
@@ -47,7 +48,7 @@ SIDES = {
 }
 
 
-class Cluster:
+class SideServers:
     """``n`` servers of one side on a fresh ``redis-server``, all on loopback; logs in
     ``workdir``. A context manager: everything it started is stopped on exit."""
 
@@ -59,7 +60,7 @@ class Cluster:
         self.redis: RedisServer | None = None
         self.servers: list[ServerProcess] = []
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> SideServers:
         try:
             self.redis = RedisServer()
             self.redis.start()
@@ -150,23 +151,23 @@ class Phase:
 def run_phase(receivers: Sequence[tuple[ClientGroup, int]], sender: ClientGroup,
               items: Sequence[Sequence[tuple[str, str, int]]], rate: float | None, lo: int, hi: int,
               limit: float, flow: tuple[Sequence[ClientGroup], int, int] | None = None,
-              idle: float = 5.0, cluster: Cluster | None = None) -> Phase:
+              idle: float = 5.0, servers: SideServers | None = None) -> Phase:
     """Arm every receiving group (with the number of payloads it expects), let ``sender`` send
     ``items`` (paced at ``rate``, or as fast as the ``flow`` window allows: see
     :meth:`ClientGroup.send`), and collect what was received. Bounded by ``limit`` seconds per
     group. Under a burst (no ``rate``) groups of many clients read in batches
-    (:data:`BURST_NAP`). With ``cluster``, the CPU time its servers used from the first send to
+    (:data:`BURST_NAP`). With ``servers``, the CPU time they used from the first send to
     the last receipt."""
     for g, expected in receivers:
         g.start_record(lo, hi, expected, limit, idle,
                        BURST_NAP if rate is None and g.size >= NAP_MIN_CLIENTS else 0.0)
-    cpu = cluster.cpu_seconds() if cluster is not None else None
+    cpu = servers.cpu_seconds() if servers is not None else None
     report = sender.send(items, rate, timeout=limit + 10, flow=flow)
     if report.errors:
         raise LoadError(f"sender: {report.errors[0]}")
     records = [g.finish_record() for g, _ in receivers]
-    if cluster is not None and cpu is not None:
-        after = cluster.cpu_seconds()
+    if servers is not None and cpu is not None:
+        after = servers.cpu_seconds()
         cpu = None if after is None else after - cpu
     return Phase(report, records, cpu)
 

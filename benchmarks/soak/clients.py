@@ -1,4 +1,4 @@
-"""The soak's client processes (see ``benchmarks/soak.py``), speaking the JSON protocol of
+"""The soak's client processes (see ``benchmarks/soak/__main__.py``), speaking the JSON protocol of
 ``examples/gevent_chat_server.py`` over real WebSockets.
 
 * :func:`observer_main`: a fixed set of clients that join every soak room before the churn
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loadgen import PLAIN, LoadError, _Client
+from ..loadgen import PLAIN, LoadError, _Client
 
 __all__ = ["MODES", "ChurnPlan", "ClientReport", "churn_main", "observer_main"]
 

@@ -54,9 +54,7 @@ default 90 s TTL that needs the server's heartbeats to fail for about 60 s.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,23 +65,18 @@ from dcm_sync.backends.redis_keys import KeyLayout
 from testkit.recording import RecordingSocket, connect
 from testkit.topologies import ClusterTopology, SentinelTopology
 
-from .recovery_tools import (
+from .tools import (
     HEARTBEAT,
     LIMIT,
     Route,
     RunResult,
-    Seen,
-    Summary,
-    counts,
     departures,
-    fmt,
-    how_often,
     manager,
     measure,
     new_prefix,
     routes_between,
 )
-from .recovery_watch import (
+from .watch import (
     Calls,
     Stream,
     Watch,
@@ -95,8 +88,8 @@ from .recovery_watch import (
     topology_errors,
 )
 
-__all__ = ["cluster_master_killed", "cluster_slot_moved", "sentinel_master_killed", "describe_cluster_kill",
-           "describe_slot_moved", "describe_sentinel_kill", "NOTES", "NODE_TIMEOUT_MS", "DOWN_AFTER_MS"]
+__all__ = ["cluster_master_killed", "cluster_slot_moved", "sentinel_master_killed", "NODE_TIMEOUT_MS",
+           "DOWN_AFTER_MS"]
 
 NODE_TIMEOUT_MS = 1000   # cluster-node-timeout (Redis default 15000)
 DOWN_AFTER_MS = 1000     # sentinel down-after-milliseconds (Redis default 30000)
@@ -259,71 +252,3 @@ def cluster_slot_moved(workdir: Path) -> RunResult:
                     stats_whole=duo.whole(stats))
         return RunResult({"move_s": t0 - started, "delivery_s": delivery,
                           "resubscribed_s": resubscribed.since(t0), "recovery_s": delivery}, seen)
-
-
-# ----------------------------------------------------------------------------- report
-def _calls(seen: Seen, key: str) -> str:
-    """Per run: calls that raised BackendUnavailableError / all calls; then other exceptions,
-    each with its first message."""
-    runs = ", ".join(f"{s[key]['unavailable']}/{s[key]['calls']}" for s in seen)
-    other: Counter[str] = Counter()
-    first: dict[str, str] = {}
-    for s in seen:
-        other.update(s[key]["other_errors"])
-        for kind, text in s[key]["other_first"].items():
-            first.setdefault(kind, text)
-    false = sum(s[key]["returned_false"] for s in seen)
-    return (runs + "".join(f"; {n} {kind} ({json.dumps(first.get(kind, '')[:120])})"
-                           for kind, n in sorted(other.items()))
-            + (f"; {false} returned False" if false else ""))
-
-
-def _user_sees(seen: Seen) -> str:
-    still = how_often(seen, "sockets_open", "stay open", "some closed")
-    dup = sum(x["duplicate_departures"] for x in seen)
-    stats = (f"; A's stats {_calls(seen, 'stats_reads')}"
-             if any(x["stats_reads"]["calls"] for x in seen) else "")
-    return (f"calls raising BackendUnavailableError / calls, per run: sends {_calls(seen, 'sends')}{stats}; "
-            f"sends accepted and never delivered {counts(seen, 'accepted_lost')}; departure notices of "
-            f"users still connected {counts(seen, 'departures')}{f' ({dup} duplicated)' if dup else ''}; "
-            f"sockets {still}")
-
-
-def _after(s: Summary, moment: str) -> str:
-    return (f"delivery both ways {fmt(s, 'delivery_s')}, stats whole and B's connection on the new master "
-            f"{fmt(s, 'state_s')}; the library's share after {moment}: {fmt(s, 'delivery_lag_s')} / "
-            f"{fmt(s, 'state_lag_s')}")
-
-
-def describe_cluster_kill(s: Summary, seen: Seen) -> tuple[str, str]:
-    held = sorted({what for x in seen for what in x.get("victim_also_held", [])})
-    return (f"{_user_sees(seen)}; A/B reconnects {counts(seen, 'reconnects')}; the killed master also "
-            f"held, in some run: {', '.join(held) or 'nothing else'}",
-            f"replica promoted {fmt(s, 'promoted_s')} (every node agrees {fmt(s, 'failover_s')}); "
-            f"{_after(s, 'the promotion')} (from the SIGKILL; cluster-node-timeout {NODE_TIMEOUT_MS} ms)")
-
-
-def describe_slot_moved(s: Summary, seen: Seen) -> tuple[str, str]:
-    fresh = how_often(seen, "target_was_subscribed", "one a server had", "one neither server had")
-    return (f"{_user_sees(seen)}; target shard: {fresh}; A/B reconnects {counts(seen, 'reconnects')}",
-            f"migration {fmt(s, 'move_s')}; then delivery both ways {fmt(s, 'delivery_s')}, both "
-            f"subscribed on the new shard {fmt(s, 'resubscribed_s')} (from the end of the migration)")
-
-
-def describe_sentinel_kill(s: Summary, seen: Seen) -> tuple[str, str]:
-    return (f"{_user_sees(seen)}; A/B reconnects {counts(seen, 'reconnects')}",
-            f"replica promoted {fmt(s, 'promoted_s')}, first named by a Sentinel {fmt(s, 'named_s')} "
-            f"(by all {fmt(s, 'failover_s')}); {_after(s, 'the naming')} (from the SIGKILL; "
-            f"down-after-milliseconds {DOWN_AFTER_MS} ms)")
-
-
-NOTES = [
-    "Faults 7-9: a fresh topology per run, two in-process managers (heartbeat_interval=1, "
-    "heartbeat_ttl=3; default probes and redis_timeout), the fault at least 1.5 s after their start. "
-    f"cluster-node-timeout {NODE_TIMEOUT_MS} ms: promotion ~ node_timeout x (1 to 1.5) + 1-1.5 s, so "
-    f"about 16-24 s with the 15 s default; down-after-milliseconds {DOWN_AFTER_MS} ms: the first Sentinel "
-    "names the new master ~ down_after + 1-1.5 s, so about 31-32 s with the 30 s default. Delivery and "
-    "state come back 'the library's share' later, which those settings do not scale. With "
-    "heartbeat_ttl 3 s a server's record can expire during the failover: the other server then "
-    "announces its users gone though they are connected, until it writes itself back.",
-]
