@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from .errors import ConfigError
 from .signing import signing_key_bytes
 
-__all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES", "redact_url"]
+__all__ = ["Config", "AuthenticateFn", "SUPPORTED_SCHEMES", "ROOM_NOTICES", "redact_url"]
 
 AuthenticateFn = Callable[[Any, str], Any]
 """``authenticate(auth_token, user_id)``: a falsy result refuses the connection."""
@@ -25,6 +25,8 @@ SUPPORTED_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "red
 _SEED_ENV = {"redis_url": "REDIS_URL", "server_host": "SERVER_HOST", "server_port": "PORT"}
 #: Fields that cannot come from text (environment, Flask config strings).
 _NOT_FROM_ENV = frozenset({"authenticate"})
+#: ``room_notices``: per connection, per user (a user's first join and last leave), or none.
+ROOM_NOTICES = ("connections", "users", "off")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -56,6 +58,7 @@ class Config:
     send_queue_max_messages: int = 1000
     send_queue_max_bytes: int = 1024 * 1024
     notify_on_disconnect: bool = True
+    room_notices: str = "connections"
     redis_timeout: float = 2.0
     subscribe_timeout: float = 2.0
     probe_interval: float = 5.0
@@ -118,6 +121,9 @@ class Config:
             raise ConfigError("max_connections must be >= 1")
         if self.max_rooms_per_connection < 0:
             raise ConfigError("max_rooms_per_connection must be >= 0 (0 = no limit)")
+        if self.room_notices not in ROOM_NOTICES:
+            raise ConfigError(f"room_notices must be one of {', '.join(ROOM_NOTICES)}, "
+                              f"not {self.room_notices!r}")
         if self.max_connections_per_user < 0:
             raise ConfigError("max_connections_per_user must be >= 0 (0 = no limit)")
         if self.max_message_bytes < 64:

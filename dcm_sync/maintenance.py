@@ -61,7 +61,7 @@ class Maintenance:
         count = 0
         while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH):
             count += len(batch)
-            if cfg.notify_on_disconnect:  # every room that still has members
+            if cfg.notify_on_disconnect and cfg.room_notices != "off":  # rooms to be told
                 departures = self._departures
                 departures.publish_quietly(departures.notices(batch, "server-failure"))
         self._backend.forget_server(server_id)

@@ -88,6 +88,8 @@ class DistributedConnectionManager:
         self._backend = backend or open_backend(config.redis_url, config.key_prefix,
                                                 timeout=config.redis_timeout,
                                                 ca_file=config.redis_ca_file)
+        self._backend.count_users = config.room_notices == "users"
+        notices = config.room_notices != "off"
         self._driver: Driver = get_driver()
         self._stop: StopFlag = self._driver.event()
         self._workers: list[Worker] = []
@@ -106,13 +108,15 @@ class DistributedConnectionManager:
                                   remove=lambda cid: self._departures.remove_local(cid, "removed"))
         self._departures = Departures(self.server_id, local, self._backend, self._listener,
                                       self._delivery, self._envelope,
-                                      config.notify_on_disconnect, config.max_message_bytes)
+                                      notices and config.notify_on_disconnect,
+                                      config.max_message_bytes)
         self._maintenance = Maintenance(self.server_id, config, local, self._backend,
                                         self._listener, self._departures, self._envelope,
                                         self._stop, self._counters, self._server_info)
         self._membership = Membership(self.server_id, local, self._backend, self._listener,
-                                      self._envelope, config.max_rooms_per_connection,
-                                      config.subscribe_timeout)
+                                      self._envelope, self._delivery,
+                                      config.max_rooms_per_connection,
+                                      config.subscribe_timeout, notices, config.max_message_bytes)
         self._dispatch = Dispatcher(self.server_id, self._envelope.signer, self._counters, local,
                                     self._listener, self._delivery, self._departures,
                                     self._membership.change_here)

@@ -1,22 +1,29 @@
 """Room membership changes: in the shared state (one atomic step that also tells the
-connection's owner when it is another server), and in this process's rooms and subscriptions."""
+connection's owner when it is another server), in this process's rooms and subscriptions, and
+the ``user-joined`` / ``user-left`` notices to the room's other members."""
 
 from __future__ import annotations
 
 from .backends import Backend
-from .envelopes import EnvelopeWriter, JoinRoom, LeaveRoom
+from .delivery import Delivery
+from .envelopes import EnvelopeWriter, JoinRoom, LeaveRoom, RoomMessage
 from .errors import UnknownConnectionError
 from .listener import Listener
 from .local import LocalConnectionManager
+from .messages import encode_message, room_notice
 
 __all__ = ["Membership"]
 
 
 class Membership:
     def __init__(self, server_id: str, local: LocalConnectionManager, backend: Backend,
-                 listener: Listener, envelope: EnvelopeWriter, max_rooms: int,
-                 subscribe_timeout: float) -> None:
+                 listener: Listener, envelope: EnvelopeWriter, delivery: Delivery,
+                 max_rooms: int, subscribe_timeout: float, notices: bool,
+                 max_message_bytes: int) -> None:
         self._server_id = server_id
+        self._delivery = delivery
+        self._notices = notices
+        self._max_bytes = max_message_bytes
         self._local = local
         self._backend = backend
         self._listener = listener
@@ -28,16 +35,32 @@ class Membership:
         """Join or leave a room for a connection on any server (ids already checked);
         `UnknownConnectionError` if no server holds it."""
         body = (JoinRoom if join else LeaveRoom)(connection_id, room_id)
-        route = b"" if connection_id in self._local else self._envelope(body)
+        conn = self._local.get(connection_id)
+        route = b"" if conn is not None else self._envelope(body)
+        user = conn.user_id if conn is not None else None
         if join:
-            owner = self._backend.join_room(connection_id, room_id, self._server_id, route,
-                                            self._max_rooms)
+            change = self._backend.join_room(connection_id, room_id, self._server_id, route,
+                                             self._max_rooms, user)
         else:
-            owner = self._backend.leave_room(connection_id, room_id, self._server_id, route)
-        if owner is None:
+            change = self._backend.leave_room(connection_id, room_id, self._server_id, route,
+                                              user)
+        if change is None:
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
-        if owner == self._server_id:
+        if change.owner == self._server_id:
             self.change_here(connection_id, room_id, join, self._subscribe_timeout)
+        if change.tell and self._notices:
+            self._tell(room_id, "user-joined" if join else "user-left", change.user_id,
+                       connection_id)
+
+    def _tell(self, room_id: str, kind: str, user_id: str, connection_id: str) -> None:
+        """A notice to the room's members but ``connection_id``: this server's directly, the
+        others' through the room's channel, published before the call that caused it returns."""
+        text = encode_message(room_notice(kind, room_id, user_id, connection_id), self._max_bytes)
+        skip = (connection_id,)
+        try:
+            self._backend.publish(f"room:{room_id}", self._envelope(RoomMessage(room_id, text, skip)))
+        finally:
+            self._delivery.to_room(room_id, text, skip)
 
     def change_here(self, connection_id: str, room_id: str, join: bool,
                     wait: float | None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from .errors import MessageTooLargeError
 
 __all__ = ["encode_message", "validate_id", "utf8_length", "MAX_ID_LENGTH", "new_id",
-           "exclusions", "disconnect_notice"]
+           "exclusions", "disconnect_notice", "room_notice"]
 
 MAX_ID_LENGTH = 256
 
@@ -86,3 +86,12 @@ def disconnect_notice(room: str, user_id: str, connection_id: str, reason: str) 
     """What the members left in a room receive when a connection is removed."""
     return {"type": "user-disconnected", "roomId": room, "userId": user_id,
             "connectionId": connection_id, "reason": reason}
+
+
+def room_notice(kind: str, room: str, user_id: str, connection_id: str) -> dict[str, str]:
+    """What the other members of a room receive when a connection joins (``user-joined``) or
+    leaves it (``user-left``, reason ``left``)."""
+    notice = {"type": kind, "roomId": room, "userId": user_id, "connectionId": connection_id}
+    if kind == "user-left":
+        notice["reason"] = "left"
+    return notice

@@ -11,7 +11,7 @@ from testkit.recording import RecordingSocket
 
 def test_emitter_reaches_rooms_and_connections(make_manager: Callable[..., DistributedConnectionManager],
                                                 backend_url: str, prefix: str) -> None:
-    a, b = make_manager(), make_manager()
+    a, b = make_manager(room_notices="off"), make_manager(room_notices="off")
     wa, wb = RecordingSocket(), RecordingSocket()
     ca = a.register_connection(wa, "alice")
     cb = b.register_connection(wb, "bob")

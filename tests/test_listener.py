@@ -41,7 +41,8 @@ def test_an_idle_listener_keeps_its_subscription(redis_server: RedisServer, pref
     # the subscription is not taken for lost (redis-py before 8.0 ends a read that was to
     # wait for ever after socket_timeout), and what comes after the quiet spell arrives
     made = [create_distributed_connection_manager(None, Config(
-        redis_url=redis_server.url, key_prefix=prefix, redis_timeout=0.4, **STEADY))
+        redis_url=redis_server.url, key_prefix=prefix, redis_timeout=0.4, room_notices="off",
+        **STEADY))
         for _ in range(2)]
     try:
         a, b = made

@@ -65,7 +65,8 @@ def test_a_taken_connection_id_is_never_reused(make_manager: Make,
 
 
 def test_broadcast_reaches_every_member_on_every_server_once(make_manager: Make) -> None:
-    a, b, c = make_manager(), make_manager(), make_manager()
+    # room_notices off: the frames compared are the broadcasts alone (notices: test_notices.py)
+    a, b, c = (make_manager(room_notices="off") for _ in range(3))
     _, wa = connect(a, "alice", "lobby")
     _, wb = connect(b, "bob", "lobby")
     _, wc = connect(c, "carol", "elsewhere")
@@ -78,7 +79,7 @@ def test_broadcast_reaches_every_member_on_every_server_once(make_manager: Make)
 
 
 def test_broadcast_exclude_and_plain_text(make_manager: Make) -> None:
-    a, b = make_manager(), make_manager()
+    a, b = make_manager(room_notices="off"), make_manager(room_notices="off")
     ca, wa = connect(a, "alice", "r")
     cb, wb = connect(b, "bob", "r")
     cb2, wb2 = connect(b, "bob2", "r")
@@ -123,7 +124,7 @@ def test_join_and_leave_a_remote_connection(make_manager: Make) -> None:
 
 
 def test_leave_stops_delivery_and_leaving_twice_is_fine(make_manager: Make) -> None:
-    a, b = make_manager(), make_manager()
+    a, b = make_manager(room_notices="off"), make_manager(room_notices="off")
     ca, wa = connect(a, "alice", "r")
     _, wb = connect(b, "bob", "r")
     a.leave_room(ca, "r")
@@ -236,10 +237,10 @@ def test_stats(make_manager: Make) -> None:
 
 def test_failed_send_removes_only_that_connection(make_manager: Make) -> None:
     a, b = make_manager(), make_manager()
-    dead_id = a.register_connection(RecordingSocket(fail=True), "ghost")
-    a.join_room(dead_id, "r")
     _, wa = connect(a, "alice", "r")
     _, wb = connect(b, "bob", "r")
+    dead_id = a.register_connection(RecordingSocket(fail=True), "ghost")
+    a.join_room(dead_id, "r")  # last: its join is told to the others, not to itself
     a.broadcast_to_room("r", {"n": 1})
     wait_until(lambda: wb.of_type("user-disconnected"))
     assert {"n": 1} in wa.messages() and {"n": 1} in wb.messages()
@@ -346,7 +347,7 @@ def test_authenticate(make_manager: Make) -> None:
 
 
 def test_concurrent_joins_and_broadcasts(make_manager: Make) -> None:
-    a, b = make_manager(), make_manager()
+    a, b = make_manager(room_notices="off"), make_manager(room_notices="off")
     socks: list[RecordingSocket] = []
     lock = threading.Lock()
 

@@ -32,10 +32,10 @@ def scrape(mgr: DistributedConnectionManager) -> tuple[dict[str, float], dict[st
 
 def test_scrape_reports_counters_and_cluster_gauges(make_manager: Make) -> None:
     a, b = make_manager(), make_manager()
-    dead = a.register_connection(RecordingSocket(fail=True), "ghost")
-    a.join_room(dead, "r")
     connect(a, "alice", "r", "s")
     connect(b, "bob", "r")
+    dead = a.register_connection(RecordingSocket(fail=True), "ghost")
+    a.join_room(dead, "r")  # last: its join is told to the others, not to itself
     values, types = scrape(a)
     assert values["dcm_send_errors_total"] == 0
     assert values["dcm_local_connections"] == 2

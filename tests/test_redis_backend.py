@@ -62,6 +62,9 @@ def test_layout(redis_server: RedisServer, prefix: str,
     assert set().union(*(r.smembers(k) for k in buckets)) == {b"lobby", b"room:with:colons"}
     assert indexed_rooms(r, prefix) == {"lobby", "room:with:colons"}
     assert r.smembers(f"{prefix}server-connections:{{{tag_a}}}{a.server_id}") == {cid.encode()}
+    alice_bucket = "u" + hashlib.sha1(b"alice").hexdigest()[:2]
+    k_alice = f"{prefix}users:{{{alice_bucket}}}alice"  # the index by user
+    assert r.smembers(k_alice) == {cid.encode()}
     server = {k.decode(): v.decode() for k, v in r.hgetall(k_servers_a).items()}
     assert set(server) == {"serverId", "host", "port", "pid", "lastHeartbeat", "activeConnections"}
     assert 0 < r.pttl(k_servers_a) <= STEADY["heartbeat_ttl"] * 1000
@@ -70,7 +73,7 @@ def test_layout(redis_server: RedisServer, prefix: str,
                                     f"{prefix}index:rooms:{{{lobby_bucket}}}",
                                     f"{prefix}index:rooms:{{{colons_bucket}}}",
                                     f"{prefix}server-connections:{{{tag_a}}}{a.server_id}",
-                                    f"{prefix}index:servers"}
+                                    f"{prefix}index:servers", k_alice}
     # nothing anywhere holds the auth token
     for key in keys(r, prefix):
         assert b"s3cret-token" not in r.dump(key)

@@ -144,7 +144,7 @@ def drain(sub: Subscription) -> list[tuple[str, bytes]]:
 
 
 def test_managers_sharing_a_key_talk_and_sign_everything(make_manager: Make) -> None:
-    a, b = make_manager(signing_keys=[K1]), make_manager(signing_keys=(K1,))
+    a, b = make_manager(signing_keys=[K1]), make_manager(signing_keys=(K1,), room_notices="off")
     received: list[tuple[str, Any]] = []
     b.on_server_message(lambda origin, msg: received.append((origin, msg)))
     ca, wa = connect(a, "alice", "r")
@@ -212,7 +212,8 @@ def test_a_server_with_another_key_drops_and_counts(make_manager: Make) -> None:
 
 def test_key_rotation_both_directions(make_manager: Make) -> None:
     # a already signs with the new key K2; b still signs with K1; both verify both
-    a, b = make_manager(signing_keys=[K2, K1]), make_manager(signing_keys=[K1, K2])
+    a = make_manager(signing_keys=[K2, K1], room_notices="off")
+    b = make_manager(signing_keys=[K1, K2], room_notices="off")
     ca, wa = connect(a, "alice", "r")
     cb, wb = connect(b, "bob", "r")
     a.broadcast_to_room("r", "from a")
@@ -222,7 +223,8 @@ def test_key_rotation_both_directions(make_manager: Make) -> None:
     assert sorted(wa.frames) == ["b->a", "from a", "from b"]
     assert sorted(wb.frames) == ["a->b", "from a", "from b"]
     # last step of the rotation: b drops K1 and signs with K2; a server left on K1 alone is cut off
-    c, old = make_manager(signing_keys=[K2]), make_manager(signing_keys=[K1])
+    c = make_manager(signing_keys=[K2], room_notices="off")
+    old = make_manager(signing_keys=[K1], room_notices="off")
     cc, wc = connect(c, "carol", "r")
     _, wo = connect(old, "olga", "r")
     a.broadcast_to_room("r", "after")
@@ -233,7 +235,8 @@ def test_key_rotation_both_directions(make_manager: Make) -> None:
 
 
 def test_signing_server_drops_unsigned_non_signing_server_accepts_signed(make_manager: Make) -> None:
-    signing, plain = make_manager(signing_keys=[K1]), make_manager()
+    signing = make_manager(signing_keys=[K1], room_notices="off")
+    plain = make_manager(room_notices="off")
     _, ws = connect(signing, "s", "r")
     _, wp = connect(plain, "p", "r")
     signing.broadcast_to_room("r", "signed")

@@ -7,15 +7,22 @@ from urllib.parse import urlsplit
 
 from ..config import redact_url
 from ..errors import ConfigError
-from .base import Backend, ConnectionRecord, Subscription
+from .base import Backend, ConnectionRecord, RoomChange, Subscription
 
-__all__ = ["Backend", "ConnectionRecord", "Subscription", "open_backend"]
+__all__ = ["Backend", "ConnectionRecord", "RoomChange", "Subscription", "open_backend"]
 
 
 def open_backend(url: str, key_prefix: str, timeout: float = 2.0,
-                 ca_file: str | None = None) -> Backend:
+                 ca_file: str | None = None, count_users: bool = False) -> Backend:
     """The backend for ``url``; only this function picks an implementation.
-    ``ca_file``: the CA certificates (PEM) that verify a ``rediss://`` server."""
+    ``ca_file``: the CA certificates (PEM) that verify a ``rediss://`` server;
+    ``count_users``: see [`Backend.count_users`][dcm_sync.backends.Backend]."""
+    backend = _open(url, key_prefix, timeout, ca_file)
+    backend.count_users = count_users
+    return backend
+
+
+def _open(url: str, key_prefix: str, timeout: float, ca_file: str | None) -> Backend:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryBackend

@@ -18,7 +18,8 @@ from typing import Protocol
 from ..errors import ConnectionLimitError
 from ..models import RemovedConnection, RoomMember, ServerInfo
 
-__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "rooms_full", "user_full"]
+__all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "RoomChange", "rooms_full",
+           "user_full"]
 
 
 def rooms_full(connection_id: str, max_rooms: int) -> ConnectionLimitError:
@@ -41,6 +42,18 @@ class ConnectionRecord:
     user_id: str
     connected_at: float
     rooms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoomChange:
+    """A join or leave as the shared state made it: the connection's owner and user, and
+    whether the room's other members are to be told (``user-joined`` / ``user-left``): the
+    connection's membership changed, some members remain and, when users are counted, it is
+    the user's first connection in the room (a join) or was their last (a leave)."""
+
+    owner: str
+    user_id: str
+    tell: bool
 
 
 class Confirmation(Protocol):
@@ -70,6 +83,9 @@ class Subscription(Protocol):
 class Backend(Protocol):
     url: str
     key_prefix: str
+    #: Count each room's members by user (notices per user: ``room_notices="users"``); the
+    #: same on every server and Emitter of a deployment. Set once, before any other call.
+    count_users: bool
 
     # servers
     def register_server(self, info: ServerInfo, ttl: float) -> None: ...
@@ -119,21 +135,24 @@ class Backend(Protocol):
         ...
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0) -> str | None:
-        """Add to the room; return the owning server id (None if unknown). If the owner is not
+                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
+        """Add to the room (None if the connection is unknown). If the owner is not
         ``caller``, ``route`` is published to the owner's server channel in the same step.
         `ConnectionLimitError`, changing nothing, if the connection is
-        not in the room and already in ``max_rooms`` rooms (0: no limit)."""
+        not in the room and already in ``max_rooms`` rooms (0: no limit). ``user_id``: the
+        connection's user if the caller knows it (it saves a read in Cluster)."""
         ...
 
-    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None: ...
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                   user_id: str | None = None) -> RoomChange | None: ...
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         """Publish ``data`` to the owner's server channel unless it is ``caller``; owner or None."""
         ...
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
-        """Remove each connection and its memberships; None for those already gone."""
+        """Remove each connection and its memberships; None for those already gone. Each
+        one's ``rooms_left`` are the rooms whose members are to be told."""
         ...
 
     def clear_room(self, room_id: str) -> list[RoomMember]:

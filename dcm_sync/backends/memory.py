@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
-from .base import ConnectionRecord, rooms_full, user_full
+from .base import ConnectionRecord, RoomChange, rooms_full, user_full
 
 __all__ = ["MemoryBackend", "reset_memory_backends"]
 
@@ -110,6 +110,8 @@ class _MemorySubscription:
 
 
 class MemoryBackend:
+    count_users = False
+
     def __init__(self, url: str, key_prefix: str) -> None:
         parts = urlsplit(url)
         name = (parts.netloc + parts.path).strip("/") or "default"
@@ -221,32 +223,47 @@ class MemoryBackend:
                     conn.expires = time.monotonic() + ttl
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0) -> str | None:
+                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
         s = self._s
         with s.lock:
             conn = s.live_conn(connection_id)
             if conn is None:
                 return None
+            tell = False
             if room_id not in conn.rooms:
                 if max_rooms and len(conn.rooms) >= max_rooms:
                     raise rooms_full(connection_id, max_rooms)
-                s.rooms.setdefault(room_id, set()).add(connection_id)
+                members = s.rooms.setdefault(room_id, set())
+                tell = bool(members) and not self._user_stays(room_id, conn.user_id)
+                members.add(connection_id)
                 conn.rooms.append(room_id)
             self._route_to(conn.server_id, caller, route)
-            return conn.server_id
+            return RoomChange(conn.server_id, conn.user_id, tell)
 
-    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                   user_id: str | None = None) -> RoomChange | None:
         s = self._s
         with s.lock:
             conn = s.live_conn(connection_id)
             if conn is None:
                 return None
+            tell = False
             members = s.rooms.get(room_id)
             if members is not None and connection_id in members:
-                self._discard_member(room_id, connection_id)
+                tell = not self._discard_member(room_id, connection_id) \
+                    and not self._user_stays(room_id, conn.user_id)
                 conn.rooms = [r for r in conn.rooms if r != room_id]
             self._route_to(conn.server_id, caller, route)
-            return conn.server_id
+            return RoomChange(conn.server_id, conn.user_id, tell)
+
+    def _user_stays(self, room_id: str, user_id: str) -> bool:
+        """With users counted: whether the user has a connection in the room (then a join or
+        a leave of another of theirs is not told). Always False when users are not counted."""
+        if not self.count_users:
+            return False
+        s = self._s
+        return any((c := s.conns.get(cid)) is not None and c.user_id == user_id
+                   for cid in s.rooms.get(room_id, ()))
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         s = self._s
@@ -269,7 +286,8 @@ class MemoryBackend:
         del s.conns[cid]
         s.server_conns.get(conn.server_id, set()).discard(cid)
         self._discard_user(conn.user_id, cid)
-        left = tuple(r for r in conn.rooms if not self._discard_member(r, cid))
+        left = tuple(r for r in conn.rooms if not self._discard_member(r, cid)
+                     and not self._user_stays(r, conn.user_id))
         return RemovedConnection(cid, conn.user_id, conn.server_id, left)
 
     def _discard_user(self, user_id: str, cid: str) -> None:

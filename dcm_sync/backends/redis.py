@@ -17,7 +17,7 @@ import redis
 from ..concurrency import HandOffLock
 from ..errors import BackendUnavailableError
 from ..models import RemovedConnection, RoomMember
-from .base import ConnectionRecord, rooms_full, user_full
+from .base import ConnectionRecord, RoomChange, rooms_full, user_full
 from .redis_base import CHUNK, RedisBase, as_str, members_of, removed_row, translate_errors
 from .redis_keys import room_bucket
 from .redis_pubsub import RedisSubscription
@@ -46,7 +46,7 @@ class RedisBackend(RedisBase):
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
                                "heartbeat", "to_live_server", "forget", "room_members",
-                               "user_connections", "clear_room")
+                               "user_connections", "clear_room", "room_add")
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:
@@ -81,7 +81,7 @@ class RedisBackend(RedisBase):
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connections(server_id),
                                                self._keys.server(server_id)],
-                                [self.key_prefix, count, 1])
+                                [self.key_prefix, count, 1, self._counted])
         return [r for r in map(removed_row, rows) if r is not None]
 
     def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
@@ -106,21 +106,26 @@ class RedisBackend(RedisBase):
             return members_of(self._script("clear_room", [], [self.key_prefix, room_id]))
 
     def _room_op(self, name: str, cid: str, room: str, caller: str, route: bytes,
-                 max_rooms: int = 0) -> str | None:
+                 max_rooms: int = 0) -> RoomChange | None:
         k = self._keys
         with translate_errors("room membership change"):
-            owner = self._script(name, [k.connection(cid), k.room(room),
-                                        k.rooms_index(room_bucket(room))],
-                                 [self.key_prefix, cid, caller, route, room, max_rooms])
-        if owner == 0:
+            result = self._script(name, [k.connection(cid), k.room(room),
+                                         k.rooms_index(room_bucket(room))],
+                                  [self.key_prefix, cid, caller, route, room, max_rooms,
+                                   self._counted])
+        if result == 0:
             raise rooms_full(cid, max_rooms)
-        return None if owner is None else as_str(owner)
+        if result is None:
+            return None
+        owner, user, tell = result
+        return RoomChange(as_str(owner), as_str(user), bool(tell))
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0) -> str | None:
+                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
         return self._room_op("join", connection_id, room_id, caller, route, max_rooms)
 
-    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                   user_id: str | None = None) -> RoomChange | None:
         return self._room_op("leave", connection_id, room_id, caller, route)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
@@ -133,8 +138,8 @@ class RedisBackend(RedisBase):
         out: list[RemovedConnection | None] = []
         with translate_errors("connection removal"):
             for start in range(0, len(connection_ids), CHUNK):
-                rows = self._script("remove", [],
-                                    [self.key_prefix, *connection_ids[start:start + CHUNK]])
+                rows = self._script("remove", [], [self.key_prefix, self._counted,
+                                                   *connection_ids[start:start + CHUNK]])
                 out.extend(removed_row(row) for row in rows)
         return out
 

@@ -103,6 +103,29 @@ class RedisBase:
     url: str
     _r: Any
     PUBLISH = "PUBLISH"  # the bus command (and what the scripts call): SPUBLISH in Cluster
+    count_users = False
+
+    @property
+    def _counted(self) -> str:
+        """The scripts' flag: ``'1'`` to count each room's members by user."""
+        return "1" if self.count_users else "0"
+
+    def _room_keys(self, room: str) -> list[str]:
+        """A room's set, its index bucket and its user counts (or its set again, when users
+        are not counted: the scripts take three keys, all of one slot)."""
+        k = self._keys
+        return [k.room(room), k.rooms_index(room_bucket(room)),
+                k.room_users(room) if self.count_users else k.room(room)]
+
+    def _run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run one script for each ``(keys, args)``, in pipelines."""
+        out: list[Any] = []
+        for start in range(0, len(calls), CHUNK):
+            pipe = self._r.pipeline(transaction=False)
+            for keys, args in calls[start:start + CHUNK]:
+                self._scripts[name](keys=keys, args=args, client=pipe)
+            out.extend(pipe.execute())
+        return out
 
     def __init__(self, key_prefix: str, timeout: float) -> None:
         self.key_prefix = key_prefix
@@ -208,10 +231,11 @@ class RedisBase:
                     pipe.pexpire(key, int(ttl * 1000))
                     pipe.sadd(k.server_connections(server_id), rec.connection_id)
                     pipe.sadd(k.user(rec.user_id), rec.connection_id)
-                    for room in rec.rooms:
-                        pipe.sadd(k.room(room), rec.connection_id)
-                        pipe.sadd(k.rooms_index(room_bucket(room)), room)
                 pipe.execute()
+            # through the join's own step: a room's user counts grow only for a new member
+            self._run_many("room_add", [
+                (self._room_keys(room), [rec.connection_id, room, rec.user_id, self._counted])
+                for rec in records for room in rec.rooms])
 
     def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None:
         with translate_errors("connection refresh"):

@@ -41,9 +41,9 @@ from ..concurrency import HandOffLock
 from ..config import redact_url
 from ..errors import BackendError
 from ..models import RemovedConnection, RoomMember
-from .base import ConnectionRecord, rooms_full, user_full
+from .base import ConnectionRecord, RoomChange, rooms_full, user_full
 from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
-from .redis_keys import room_bucket, server_tag
+from .redis_keys import server_tag
 from .redis_pubsub import ShardedSubscription
 from .redis_typed import close, evalsha
 from .redis_urls import cluster_clients
@@ -101,6 +101,9 @@ class RedisClusterBackend(RedisBase):
                     raise res
             results.extend(out)
         return results
+
+    def _run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        return self._eval_many(name, calls)
 
     def _pipeline_evalsha(self, name: str,
                           calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
@@ -199,14 +202,14 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connections(server_id),
                                                self._keys.server(server_id)],
-                                [self.key_prefix, count, 0])
+                                [self.key_prefix, count, 0, self._counted])
             return done + self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
 
     def _empty_rooms(self, removed: list[RemovedConnection]) -> list[RemovedConnection]:
         """Take removed connections out of their room sets; their ``rooms_left`` become the
         rooms that still have members."""
         k = self._keys
-        calls = [([k.room(room), k.rooms_index(room_bucket(room))], [r.connection_id, room])
+        calls = [(self._room_keys(room), [r.connection_id, room, r.user_id, self._counted])
                  for r in removed for room in r.rooms_left]
         still = iter(self._eval_many("room_del", calls))
         out = []
@@ -290,47 +293,58 @@ class RedisClusterBackend(RedisBase):
         k = self._keys
         with translate_errors("closing a room"):
             ids = [as_str(c) for c in self._script(
-                "room_clear", [k.room(room_id), k.rooms_index(room_bucket(room_id))], [room_id])]
+                "room_clear", [*self._room_keys(room_id)[:2], k.room_users(room_id)], [room_id])]
             rows = self._eval_many("conn_leave", [([k.connection(c)], [room_id]) for c in ids])
         found = [RoomMember(cid, as_str(row[0]), as_str(row[1]))
                  for cid, row in zip(ids, rows, strict=True) if row]
         return sorted(found, key=lambda m: m.connection_id)
 
     def _conn_room(self, cid: str, room: str, caller: str, route: bytes, join: bool,
-                   max_rooms: int = 0) -> str | None:
-        owner = self._script("conn_room", [self._keys.connection(cid)],
+                   max_rooms: int = 0) -> tuple[str, str] | None:
+        found = self._script("conn_room", [self._keys.connection(cid)],
                              [self.key_prefix, cid, caller, route, room, int(join), max_rooms])
-        if owner == 0:
+        if found == 0:
             raise rooms_full(cid, max_rooms)
-        return None if owner is None else as_str(owner)
+        return None if found is None else (as_str(found[0]), as_str(found[1]))
+
+    def _user_of(self, cid: str, user_id: str | None) -> str:
+        """The connection's user, read only when users are counted and the caller did not know."""
+        if user_id is not None or not self.count_users:
+            return user_id or ""
+        return as_str(self._r.hget(self._keys.connection(cid), "userId") or b"")
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0) -> str | None:
-        k = self._keys
-        room_keys = [k.room(room_id), k.rooms_index(room_bucket(room_id))]
+                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
+        room_keys = self._room_keys(room_id)
         with translate_errors("room membership change"):
-            added = self._script("room_add", room_keys, [connection_id, room_id])
-            owner = None
+            user = self._user_of(connection_id, user_id)
+            added = self._script("room_add", room_keys,
+                                 [connection_id, room_id, user, self._counted])
+            found = None
             try:
-                owner = self._conn_room(connection_id, room_id, caller, route, True, max_rooms)
+                found = self._conn_room(connection_id, room_id, caller, route, True, max_rooms)
             finally:
                 # unknown connection, in too many rooms, or the second step failed
-                if owner is None and added:
-                    self._take_back(room_keys, connection_id, room_id)
-        return owner
+                if found is None and added:
+                    self._take_back(room_keys, connection_id, room_id, user)
+        return None if found is None else RoomChange(found[0], found[1], added == 2)
 
-    def _take_back(self, room_keys: list[str], cid: str, room: str) -> None:
+    def _take_back(self, room_keys: list[str], cid: str, room: str, user: str) -> None:
         try:
-            self._script("room_del", room_keys, [cid, room])
+            self._script("room_del", room_keys, [cid, room, user, self._counted])
         except redis.RedisError as exc:
             logger.warning("connection %s left in room %r after a failed join: %s", cid, room, exc)
 
-    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes) -> str | None:
-        k = self._keys
+    def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
+                   user_id: str | None = None) -> RoomChange | None:
+        room_keys = self._room_keys(room_id)
         with translate_errors("room membership change"):
-            self._script("room_del", [k.room(room_id), k.rooms_index(room_bucket(room_id))],
-                         [connection_id, room_id])
-            return self._conn_room(connection_id, room_id, caller, route, False)
+            user = self._user_of(connection_id, user_id)
+            was_member = bool(self._r.sismember(room_keys[0], connection_id))
+            tell = self._script("room_del", room_keys,
+                                [connection_id, room_id, user, self._counted])
+            found = self._conn_room(connection_id, room_id, caller, route, False)
+        return None if found is None else RoomChange(found[0], found[1], was_member and tell == 1)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         key = self._keys.connection(connection_id)

@@ -16,6 +16,8 @@ what one atomic script touches lives in one slot:
     room bucket slot {rXX}   XX = the first 2 hex digits of sha1(room): 256 buckets
         P rooms:{rXX}<room>            set   the room's connection ids
         P index:rooms:{rXX}            set   the bucket's rooms with members
+        P room-users:{rXX}<room>       hash  user -> their connections in the room (only
+                                             with room_notices="users")
       -> a room's first join and last leave update the room index in the same script.
     user bucket slot {uXX}   XX = the first 2 hex digits of sha1(user): 256 buckets
         P users:{uXX}<user>            set   the user's connection ids (every server)
@@ -74,6 +76,9 @@ class KeyLayout:
 
     def room(self, room: str) -> str:
         return f"{self.prefix}rooms:{{{room_bucket(room)}}}{room}"
+
+    def room_users(self, room: str) -> str:
+        return f"{self.prefix}room-users:{{{room_bucket(room)}}}{room}"
 
     def user(self, user: str) -> str:
         return f"{self.prefix}users:{{{user_bucket(user)}}}{user}"

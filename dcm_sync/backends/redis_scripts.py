@@ -32,18 +32,34 @@ local function rooms_of(ckey_)
 end
 """
 
-# Room bucket slot. room_add -> 1 if the id was added; room_del -> 1 if the room still has members.
+# Room bucket slot. With ``uk`` (the room's user counts, kept when notices go per user) each
+# member's user is counted. room_add -> 0 if the id was in the room already, 1 added, 2 added
+# and the other members are to be told (there are some, and, with counts, it is the user's
+# first connection there); room_del -> 1 if the members left are to be told (there are some,
+# and, with counts, the user has no other connection there)
 _ROOM = """
-local function room_add(rk, ik, cid, room)
+local function room_add(rk, ik, cid, room, uk, user)
   if redis.call('SADD', rk, cid) == 0 then return 0 end
-  if redis.call('SCARD', rk) == 1 then redis.call('SADD', ik, room) end
+  local size = redis.call('SCARD', rk)
+  if size == 1 then redis.call('SADD', ik, room) end
+  if uk ~= '' and redis.call('HINCRBY', uk, user, 1) > 1 then return 1 end
+  if size > 1 then return 2 end
   return 1
 end
-local function room_del(rk, ik, cid, room)
-  if redis.call('SREM', rk, cid) == 1 and redis.call('EXISTS', rk) == 0 then
+local function room_del(rk, ik, cid, room, uk, user)
+  local removed = redis.call('SREM', rk, cid)
+  if removed == 1 and redis.call('EXISTS', rk) == 0 then
     redis.call('SREM', ik, room)
   end
+  if uk ~= '' then
+    if removed == 1 and redis.call('HINCRBY', uk, user, -1) <= 0 then redis.call('HDEL', uk, user) end
+    if redis.call('HEXISTS', uk, user) == 1 then return 0 end
+  end
   return redis.call('EXISTS', rk)
+end
+local function uckey(prefix, room, counted)
+  if counted ~= '1' then return '' end
+  return prefix .. 'room-users:{' .. bucket(room) .. '}' .. room
 end
 """
 
@@ -107,15 +123,16 @@ end
 _HEAD = _KEYS + _ROOM + _CONN
 
 # ---------------------------------------------------------------- single Redis: one script each
-# ARGV: prefix, cid... -> per id {cid, user, server, {rooms left}} or false
+# ARGV: prefix, '1' to count users, cid... -> per id {cid, user, server, {rooms to tell}} or false
 REMOVE = _HEAD + """
 local out = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local r = conn_remove(ARGV[1], ARGV[i], false)
   if r then
     local left = {}
     for _, room in ipairs(r[4]) do
-      if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), r[1], room) == 1 then
+      if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), r[1], room,
+                  uckey(ARGV[1], room, ARGV[2]), r[2]) == 1 then
         left[#left + 1] = room
       end
     end
@@ -127,29 +144,35 @@ return out
 """
 
 # KEYS: connections:<cid>, rooms:<room>, its index bucket. ARGV: prefix, cid, caller, route,
-# room, max rooms (0: no limit) -> owner; false if unknown; 0 (nothing changed) if the
-# connection is not in the room and in max rooms already
+# room, max rooms (0: no limit), '1' to count users -> {owner, user, 1 if the other members
+# are to be told}; false if the connection is unknown; 0 (nothing changed) if it is not in the
+# room and in max rooms already
 JOIN = _HEAD + """
-local owner = redis.call('HGET', KEYS[1], 'serverId')
-if not owner then return false end
+local f = redis.call('HMGET', KEYS[1], 'serverId', 'userId')
+if not f[1] then return false end
+local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
   if full(KEYS[1], ARGV[6]) then return 0 end
-  room_add(KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+  if room_add(KEYS[2], KEYS[3], ARGV[2], ARGV[5], uckey(ARGV[1], ARGV[5], ARGV[7]), f[2]) == 2 then
+    tell = 1
+  end
   list_edit(KEYS[1], ARGV[5], true)
 end
-notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
-return owner
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+return {f[1], f[2] or '', tell}
 """
 
+# ARGV: prefix, cid, caller, route, room, (unused), '1' to count users -> as JOIN
 LEAVE = _HEAD + """
-local owner = redis.call('HGET', KEYS[1], 'serverId')
-if not owner then return false end
+local f = redis.call('HMGET', KEYS[1], 'serverId', 'userId')
+if not f[1] then return false end
+local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
-  room_del(KEYS[2], KEYS[3], ARGV[2], ARGV[5])
+  tell = room_del(KEYS[2], KEYS[3], ARGV[2], ARGV[5], uckey(ARGV[1], ARGV[5], ARGV[7]), f[2])
   list_edit(KEYS[1], ARGV[5], false)
 end
-notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
-return owner
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+return {f[1], f[2] or '', tell}
 """
 
 # ARGV: prefix, room -> {cid, user, server, ...} of the room's members whose connection exists
@@ -185,7 +208,7 @@ return out
 CLEAR_ROOM = _HEAD + """
 local rk = rkey(ARGV[1], ARGV[2])
 local members = redis.call('SMEMBERS', rk)
-redis.call('DEL', rk)
+redis.call('DEL', rk, uckey(ARGV[1], ARGV[2], '1'))
 redis.call('SREM', ikey(ARGV[1], ARGV[2]), ARGV[2])
 local out = {}
 for _, cid in ipairs(members) do
@@ -200,14 +223,23 @@ return out
 """
 
 # ---------------------------------------------------------------- Cluster: one slot per script
-# KEYS: rooms:<room>, its index bucket. ARGV: cid, room
-ROOM_ADD = _ROOM + "return room_add(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
-ROOM_DEL = _ROOM + "return room_del(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
+# KEYS: rooms:<room>, its index bucket, its user counts (or the room again: not counted).
+# ARGV: cid, room, user, '1' to count users
+ROOM_ADD = _KEYS + _ROOM + """
+local uk = ''
+if ARGV[4] == '1' then uk = KEYS[3] end
+return room_add(KEYS[1], KEYS[2], ARGV[1], ARGV[2], uk, ARGV[3])
+"""
+ROOM_DEL = _KEYS + _ROOM + """
+local uk = ''
+if ARGV[4] == '1' then uk = KEYS[3] end
+return room_del(KEYS[1], KEYS[2], ARGV[1], ARGV[2], uk, ARGV[3])
+"""
 
-# KEYS: rooms:<room>, its index bucket. ARGV: room -> the members, all taken out
+# KEYS: rooms:<room>, its index bucket, its user counts. ARGV: room -> the members, all taken out
 ROOM_CLEAR = """
 local members = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 return members
 """
@@ -229,14 +261,15 @@ return {f[1] or '', f[2]}
 """
 
 # KEYS: connections:<cid>. ARGV: prefix, cid, caller, route, room, 1 join / 0 leave, max rooms
-# (0: no limit) -> owner; false if unknown; 0 (nothing changed) if a join would pass max rooms
+# (0: no limit) -> {owner, user}; false if unknown; 0 (nothing changed) if a join would pass
+# max rooms
 CONN_ROOM = _HEAD + """
-local owner = redis.call('HGET', KEYS[1], 'serverId')
-if not owner then return false end
+local f = redis.call('HMGET', KEYS[1], 'serverId', 'userId')
+if not f[1] then return false end
 if ARGV[6] == '1' and not in_list(KEYS[1], ARGV[5]) and full(KEYS[1], ARGV[7]) then return 0 end
 list_edit(KEYS[1], ARGV[5], ARGV[6] == '1')
-notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
-return owner
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+return {f[1], f[2] or ''}
 """
 
 # KEYS: the connections' hashes (one server slot). ARGV: prefix, cid... -> rows or false
@@ -248,9 +281,9 @@ return out
 
 # ---------------------------------------------------------------- both
 # KEYS: server-connections:<sid>, servers:<sid>. ARGV: prefix, count, 1 to also empty the room
-# sets (single Redis; 0 in Cluster: the rows are noted in removing:{T}) -> rows {cid, user,
-# server, {rooms left (single) or every room (Cluster)}}; none once the server is back (it
-# writes its own state: nothing is removed under it)
+# sets (single Redis; 0 in Cluster: the rows are noted in removing:{T}), '1' to count users
+# -> rows {cid, user, server, {rooms to tell (single) or every room (Cluster)}}; none once the
+# server is back (it writes its own state: nothing is removed under it)
 POP_SERVER = _HEAD + """
 local out = {}
 if redis.call('EXISTS', KEYS[2]) == 1 then return out end
@@ -260,7 +293,8 @@ for _, cid in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))) do
     if ARGV[3] == '1' then
       local left = {}
       for _, room in ipairs(r[4]) do
-        if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), cid, room) == 1 then
+        if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), cid, room,
+                    uckey(ARGV[1], room, ARGV[4]), r[2]) == 1 then
           left[#left + 1] = room
         end
       end
