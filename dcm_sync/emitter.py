@@ -12,7 +12,7 @@ from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage
 from .errors import DCMError
 from .messages import encode_message, exclusions, new_id, validate_id
 from .models import DistributedStats, RoomMember
-from .presence import Presence
+from .presence import Presence, rooms_page
 
 __all__ = ["Emitter"]
 
@@ -96,6 +96,12 @@ class Emitter:
         self._check_open()
         total, rooms, servers = self._backend.stats()
         return DistributedStats(total, rooms, len(servers), 0, servers)
+
+    def get_rooms(self, offset: int = 0, limit: int = 50) -> list[tuple[str, int]]:
+        """``(room_id, members)`` of the rooms with members, largest first (ties by name): up
+        to ``limit`` from ``offset`` on. Each page reads the whole room index."""
+        self._check_open()
+        return rooms_page(self._backend, offset, limit)
 
     def close(self) -> None:
         """Release the connection to the backend. Idempotent."""

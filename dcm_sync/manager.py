@@ -41,7 +41,7 @@ from .membership import Membership
 from .messages import encode_message, exclusions, validate_id
 from .models import DistributedStats, RoomMember, ServerInfo
 from .outbox import SendPolicy
-from .presence import Presence, ServerHere
+from .presence import Presence, ServerHere, rooms_page
 
 __all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
 
@@ -403,6 +403,11 @@ class DistributedConnectionManager:
     def get_active_servers(self) -> list[ServerInfo]:
         """Every live server, as the shared state records it."""
         return self._backend.stats()[2]
+
+    def get_rooms(self, offset: int = 0, limit: int = 50) -> list[tuple[str, int]]:
+        """``(room_id, members)`` of the rooms with members on every server, largest first
+        (ties by name): up to ``limit`` from ``offset`` on. Each page reads the whole room index."""
+        return rooms_page(self._backend, offset, limit)
 
     def metrics(self) -> dict[str, int]:
         """Counters since start, one per key of [`COUNTERS`][] (which says what each counts)."""

@@ -22,7 +22,7 @@ from .membership import Membership
 from .messages import encode_message, utf8_length, validate_id
 from .models import RemovedConnection, RoomMember
 
-__all__ = ["Presence", "Here", "ServerHere", "check_close"]
+__all__ = ["Presence", "Here", "ServerHere", "check_close", "rooms_page"]
 
 #: Close codes an application may send (RFC 6455 section 7.4: 1000-1003 and 1007-1014 are
 #: defined, 3000-4999 are for libraries and applications).
@@ -157,3 +157,15 @@ class Presence:
         if routes:
             self._backend.publish_many(routes)
         return len(members)
+
+
+def rooms_page(backend: Backend, offset: int, limit: int) -> list[tuple[str, int]]:
+    """``(room, members)`` of the rooms with members, largest first and ties by name, from
+    ``offset`` on, at most ``limit``. Every call reads the whole room index (the order needs
+    every size), so a page costs about as much as the full list."""
+    if type(offset) is not int or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    if type(limit) is not int or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    ranked = sorted(backend.room_sizes(), key=lambda rs: (-rs[1], rs[0]))
+    return ranked[offset:offset + limit]

@@ -20,6 +20,7 @@ from dcm_sync import (
     UnknownConnectionError,
 )
 
+from .cli import make_cli_group
 from .connection import WebSocketConnection
 from .gate import REFUSE_ORIGIN, REFUSE_TOKEN, extract_token, origin_allowed
 from .handshake import HandshakeError
@@ -55,7 +56,8 @@ class DistributedWebSockets:
     # ----------------------------------------------------------------- setup
     def init_app(self, app: Flask) -> None:
         """Bind to ``app``: reads ``DCM_*`` config (invalid values raise ``ConfigError`` here),
-        adds the routes. Starts nothing: the manager is made on first use in the serving process."""
+        adds the routes and the ``flask dcm`` commands. Starts nothing: the manager is made on
+        first use in the serving process."""
         if "dcm" in app.extensions:
             raise RuntimeError("a DistributedWebSockets extension is already registered on this app")
         app.config.setdefault("DCM_ALLOWED_ORIGINS", None)
@@ -66,6 +68,7 @@ class DistributedWebSockets:
             self._add_route(app, state, rule, endpoint, view, options)
         app.before_request(self._pass_foreign_precheck)
         app.register_error_handler(WebsocketMismatch, _websocket_mismatch)
+        app.cli.add_command(make_cli_group())  # `flask dcm ...`: opens nothing until run
 
     def authenticate(self, fn: Authenticator) -> Authenticator:
         """Decorator: ``fn(token) -> user id or None``. Token from ``Authorization: Bearer`` or

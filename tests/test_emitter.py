@@ -32,3 +32,25 @@ def test_emitter_reaches_rooms_and_connections(make_manager: Callable[..., Distr
     with pytest.raises(DCMError):
         em.broadcast_to_room("news", "closed")
     em.close()
+
+
+def test_rooms_largest_first_paged(make_manager: Callable[..., DistributedConnectionManager],
+                                   backend_url: str, prefix: str) -> None:
+    a, b = make_manager(), make_manager()
+    for mgr, user, rooms in ((a, "u1", ["big", "mid", "zed"]), (b, "u2", ["big", "mid"]),
+                             (a, "u3", ["big", "abc"]), (b, "u4", [])):
+        cid = mgr.register_connection(RecordingSocket(), user)
+        for room in rooms:
+            mgr.join_room(cid, room)
+    ranked = [("big", 3), ("mid", 2), ("abc", 1), ("zed", 1)]  # ties by name
+    with Emitter(backend_url, key_prefix=prefix) as em:
+        assert em.get_rooms() == ranked
+        assert em.get_rooms(1, 2) == ranked[1:3]
+        assert em.get_rooms(4) == []
+        for bad in ((-1, 50), (0, 0)):
+            with pytest.raises(ValueError):
+                em.get_rooms(*bad)
+    assert b.get_rooms(limit=1) == ranked[:1]
+    cid = a.get_room_members("zed")[0].connection_id
+    a.leave_room(cid, "zed")  # an emptied room is gone from the list
+    assert a.get_rooms() == ranked[:3]

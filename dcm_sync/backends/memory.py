@@ -378,3 +378,7 @@ class MemoryBackend:
 
     def close(self) -> None:
         """Nothing to release: the state lives as long as the process (like a Redis server)."""
+
+    def room_sizes(self) -> list[tuple[str, int]]:
+        with self._s.lock:
+            return [(room, len(ids)) for room, ids in self._s.rooms.items() if ids]

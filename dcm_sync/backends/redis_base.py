@@ -279,3 +279,19 @@ class RedisBase:
                                       int(res[2 * i + 1])))
         rooms = sum(int(n) for n in res[2 * len(ids):])
         return sum(s.active_connections for s in servers), rooms, servers
+
+    def room_sizes(self) -> list[tuple[str, int]]:
+        k = self._keys
+        with translate_errors("room listing"):
+            pipe = self._r.pipeline(transaction=False)
+            for index in k.all_rooms_indexes():
+                pipe.smembers(index)
+            rooms = sorted({as_str(r) for bucket in pipe.execute() for r in bucket})
+            sizes: list[int] = []
+            for start in range(0, len(rooms), CHUNK):
+                pipe = self._r.pipeline(transaction=False)
+                for room in rooms[start:start + CHUNK]:
+                    pipe.scard(k.room(room))
+                sizes.extend(int(n) for n in pipe.execute())
+        # a room emptied between the two reads is left out
+        return [(room, n) for room, n in zip(rooms, sizes, strict=True) if n]
