@@ -209,21 +209,17 @@ class DistributedWebSockets:
 
     def _run(self, state: AppState, view: View, url_args: dict[str, Any], transport: Transport,
              user_id: str) -> None:
-        mgr = state.manager()
-        if not state.user_slots.take(user_id):
-            transport.close(*CLOSE_TOO_MANY)
-            return
-        try:
-            self._run_registered(mgr, view, url_args, transport, user_id)
-        finally:
-            state.user_slots.give_back(user_id)
+        self._run_registered(state.manager(), view, url_args, transport, user_id)
 
     def _run_registered(self, mgr: DistributedConnectionManager, view: View, url_args: dict[str, Any],
                         transport: Transport, user_id: str) -> None:
         try:
             conn_id = mgr.register_connection(transport, user_id)
         except ConnectionLimitError:
-            transport.close(1013, "server full")
+            if len(mgr.local) < mgr.config.max_connections:  # the user's cap, on all servers
+                transport.close(*CLOSE_TOO_MANY)
+            else:
+                transport.close(1013, "server full")
             return
         except AuthenticationError:
             transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ from typing import Any
 
 from dcm_sync import ConfigError
 
-__all__ = ["InboundLimits", "InboundGuard", "UserSlots", "Violation", "setdefault_limits",
+__all__ = ["InboundLimits", "InboundGuard", "Violation", "setdefault_limits",
            "CLOSE_PROTOCOL", "CLOSE_BINARY", "CLOSE_INVALID_UTF8", "CLOSE_POLICY_RATE",
            "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_INCOMPLETE"]
 
@@ -37,7 +36,6 @@ DEFAULTS: dict[str, Any] = {
     "DCM_RATE_LIMIT": 50.0,               # messages per second per socket; 0 = no limit
     "DCM_RATE_BURST": 100,                # messages a socket may send at once before the rate applies
     "DCM_RATE_LIMIT_ACTION": "close",     # "close" (1008) or "drop"
-    "DCM_MAX_CONNECTIONS_PER_USER": 0,    # sockets per user id in this process; 0 = unlimited
     "DCM_HANDSHAKE_TIMEOUT": 10.0,        # seconds to send the request line and headers; 0 = none
 }
 """The inbound-limit keys of the app's config and their defaults: ``setdefault_limits`` gives
@@ -86,13 +84,6 @@ def setdefault_limits(config: MutableMapping[str, Any], environ: Mapping[str, st
     env = os.environ if environ is None else environ
     for key, default in DEFAULTS.items():
         config.setdefault(key, env.get(key, default))
-
-
-def max_connections_per_user(config: Mapping[str, Any]) -> int:
-    value: int = _number(config, "DCM_MAX_CONNECTIONS_PER_USER", int)
-    if value < 0:
-        raise ConfigError("DCM_MAX_CONNECTIONS_PER_USER must be >= 0 (0 = unlimited)")
-    return value
 
 
 def handshake_timeout(config: Mapping[str, Any]) -> float | None:
@@ -145,32 +136,3 @@ class InboundGuard:
         """`Violation` (1003) for a binary message on a text-only route."""
         if isinstance(message, (bytes, bytearray)) and not self.limits.binary:
             raise Violation(CLOSE_BINARY)
-
-
-class UserSlots:
-    """Sockets per user id in this process, at most ``limit`` each (0: unlimited)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def take(self, user_id: str) -> bool:
-        if not self.limit:
-            return True
-        with self._lock:
-            held = self._counts.get(user_id, 0)
-            if held >= self.limit:
-                return False
-            self._counts[user_id] = held + 1
-            return True
-
-    def give_back(self, user_id: str) -> None:
-        if not self.limit:
-            return
-        with self._lock:
-            held = self._counts.get(user_id, 0) - 1
-            if held > 0:
-                self._counts[user_id] = held
-            else:
-                self._counts.pop(user_id, None)

@@ -22,7 +22,7 @@ from dcm_sync import (
 from dcm_sync.config import field_names
 
 from .gate import parse_origins
-from .limits import InboundLimits, UserSlots, handshake_timeout, max_connections_per_user, setdefault_limits
+from .limits import InboundLimits, handshake_timeout, setdefault_limits
 
 __all__ = ["AppState", "build_config", "health_details", "FLASK_ONLY_KEYS"]
 
@@ -33,7 +33,7 @@ SIGTERM_YIELD = 0.1
 
 #: DCM_* keys that belong to the extension, not to dcm_sync.Config.
 FLASK_ONLY_KEYS = frozenset({"allowed_origins", "rate_limit", "rate_burst", "rate_limit_action",
-                             "max_connections_per_user", "handshake_timeout", "health_details"})
+                             "handshake_timeout", "health_details"})
 
 
 def health_details(app: Flask) -> bool:
@@ -67,7 +67,6 @@ class AppState:
         self.allowed_origins = parse_origins(app.config.get("DCM_ALLOWED_ORIGINS"))
         setdefault_limits(app.config)  # inbound limits: flask_ext.limits
         self.limits = InboundLimits.from_config(app.config, self.config.max_message_bytes)
-        self.user_slots = UserSlots(max_connections_per_user(app.config))
         handshake_timeout(app.config)  # checked here, read by flask_ext.handler
         self.health_details = health_details(app)
         self.endpoints: set[str] = set()
