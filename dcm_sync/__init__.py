@@ -18,7 +18,9 @@ from .errors import (
     ConnectionLimitError,
     DCMError,
     MessageTooLargeError,
+    RequestFailedError,
     UnknownConnectionError,
+    UnknownServerError,
 )
 from .factory import create_distributed_connection_manager
 from .local import LocalConnectionManager
@@ -42,6 +44,8 @@ __all__ = [
     "ConnectionLimitError",
     "MessageTooLargeError",
     "AuthenticationError",
+    "UnknownServerError",
+    "RequestFailedError",
     "BackendError",
     "BackendUnavailableError",
     "BackendAuthenticationError",

@@ -21,6 +21,8 @@ from .envelopes import (
     JoinRoom,
     LeaveRoom,
     Probe,
+    Reply,
+    Request,
     RoomMessage,
     ServerMessage,
     Touch,
@@ -29,6 +31,7 @@ from .envelopes import (
 )
 from .listener import Listener
 from .local import LocalConnectionManager
+from .requests import Requests
 from .signing import SIGNED_HEADER_LENGTH, EnvelopeError, EnvelopeSigner, SignatureError
 
 __all__ = ["Dispatcher", "ServerMessageHandler"]
@@ -45,7 +48,8 @@ class Dispatcher:
     def __init__(self, server_id: str, signer: EnvelopeSigner | None, counters: Counter[str],
                  local: LocalConnectionManager, listener: Listener, delivery: Delivery,
                  departures: Departures,
-                 room_change: Callable[[str, str, bool, float | None], None]) -> None:
+                 room_change: Callable[[str, str, bool, float | None], None],
+                 requests: Requests) -> None:
         self._server_id = server_id
         self._signer = signer
         self._counters = counters
@@ -69,6 +73,8 @@ class Dispatcher:
             Evict: self._evict,
             Touch: self._touch,
             Probe: self._probe,
+            Request: requests.received,  # queued for a worker: handlers never run here
+            Reply: requests.replied,
         }
 
     def __call__(self, channel: str, data: bytes) -> None:

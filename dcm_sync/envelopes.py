@@ -19,6 +19,8 @@ their bodies:
                 (removed from shared state; close them with that code)
     touch   c: connection id                                          Touch
     probe   n: a number  (a server to itself: its subscription works) Probe
+    request q: request id, p: the message as sent                     Request
+    reply   q: request id, s: success, p: the reply (or error text)   Reply
 
 An envelope that is not valid JSON, not an object, of another version, of an unknown kind or
 missing a field raises `EnvelopeError`; the listener logs and drops
@@ -43,7 +45,7 @@ from .signing import (
 
 __all__ = ["PROTOCOL_VERSION", "KINDS", "Envelope", "Received", "Body", "RoomMessage",
            "DirectMessage", "DirectMessages", "Disconnect", "ServerMessage", "JoinRoom",
-           "LeaveRoom", "Evict", "Touch", "Probe",
+           "LeaveRoom", "Evict", "Touch", "Probe", "Request", "Reply",
            "EnvelopeWriter", "encode_envelope", "envelope_prefix", "decode_envelope",
            "decode_body", "EnvelopeError", "SignatureError", "SIGNED_HEADER_LENGTH"]
 
@@ -141,8 +143,28 @@ class Probe:
     number: int
 
 
+@dataclass(frozen=True)
+class Request:
+    """A request to one server's request handler, answered by a `Reply` with the same ``id``
+    on the asking server's own channel."""
+
+    KIND: ClassVar[str] = "request"
+    id: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to `Request` ``id``: the handler's reply when ``ok``, else the error's text."""
+
+    KIND: ClassVar[str] = "reply"
+    id: str
+    ok: bool
+    payload: Any
+
+
 Body = (RoomMessage | DirectMessage | DirectMessages | Disconnect | ServerMessage | JoinRoom
-        | LeaveRoom | Evict | Touch | Probe)
+        | LeaveRoom | Evict | Touch | Probe | Request | Reply)
 
 #: body class -> (JSON key, type) of each of its fields, in field order
 _KEYS: dict[type[Body], tuple[tuple[str, type], ...]] = {
@@ -156,6 +178,8 @@ _KEYS: dict[type[Body], tuple[tuple[str, type], ...]] = {
     Evict: (("c", str),),
     Touch: (("c", str),),
     Probe: (("n", int),),
+    Request: (("q", str), ("p", object)),
+    Reply: (("q", str), ("s", bool), ("p", object)),
 }
 _BODIES: dict[str, type[Body]] = {cls.KIND: cls for cls in _KEYS}
 _REQUIRED = {kind: _KEYS[cls] for kind, cls in _BODIES.items()}

@@ -8,6 +8,8 @@ Every error the library raises on purpose derives from `DCMError`::
      ├── ConnectionLimitError                   max_connections or max_rooms_per_connection reached
      ├── MessageTooLargeError (also ValueError)  encoded message over max_message_bytes
      ├── AuthenticationError                    Config.authenticate refused a token
+     ├── UnknownServerError                     request(): no such live server
+     ├── RequestFailedError                     request(): the other server answered with an error
      └── BackendError                           the coordinator (Redis) failed
           └── BackendUnavailableError           it could not be reached in time
                └── BackendAuthenticationError   it refused the credentials (Redis ACL / password)
@@ -26,6 +28,8 @@ __all__ = [
     "ConnectionLimitError",
     "MessageTooLargeError",
     "AuthenticationError",
+    "UnknownServerError",
+    "RequestFailedError",
     "BackendError",
     "BackendUnavailableError",
     "BackendAuthenticationError",
@@ -58,6 +62,16 @@ class MessageTooLargeError(DCMError, ValueError):
 
 class AuthenticationError(DCMError):
     """``Config.authenticate`` refused the connection's token."""
+
+
+class UnknownServerError(DCMError):
+    """No live server has the id a request was sent to."""
+
+
+class RequestFailedError(DCMError):
+    """The server asked answered with an error instead of a reply: its request handler raised
+    (the message names the error), it has no handler, or its reply could not be sent (not
+    JSON-serializable, or over ``max_message_bytes``)."""
 
 
 class BackendError(DCMError):

@@ -8,7 +8,8 @@ A façade over parts, each handed what it needs:
 * `Maintenance`: heartbeats, failure cleanup, stale cleanup,
   probes, restoring state after Redis was lost;
 * `Listener` and `Dispatcher`: the bus
-  subscription, and incoming envelopes by their typed body.
+  subscription, and incoming envelopes by their typed body;
+* `Requests`: requests between servers, this server's request handler.
 
 Data flows one way: API call -> local sockets and backend (shared state + bus); and back from
 the listener -> dispatcher -> local sockets.
@@ -42,6 +43,7 @@ from .messages import encode_message, exclusions, validate_id
 from .models import DistributedStats, RoomMember, ServerInfo
 from .outbox import SendPolicy
 from .presence import Presence, ServerHere, rooms_page
+from .requests import RequestHandler, Requests, check_timeout
 
 __all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
 
@@ -117,9 +119,11 @@ class DistributedConnectionManager:
                                       self._envelope, self._delivery,
                                       config.max_rooms_per_connection,
                                       config.subscribe_timeout, notices, config.max_message_bytes)
+        self._requests = Requests(self.server_id, self._backend, self._envelope, self._driver,
+                                  config.max_message_bytes)
         self._dispatch = Dispatcher(self.server_id, self._envelope.signer, self._counters, local,
                                     self._listener, self._delivery, self._departures,
-                                    self._membership.change_here)
+                                    self._membership.change_here, self._requests)
         here = ServerHere(self.server_id, local, self._delivery, self._departures,
                           self._membership)
         self._presence = Presence(self._backend, self._envelope, config.max_message_bytes,
@@ -191,6 +195,7 @@ class DistributedConnectionManager:
             if self._closed:
                 return False
             self._closed = True
+        self._requests.close()  # callers waiting for replies get DCMError now
         self._stop.set()
         self._listener.close()  # wakes the listener out of its read
         deadline = time.monotonic() + STOP_SECONDS
@@ -349,6 +354,42 @@ class DistributedConnectionManager:
             raise TypeError("handler must be callable")
         self._dispatch.server_handlers.append(handler)
         return handler
+
+    def on_request(self, handler: RequestHandler) -> RequestHandler:
+        """Answer requests to this server with ``handler(from_server_id, message) -> reply``
+        (replacing any handler set before); the reply must be JSON-serializable and at most
+        ``max_message_bytes``. It runs in a worker of its own, never on the listener (see
+        [`request`][dcm_sync.DistributedConnectionManager.request])."""
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        self._requests.handler = handler
+        return handler
+
+    def request(self, server_id: str, message: Any, timeout: float = 5.0) -> Any:
+        """Ask a live server's [`on_request`][dcm_sync.DistributedConnectionManager.on_request]
+        handler (this server's own too) and return its reply, decoded as sent.
+
+        Raises [`UnknownServerError`][dcm_sync.UnknownServerError] if no such server is alive,
+        the builtin ``TimeoutError`` if no reply came within ``timeout`` seconds, and
+        [`RequestFailedError`][dcm_sync.RequestFailedError] if the server answered with an
+        error: its handler raised (the message names the error), it has no handler, or the
+        reply could not be sent. [`DCMError`][dcm_sync.DCMError] if this manager is shut down,
+        while waiting too."""
+        self._check_open()
+        validate_id(server_id, "server_id")
+        encode_message(message, self.config.max_message_bytes)  # type and size checks
+        return self._requests.request(server_id, message, check_timeout(timeout))
+
+    def survey(self, message: Any, timeout: float = 5.0) -> dict[str, Any]:
+        """Ask every live server (the heartbeat registry's, this one included) and return the
+        replies that came within ``timeout`` seconds, by server id; returns as soon as every
+        one answered. A server that did not answer in time, or answered with an error (its
+        handler raised, or it has none), is left out."""
+        self._check_open()
+        encode_message(message, self.config.max_message_bytes)
+        seconds = check_timeout(timeout)
+        servers = [info.server_id for info in self._backend.stats()[2]]
+        return self._requests.survey(servers, message, seconds)
 
     # ----------------------------------------------------------------- presence and users
     def get_room_members(self, room_id: str) -> list[RoomMember]:

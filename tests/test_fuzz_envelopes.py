@@ -38,14 +38,15 @@ envelope_like = st.fixed_dictionaries(
     {"v": st.sampled_from([1, 1, 1, 2, 0, "1", None, 1.0, True]),
      "k": st.sampled_from(sorted(KINDS) + ["nope", ""]) | st.text(max_size=5),
      "o": ids | json_values, "id": ids | json_values},
-    optional={name: field_values for name in ("r", "m", "x", "c", "p", "n", "cs", "e")},
+    optional={name: field_values for name in ("r", "m", "x", "c", "p", "n", "cs", "e", "q", "s")},
 )
 _TYPED = {"r": ids, "m": st.text(max_size=20), "x": st.lists(ids, max_size=3), "c": ids,
           "p": json_values, "n": st.integers(), "cs": st.lists(ids, max_size=3),
-          "e": st.text(max_size=10)}
+          "e": st.text(max_size=10), "q": ids, "s": st.booleans()}
 _FIELDS = {"room": ("r", "m", "x"), "direct": ("c", "m"), "server": ("p",), "join": ("c", "r"),
            "leave": ("c", "r"), "evict": ("c",), "touch": ("c",), "probe": ("n",),
-           "directs": ("cs", "m"), "disconnect": ("cs", "n", "e")}
+           "directs": ("cs", "m"), "disconnect": ("cs", "n", "e"), "request": ("q", "p"),
+           "reply": ("q", "s", "p")}
 assert set(_FIELDS) == KINDS
 # valid envelopes of every kind (with a few extra fields), so that delivery paths are reached
 well_formed = st.sampled_from(sorted(KINDS)).flatmap(lambda kind: st.fixed_dictionaries(
