@@ -53,3 +53,19 @@ def redis_rooms_naming(redis_server: RedisServer, prefix: str, cids: set[str]) -
 def index_servers(redis_server: RedisServer, prefix: str) -> set[str]:
     """The server ids in the server index."""
     return {text(s) for s in redis_server.client().smembers(KeyLayout(prefix).servers_index)}
+
+
+def server_connection_ids(r: Any, prefix: str, sid: str) -> set[str]:
+    """The connection ids a server's 256 sets hold (``P server-connections:{T}<sid>:XX``)."""
+    pipe = r.pipeline(transaction=False)
+    for key in KeyLayout(prefix).server_connection_sets(sid):
+        pipe.smembers(key)
+    return {text(m) for members in pipe.execute() for m in members}
+
+
+def server_connection_count(r: Any, prefix: str, sid: str) -> int:
+    """How many connection ids a server's 256 sets hold."""
+    pipe = r.pipeline(transaction=False)
+    for key in KeyLayout(prefix).server_connection_sets(sid):
+        pipe.scard(key)
+    return sum(pipe.execute())

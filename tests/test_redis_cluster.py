@@ -44,7 +44,8 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
     shards = redis_cluster.slot_map()
     for mgr in servers:
         home = redis_cluster.master_port_for(keys.server(mgr.server_id), shards)
-        for other in (keys.server_connections(mgr.server_id), keys.channel(f"server:{mgr.server_id}"),
+        for other in (*keys.server_connection_sets(mgr.server_id),
+                      keys.channel(f"server:{mgr.server_id}"),
                       *(keys.connection(c) for m, c, _ in conns if m is mgr)):
             assert redis_cluster.master_port_for(other, shards) == home
     # rooms (and with them the keys) are spread over all three masters
@@ -210,9 +211,11 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
     keys = KeyLayout(prefix)
     server_id = next(s for s in (f"server-{i}" for i in range(1000))
                      if fresh_cluster.master_port_for(keys.server(s), shards) != down.port)
+    user = next(u for u in (f"alice-{i}" for i in range(1000))  # the index by user too
+                if fresh_cluster.master_port_for(keys.user(u), shards) != down.port)
     fresh_cluster.kill(down)
     a = managers_on(fresh_cluster.url, key_prefix=prefix, **SLOW)(server_id=server_id)
-    cid = a.register_connection(RecordingSocket(), "alice")
+    cid = a.register_connection(RecordingSocket(), user)
     assert a.send_to_connection(cid, "hi") is True
     # then the whole cluster refuses commands (CLUSTERDOWN) until the replica takes over;
     # afterwards a's state is in place (written back if its record expired meanwhile)

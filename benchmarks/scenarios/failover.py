@@ -129,7 +129,7 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
         time.sleep(POLL)
     expired = time.monotonic()
 
-    k_lock, k_conns = keys.cleanup_lock(sid), keys.server_connections(sid)
+    k_lock, k_conns = keys.cleanup_lock(sid), keys.server_connection_sets(sid)
     k_index = keys.servers_index
     detected = gone = None
     deadline = expired + 120 + n / 1000
@@ -138,9 +138,11 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
             raise RuntimeError(f"the detector exited with {detector.returncode}")
         pipe = r.pipeline(transaction=False)
         pipe.exists(k_lock)
-        pipe.scard(k_conns)
+        for k in k_conns:
+            pipe.scard(k)
         pipe.sismember(k_index, sid)
-        locked, left, listed = pipe.execute()
+        locked, *sizes, listed = pipe.execute()
+        left = sum(sizes)
         now = time.monotonic()
         if detected is None and (locked or left < n):
             detected = now

@@ -159,9 +159,9 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
 
         k_hash = keys.connection(ids[n // 2])
         k_room = keys.room("a-0")
-        k_server = keys.server_connections(mgr.server_id)
+        k_servers = keys.server_connection_sets(mgr.server_id)  # 256 sets, by id
         room_member = usage(k_room) / r.scard(k_room)
-        server_member = usage(k_server) / r.scard(k_server)
+        server_member = sum(map(usage, k_servers)) / sum(r.scard(k) for k in k_servers)
         index_rooms = sum(usage(k) for k in keys.all_rooms_indexes()) / n
         hash_bytes = usage(k_hash)
         fields = {k.decode(): len(v) for k, v in r.hgetall(k_hash).items()}

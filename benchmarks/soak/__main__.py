@@ -40,7 +40,7 @@ from typing import Any
 
 from dcm_sync.backends.redis_keys import KeyLayout
 from dcm_sync.maintenance import IDLE_CLOSE_SECONDS
-from testkit.keys import indexed_rooms
+from testkit.keys import indexed_rooms, server_connection_ids
 from testkit.polling import seconds_until, wait_until
 from testkit.processes import ServerProcess, rss_kb
 from testkit.redis_server import RedisServer
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         mid = {"settle_s": back_mid, "redis_clients": clients_of(), "keys": classify_keys(r),
                "servers": [proc_figures(*p) for p in procs], "stats": [stats_of(s) for s in servers],
                "rooms": {room: smembers(r, KEYS.room(room)) for room in rooms},
-               "server_conns": set().union(*(smembers(r, KEYS.server_connections(sid)) for sid in sids)),
+               "server_conns": set().union(*(server_connection_ids(r, PREFIX, sid) for sid in sids)),
                "index_rooms": indexed_rooms(r, PREFIX), "index_servers": smembers(r, KEYS.servers_index)}
 
         # ---- nobody left

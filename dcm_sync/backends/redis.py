@@ -46,7 +46,7 @@ class RedisBackend(RedisBase):
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
                                "heartbeat", "to_live_server", "forget", "room_members",
-                               "user_connections", "clear_room", "room_add")
+                               "user_connections", "clear_room", "room_add", "server_count")
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:
@@ -79,7 +79,7 @@ class RedisBackend(RedisBase):
 
     def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
         with translate_errors("failure cleanup"):
-            rows = self._script("pop_server", [self._keys.server_connections(server_id),
+            rows = self._script("pop_server", [self._keys.server_connection_sets(server_id)[0],
                                                self._keys.server(server_id)],
                                 [self.key_prefix, count, 1, self._counted])
         return [r for r in map(removed_row, rows) if r is not None]

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError
 from ..models import RemovedConnection, RoomMember, ServerInfo
@@ -118,13 +119,25 @@ class RedisBase:
                 k.room_users(room) if self.count_users else k.room(room)]
 
     def _run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run one script for each ``(keys, args)``, in pipelines."""
+        """Run one script for each ``(keys, args)``, in pipelines of EVALSHA (loading the script
+        once if Redis lacks it: a restarted Redis, or one that never saw it)."""
+        script = self._scripts[name]
         out: list[Any] = []
         for start in range(0, len(calls), CHUNK):
-            pipe = self._r.pipeline(transaction=False)
-            for keys, args in calls[start:start + CHUNK]:
-                self._scripts[name](keys=keys, args=args, client=pipe)
-            out.extend(pipe.execute())
+            chunk = calls[start:start + CHUNK]
+            for attempt in (1, 2):
+                pipe = self._r.pipeline(transaction=False)
+                for keys, args in chunk:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                results = pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                    self._r.script_load(script.script)
+                    continue
+                for r in results:
+                    if isinstance(r, Exception):
+                        raise r
+                out.extend(results)
+                break
         return out
 
     def __init__(self, key_prefix: str, timeout: float) -> None:
@@ -198,7 +211,8 @@ class RedisBase:
     def forget_server(self, server_id: str) -> None:
         k = self._keys
         with translate_errors("failure cleanup"):
-            if self._script("forget", [k.server(server_id), k.server_connections(server_id)], []):
+            if self._script("forget", [k.server(server_id), k.server_connection_sets(server_id)[0]],
+                            []):
                 self._r.srem(k.servers_index, server_id)
 
     # connections
@@ -209,11 +223,10 @@ class RedisBase:
              with_user: bool) -> int:
         """The ADD script: 1 added, 0 the id is taken, -1 the user is at the cap."""
         k, cid = self._keys, record.connection_id
-        keys = [k.connection(cid), k.server_connections(server_id)]
+        keys = [k.connection(cid), k.server_connections(server_id, cid)]
         if with_user:
             keys.append(k.user(record.user_id))
-        return int(self._script("add", keys, [cid, record.user_id, server_id,
-                                              repr(record.connected_at), int(ttl * 1000),
+        return int(self._script("add", keys, [cid, record.user_id, server_id, int(ttl * 1000),
                                               self.key_prefix, max_per_user]))
 
     def restore_connections(
@@ -226,10 +239,9 @@ class RedisBase:
                 for rec in records[start:start + CHUNK]:
                     key = k.connection(rec.connection_id)
                     pipe.hset(key, mapping={"userId": rec.user_id, "serverId": server_id,
-                                            "timestamp": repr(rec.connected_at),
                                             "rooms": json.dumps(list(rec.rooms))})
                     pipe.pexpire(key, int(ttl * 1000))
-                    pipe.sadd(k.server_connections(server_id), rec.connection_id)
+                    pipe.sadd(k.server_connections(server_id, rec.connection_id), rec.connection_id)
                     pipe.sadd(k.user(rec.user_id), rec.connection_id)
                 pipe.execute()
             # through the join's own step: a room's user counts grow only for a new member
@@ -265,19 +277,20 @@ class RedisBase:
             pipe = self._r.pipeline(transaction=False)
             for sid in ids:
                 pipe.hgetall(k.server(sid))
-                pipe.scard(k.server_connections(sid))
             for index in k.all_rooms_indexes():
                 pipe.scard(index)
             res = pipe.execute()
+            counts = self._run_many("server_count", [([k.server_connection_sets(sid)[0]], [])
+                                                     for sid in ids])
         servers = []
         for i, sid in enumerate(ids):
-            h = {as_str(a): as_str(b) for a, b in res[2 * i].items()}
+            h = {as_str(a): as_str(b) for a, b in res[i].items()}
             if not h:
                 continue  # expired, not yet cleaned
             servers.append(ServerInfo(sid, h.get("host", ""), int(h.get("port", 0)),
                                       int(h.get("pid", 0)), float(h.get("lastHeartbeat", 0)),
-                                      int(res[2 * i + 1])))
-        rooms = sum(int(n) for n in res[2 * len(ids):])
+                                      int(counts[i])))
+        rooms = sum(int(n) for n in res[len(ids):])
         return sum(s.active_connections for s in servers), rooms, servers
 
     def room_sizes(self) -> list[tuple[str, int]]:

@@ -77,7 +77,7 @@ class RedisClusterBackend(RedisBase):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
                                "room_add", "room_del", "conn_room", "conn_remove", "forget",
-                               "user_add", "room_clear", "conn_leave")
+                               "user_add", "room_clear", "conn_leave", "server_count")
         self._subscribed_before = False
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
@@ -200,7 +200,7 @@ class RedisClusterBackend(RedisBase):
         # announce the dead server's own ones with this batch
         done = [r for r in self.finish_removals(server_tag(server_id)) if r.server_id == server_id]
         with translate_errors("failure cleanup"):
-            rows = self._script("pop_server", [self._keys.server_connections(server_id),
+            rows = self._script("pop_server", [self._keys.server_connection_sets(server_id)[0],
                                                self._keys.server(server_id)],
                                 [self.key_prefix, count, 0, self._counted])
             return done + self._empty_rooms([r for r in map(removed_row, rows) if r is not None])

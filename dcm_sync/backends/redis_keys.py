@@ -6,7 +6,9 @@ what one atomic script touches lives in one slot:
     server slot {T}    T = the server's 4-digit tag (`server_tag`); a connection id's
                        first 4 digits are its server's tag (`.ids`)
         P servers:{T}<sid>             hash  the server's record, PEXPIRE heartbeat_ttl
-        P server-connections:{T}<sid>  set   the server's connection ids
+        P server-connections:{T}<sid>:XX  set  the server's connection ids, in 256 sets by
+                                             the id (XX: its last 15 digits mod 256, in hex),
+                                             small enough to stay intsets: 8 bytes an id
         P lock:cleanup:{T}<sid>        str   who cleans the dead server
         P connections:{T}<rest>        hash  each of the server's connections (id = T + rest)
         channel P server:{T}<sid>            the server's bus channel
@@ -61,8 +63,14 @@ class KeyLayout:
     def server(self, sid: str) -> str:
         return self._of_server("servers", sid)
 
-    def server_connections(self, sid: str) -> str:
-        return self._of_server("server-connections", sid)
+    def server_connections(self, sid: str, cid: str) -> str:
+        """The one of the server's 256 sets of connection ids that holds ``cid``."""
+        return self._of_server("server-connections", sid) + f":{int(cid[4:]) % 256:02x}"
+
+    def server_connection_sets(self, sid: str) -> list[str]:
+        """All 256 sets of the server's connection ids (most scripts name the first alone)."""
+        base = self._of_server("server-connections", sid)
+        return [f"{base}:{b:02x}" for b in range(256)]
 
     def cleanup_lock(self, sid: str) -> str:
         return self._of_server("lock:cleanup", sid)

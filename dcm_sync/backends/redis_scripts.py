@@ -19,6 +19,12 @@ _KEYS = """
 local function ckey(prefix, cid)
   return prefix .. 'connections:{' .. string.sub(cid, 1, 4) .. '}' .. string.sub(cid, 5)
 end
+-- the one of a server's 256 sets of connection ids that holds cid (sets of a few hundred ids
+-- stay intsets: 8 bytes an id)
+local function sckey(prefix, sid, cid)
+  return prefix .. 'server-connections:{' .. string.sub(cid, 1, 4) .. '}' .. sid .. ':'
+    .. string.format('%02x', tonumber(string.sub(cid, 5)) % 256)
+end
 local function bucket(room) return 'r' .. string.sub(redis.sha1hex(room), 1, 2) end
 local function rkey(prefix, room) return prefix .. 'rooms:{' .. bucket(room) .. '}' .. room end
 local function ikey(prefix, room) return prefix .. 'index:rooms:{' .. bucket(room) .. '}' end
@@ -102,7 +108,7 @@ local function conn_remove(prefix, cid, journal)
     redis.call('HSET', prefix .. 'removing:{' .. tag .. '}', cid, cjson.encode({f[1] or '', f[2], f[3]}))
   end
   redis.call('DEL', ck)
-  redis.call('SREM', prefix .. 'server-connections:{' .. tag .. '}' .. f[2], cid)
+  redis.call('SREM', sckey(prefix, f[2], cid), cid)
   if not journal and f[1] then redis.call('SREM', ukey(prefix, f[1]), cid) end
   return {cid, f[1] or '', f[2], rooms}
 end
@@ -280,14 +286,23 @@ return out
 """
 
 # ---------------------------------------------------------------- both
-# KEYS: server-connections:<sid>, servers:<sid>. ARGV: prefix, count, 1 to also empty the room
+# KEYS: server-connections:<sid>:00 (the first of the server's 256 sets: the others are named
+# like it), servers:<sid>. ARGV: prefix, count, 1 to also empty the room
 # sets (single Redis; 0 in Cluster: the rows are noted in removing:{T}), '1' to count users
 # -> rows {cid, user, server, {rooms to tell (single) or every room (Cluster)}}; none once the
 # server is back (it writes its own state: nothing is removed under it)
 POP_SERVER = _HEAD + """
 local out = {}
 if redis.call('EXISTS', KEYS[2]) == 1 then return out end
-for _, cid in ipairs(redis.call('SPOP', KEYS[1], tonumber(ARGV[2]))) do
+local ids, want = {}, tonumber(ARGV[2])
+local base = string.sub(KEYS[1], 1, -3)
+for b = 0, 255 do
+  if #ids >= want then break end
+  for _, cid in ipairs(redis.call('SPOP', base .. string.format('%02x', b), want - #ids)) do
+    ids[#ids + 1] = cid
+  end
+end
+for _, cid in ipairs(ids) do
   local r = conn_remove(ARGV[1], cid, ARGV[3] == '0')
   if r then
     if ARGV[3] == '1' then
@@ -314,16 +329,15 @@ notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner
 """
 
-# KEYS: connections:<cid>, server-connections:<sid> (Cluster: the user's set is the second
-# step, USER_ADD), and on a single Redis users:<user>. ARGV: cid, user, sid, timestamp, ttl ms,
+# KEYS: connections:<cid>, its server's set of ids that holds it (Cluster: the user's set is
+# the second step, USER_ADD), and on a single Redis users:<user>. ARGV: cid, user, sid, ttl ms,
 # prefix, max connections per user (0: no limit) -> 1 added, 0 the id is taken, -1 the user
 # is at the cap (nothing written either way)
 ADD = _HEAD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if KEYS[3] and not user_has_room(KEYS[3], ARGV[7], ARGV[6], true) then return -1 end
-redis.call('HSET', KEYS[1], 'userId', ARGV[2], 'serverId', ARGV[3], 'timestamp', ARGV[4],
-           'rooms', '[]')
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if KEYS[3] and not user_has_room(KEYS[3], ARGV[6], ARGV[5], true) then return -1 end
+redis.call('HSET', KEYS[1], 'userId', ARGV[2], 'serverId', ARGV[3], 'rooms', '[]')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
 return 1
@@ -337,11 +351,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: servers:<sid>, server-connections:<sid> -> 1 forgotten, 0 the server is back
+# KEYS: servers:<sid>, server-connections:<sid>:00 -> 1 forgotten, 0 the server is back
 FORGET = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
+local base, sets = string.sub(KEYS[2], 1, -3), {}
+for b = 0, 255 do sets[#sets + 1] = base .. string.format('%02x', b) end
+redis.call('DEL', unpack(sets))
 return 1
+"""
+
+# KEYS: server-connections:<sid>:00 -> how many connections the server has
+SERVER_COUNT = """
+local base, n = string.sub(KEYS[1], 1, -3), 0
+for b = 0, 255 do n = n + redis.call('SCARD', base .. string.format('%02x', b)) end
+return n
 """
 
 # KEYS: servers:<sid>. ARGV: its channel, data -> 1 published, 0 no such live server
@@ -368,4 +391,5 @@ class Scripts:
         self.room_members, self.user_connections = fill(ROOM_MEMBERS), fill(USER_CONNECTIONS)
         self.clear_room, self.room_clear = fill(CLEAR_ROOM), ROOM_CLEAR
         self.user_add, self.conn_leave = fill(USER_ADD), fill(CONN_LEAVE)
+        self.server_count = SERVER_COUNT
 

@@ -96,7 +96,7 @@ def test_killed_server_is_cleaned_up_and_rooms_are_told(redis_server: RedisServe
     r, keys = redis_server.client(), KeyLayout(prefix)
     assert b_id not in index_servers(redis_server, prefix)
     assert not r.exists(*(keys.connection(cid) for cid in b_cids))
-    assert not r.exists(keys.server(b_id), keys.server_connections(b_id))
+    assert not r.exists(keys.server(b_id), *keys.server_connection_sets(b_id))
     assert redis_rooms_naming(redis_server, prefix, b_cids) == {}
     assert r.smembers(keys.room("lobby")) == {alice.cid.encode()}
     # A keeps working

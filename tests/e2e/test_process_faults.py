@@ -91,7 +91,7 @@ def test_sigkill_during_heavy_traffic_leaves_no_trace(
     r, keys = redis_server.client(), KeyLayout(prefix)
 
     def traces() -> list[object]:
-        found: list[object] = [k for k in (keys.server(b_id), keys.server_connections(b_id),
+        found: list[object] = [k for k in (keys.server(b_id), *keys.server_connection_sets(b_id),
                                            *(keys.connection(cid) for cid in b_cids))
                                if r.exists(k)]
         found += list(redis_rooms_naming(redis_server, prefix, b_cids).items())

@@ -15,6 +15,7 @@ import pytest
 
 from dcm_sync import BackendUnavailableError, DCMError, DistributedConnectionManager
 from dcm_sync.backends.redis_keys import KeyLayout
+from testkit.keys import server_connection_ids
 from testkit.polling import wait_until
 from testkit.proxy import TcpProxy
 from testkit.recording import RecordingSocket, connect, deliver_until, json_frames, settle, until_reached
@@ -54,7 +55,7 @@ def assert_registered(r: Any, prefix: str, mgr: DistributedConnectionManager,
     """Redis holds ``mgr`` and its connections with ``rooms`` ({connection id: rooms})."""
     keys = KeyLayout(prefix)
     assert r.exists(keys.server(mgr.server_id))
-    assert {text(c) for c in r.smembers(keys.server_connections(mgr.server_id))} == set(rooms)
+    assert server_connection_ids(r, prefix, mgr.server_id) == set(rooms)
     for cid, joined in rooms.items():
         record = {text(k): text(v) for k, v in r.hgetall(keys.connection(cid)).items()}
         assert record["serverId"] == mgr.server_id
