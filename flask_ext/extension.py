@@ -17,8 +17,10 @@ from dcm_sync import (
     DCMError,
     DistributedConnectionManager,
     DistributedStats,
+    RoomMember,
     UnknownConnectionError,
 )
+from dcm_sync.requests import RequestHandler
 
 from .cli import make_cli_group
 from .connection import WebSocketConnection
@@ -47,6 +49,7 @@ class DistributedWebSockets:
     def __init__(self, app: Flask | None = None) -> None:
         self._routes: list[tuple[str, str, View, dict[str, Any]]] = []
         self._authenticate: Authenticator | None = None
+        self._request_handler: RequestHandler | None = None
         self._states: dict[Flask, AppState] = {}
         self._health: Blueprint | None = None
         self._metrics: Blueprint | None = None
@@ -61,7 +64,7 @@ class DistributedWebSockets:
         if "dcm" in app.extensions:
             raise RuntimeError("a DistributedWebSockets extension is already registered on this app")
         app.config.setdefault("DCM_ALLOWED_ORIGINS", None)
-        state = AppState(app)
+        state = AppState(app, on_start=self._on_start)
         app.extensions["dcm"] = self
         self._states[app] = state
         for rule, endpoint, view, options in self._routes:
@@ -125,6 +128,56 @@ class DistributedWebSockets:
     def get_distributed_stats(self) -> DistributedStats:
         """Cluster-wide figures (the manager's)."""
         return self.manager.get_distributed_stats()
+
+    # presence, users and requests: the manager's, under the same names
+    def get_room_members(self, room_id: str) -> list[RoomMember]:
+        """[`get_room_members`][dcm_sync.DistributedConnectionManager.get_room_members]."""
+        return self.manager.get_room_members(room_id)
+
+    def get_room_users(self, room_id: str) -> set[str]:
+        """[`get_room_users`][dcm_sync.DistributedConnectionManager.get_room_users]."""
+        return self.manager.get_room_users(room_id)
+
+    def get_user_connections(self, user_id: str) -> list[str]:
+        """[`get_user_connections`][dcm_sync.DistributedConnectionManager.get_user_connections]."""
+        return self.manager.get_user_connections(user_id)
+
+    def send_to_user(self, user_id: str, message: Any) -> int:
+        """[`send_to_user`][dcm_sync.DistributedConnectionManager.send_to_user]."""
+        return self.manager.send_to_user(user_id, message)
+
+    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
+        """[`disconnect_user`][dcm_sync.DistributedConnectionManager.disconnect_user]."""
+        return self.manager.disconnect_user(user_id, code, reason)
+
+    def close_room(self, room_id: str) -> int:
+        """[`close_room`][dcm_sync.DistributedConnectionManager.close_room]."""
+        return self.manager.close_room(room_id)
+
+    def on_request(self, handler: RequestHandler) -> RequestHandler:
+        """Decorator: this server's request handler
+        ([`on_request`][dcm_sync.DistributedConnectionManager.on_request]). It starts nothing:
+        every app's manager is given it when made (and at once if made already)."""
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        self._request_handler = handler
+        for state in self._states.values():
+            if state.started():
+                state.manager().on_request(handler)
+        return handler
+
+    def _on_start(self, mgr: DistributedConnectionManager) -> None:
+        """A new manager (first use in this process): give it what was set before."""
+        if self._request_handler is not None:
+            mgr.on_request(self._request_handler)
+
+    def request(self, server_id: str, message: Any, timeout: float = 5.0) -> Any:
+        """[`request`][dcm_sync.DistributedConnectionManager.request]."""
+        return self.manager.request(server_id, message, timeout)
+
+    def survey(self, message: Any, timeout: float = 5.0) -> dict[str, Any]:
+        """[`survey`][dcm_sync.DistributedConnectionManager.survey]."""
+        return self.manager.survey(message, timeout)
 
     def shutdown(self) -> None:
         """Shut this process's manager down (also done at exit); later uses raise ``DCMError``."""

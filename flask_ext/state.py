@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -62,7 +63,9 @@ def build_config(app: Flask) -> Config:
 
 
 class AppState:
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask,
+                 on_start: Callable[[DistributedConnectionManager], None] | None = None) -> None:
+        self._on_start = on_start
         self.config = build_config(app)
         self.allowed_origins = parse_origins(app.config.get("DCM_ALLOWED_ORIGINS"))
         setdefault_limits(app.config)  # inbound limits: flask_ext.limits
@@ -89,6 +92,8 @@ class AppState:
                 self._manager = create_distributed_connection_manager(None, self.config)
                 self._pid = os.getpid()
                 self._install_exit_hooks()
+                if self._on_start is not None:
+                    self._on_start(self._manager)
             return self._manager
 
     def started(self) -> bool:

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from dcm_sync import ConfigError, DCMError
+from dcm_sync import ConfigError, ConnectionLimitError, DCMError, RoomMember
 from flask_ext import DistributedWebSockets, WebSocketConnection
 from flask_ext.gate import extract_token, origin_allowed, parse_origins
+from testkit.recording import connect
 
 
 @pytest.fixture
@@ -133,3 +134,28 @@ def test_origin_rules() -> None:
     assert origin_allowed(other, parse_origins(["*"]))
     with pytest.raises(TypeError):
         parse_origins([1])  # type: ignore[list-item]
+
+
+def test_presence_users_and_requests_pass_through_under_the_same_names(app: Flask) -> None:
+    app.config.update(DCM_MAX_CONNECTIONS_PER_USER=1, DCM_ROOM_NOTICES="users")
+    sockets = DistributedWebSockets(app)
+
+    @sockets.on_request  # before the manager exists: nothing starts here
+    def answer(origin: str, message: object) -> object:
+        return {"echo": message, "from": origin}
+
+    assert not app.extensions["dcm"]._states[app].started()
+    with app.app_context():
+        mgr = sockets.manager
+        assert (mgr.config.max_connections_per_user, mgr.config.room_notices) == (1, "users")
+        cid, ws = connect(mgr, "alice", "lobby")
+        with pytest.raises(ConnectionLimitError):  # the core's cap, counted on all servers
+            connect(mgr, "alice")
+        assert sockets.get_room_members("lobby") == [RoomMember(cid, "alice", mgr.server_id)]
+        assert sockets.get_room_users("lobby") == {"alice"}
+        assert sockets.get_user_connections("alice") == [cid]
+        assert sockets.send_to_user("alice", "hi") == 1 and ws.frames == ["hi"]
+        assert sockets.request(mgr.server_id, 7) == {"echo": 7, "from": mgr.server_id}
+        assert sockets.survey("x") == {mgr.server_id: {"echo": "x", "from": mgr.server_id}}
+        assert sockets.close_room("lobby") == 1 and sockets.get_room_users("lobby") == set()
+        assert sockets.disconnect_user("alice", 4000, "bye") == 1 and ws.closed
