@@ -181,7 +181,7 @@ def open_emitter(cfg: Config, hint: str = "") -> Emitter:
         raise ConfigError(NEEDS_REDIS + (f"; {hint}" if hint else ""))
     return Emitter(cfg.redis_url, cfg.key_prefix, max_message_bytes=cfg.max_message_bytes,
                    timeout=cfg.redis_timeout, signing_keys=cfg.signing_keys,
-                   ca_file=cfg.redis_ca_file)
+                   ca_file=cfg.redis_ca_file, room_notices=cfg.room_notices)
 
 
 def execute(cfg: Config, command: Command, params: Mapping[str, Any], as_json: bool,

@@ -22,25 +22,28 @@ class Emitter:
 
     ``Emitter("redis://127.0.0.1:6379/0", key_prefix="dcm:")`` must use the servers' URL and
     prefix, and their ``signing_keys`` when they sign (only the first key is used here);
-    ``ca_file`` is their ``redis_ca_file``.
+    ``ca_file`` is their ``redis_ca_file``, ``room_notices`` their ``room_notices``.
     Use it as a context manager, or call [`close`][].
     """
 
     def __init__(self, redis_url: str, key_prefix: str = "dcm:",
                  max_message_bytes: int = 1024 * 1024, timeout: float = 2.0,
-                 signing_keys: Sequence[str | bytes] = (), ca_file: str | None = None) -> None:
+                 signing_keys: Sequence[str | bytes] = (), ca_file: str | None = None,
+                 room_notices: str = "connections") -> None:
         cfg = Config(redis_url=redis_url, key_prefix=key_prefix,
                      max_message_bytes=max_message_bytes, redis_timeout=timeout,
-                     signing_keys=signing_keys, redis_ca_file=ca_file)
+                     signing_keys=signing_keys, redis_ca_file=ca_file, room_notices=room_notices)
         self._max = cfg.max_message_bytes
         self.origin = f"emitter:{new_id()}"
         self._envelope = EnvelopeWriter(self.origin, cfg.signing_keys, cfg.key_prefix)
         self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout,
-                                     ca_file=cfg.redis_ca_file)
+                                     ca_file=cfg.redis_ca_file,
+                                     count_users=cfg.room_notices == "users")
+        tell = cfg.room_notices != "off"
         self._closed = False
         self._presence = Presence(self._backend, self._envelope, self._max,
                                   lambda removed, reason: notice_publications(
-                                      removed, reason, self._envelope, self._max))
+                                      removed, reason, self._envelope, self._max) if tell else [])
 
     def broadcast_to_room(self, room_id: str, message: Any,
                           exclude: Iterable[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The chat example: a Flask app with a browser page, rooms, messages and departures.
+"""The chat example: a Flask app with a browser page, rooms, messages, and who is in the room.
 
 Run on the embedded memory:// backend (one process):
 
@@ -41,6 +41,9 @@ HERE = Path(__file__).resolve().parent
 
 app = Flask(__name__)
 app.config["DCM_ALLOWED_ORIGINS"] = os.environ.get("DCM_ALLOWED_ORIGINS")  # None: same origin only
+# The page lists the people in the room: a user's first tab in a room is a "user-joined", their
+# last one out a "user-left" or "user-disconnected" (every server of the app must agree)
+app.config["DCM_ROOM_NOTICES"] = os.environ.get("DCM_ROOM_NOTICES", "users")
 sockets = DistributedWebSockets(app)
 app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
 
@@ -88,8 +91,10 @@ def act(conn: WebSocketConnection, op: object, room: str, data: dict[str, Any]) 
     valid Unicode, a message too big) and ``ConnectionLimitError`` (too many rooms) go back to
     the client as an error."""
     if op == "join":
-        conn.join(room)
+        conn.join(room)  # the others hear "user-joined" (the user's first tab in the room)
         sockets.broadcast_to_room(room, {"type": "joined", "room": room, "user": conn.user_id})
+        # who is in the room, on every server: the page keeps it up to date from the notices
+        conn.send({"type": "people", "room": room, "users": sorted(sockets.get_room_users(room))})
     elif op == "leave":
         conn.leave(room)
     elif op == "say":

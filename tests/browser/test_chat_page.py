@@ -127,6 +127,15 @@ def join(driver: WebDriver, name: str, room: str) -> str:
     return str(match["server"])
 
 
+def people(driver: WebDriver) -> list[str]:
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "return Array.from(document.querySelectorAll('#people li'), li => li.textContent);")
+
+
+def wait_people(driver: WebDriver, names: list[str]) -> None:
+    wait_for(driver, f"the people {names}", lambda d: people(d) == names)
+
+
 def say(driver: WebDriver, text: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -144,6 +153,7 @@ def test_two_tabs_on_two_servers_chat_and_see_departures(browser: WebDriver, cha
     tab1 = driver.current_window_handle
     driver.get(app_a.url)
     server1 = join(driver, "alice", "lobby")
+    wait_people(driver, ["alice"])
 
     driver.switch_to.new_window("tab")
     tab2 = driver.current_window_handle
@@ -153,8 +163,11 @@ def test_two_tabs_on_two_servers_chat_and_see_departures(browser: WebDriver, cha
     assert server1 != server2, "both tabs were served by the same server"
     assert (server1, server2) == (app_a.server_id, app_b.server_id)
 
+    wait_people(driver, ["alice", "bob"])  # the list bob's page got on joining
+
     driver.switch_to.window(tab1)
     wait_log(driver, "bob joined lobby")  # B's broadcast reached a socket on A
+    wait_people(driver, ["alice", "bob"])  # from alice's list and bob's user-joined
     text = f"hello from tab 1 ({uuid.uuid4().hex[:8]})"
     say(driver, text)
     wait_log(driver, f"alice: {text}")
@@ -172,4 +185,5 @@ def test_two_tabs_on_two_servers_chat_and_see_departures(browser: WebDriver, cha
     driver.close()
     driver.switch_to.window(tab1)
     wait_log(driver, "bob left lobby (removed)")
+    wait_people(driver, ["alice"])  # bob's last tab out: user-disconnected
     assert "Connected as alice" in status(driver)  # alice's own socket is untouched
