@@ -38,10 +38,14 @@ OPS = (("register", "register_connection"), ("join", "join_room, room has member
        ("broadcast_to_room", "broadcast_to_room, 100 B"),
        ("send_to_connection", "send_to_connection, other server, 100 B"),
        ("remove", "remove_connection, in no room"),
-       ("remove_2_rooms", "remove_connection, 2 rooms with members left"))
+       ("remove_2_rooms", "remove_connection, 2 rooms with members left"),
+       ("send_to_user", "send_to_user, one connection on another server"),
+       ("get_user_connections", "get_user_connections, one connection"),
+       ("get_room_members_1000", "get_room_members, a room of 1,000"))
 MEMORY = (("mem.connection", "per connection, in no room"),
           ("usage.connection_hash", "  its connections:<id> hash (MEMORY USAGE)"),
-          ("usage.server_set_per_connection", "  its member of server-connections:<sid>"),
+          ("usage.server_set_per_connection", "  its member of server-connections:<sid>:XX"),
+          ("usage.user_set_per_connection", "  its user's users:<user> set (one user each)"),
           ("usage.connection_other", "  the rest (expiry entry, dict buckets, rounding)"),
           ("mem.membership_10", "per membership, rooms of 10 (intset)"),
           ("mem.membership_100", "per membership, rooms of 100 (intset)"),

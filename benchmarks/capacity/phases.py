@@ -168,8 +168,11 @@ def memory_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, float
         server_set = sum(k.bytes for k in keys if k.kind == "server-connections")
         out["usage.connection_hash"] = sum(k.bytes for k in conn) / len(conn)
         out["usage.server_set_per_connection"] = server_set / n
+        # each connection here has a user of its own: a set of one id per user
+        out["usage.user_set_per_connection"] = sum(k.bytes for k in keys if k.kind == "users") / n
         out["usage.connection_other"] = (out["mem.connection"] - out["usage.connection_hash"]
-                                         - out["usage.server_set_per_connection"])
+                                         - out["usage.server_set_per_connection"]
+                                         - out["usage.user_set_per_connection"])
         for size, name in ((100, "s"), (10, "t"), (1000, "L")):  # names of equal length
             before = b.used()
             in_threads(n, lambda i, s=size, p=name: mgr.join_room(ids[i], f"{p}{i // s:06d}"), THREADS)
@@ -253,12 +256,19 @@ def ops_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, float]:
                                       for i in range(n)])
         remote = [other.register_connection(NullSocket(), f"v-{i}") for i in range(n)]
         measure("send_to_connection", [lambda c=c: a.send_to_connection(c, text) for c in remote])
+        measure("send_to_user", [lambda i=i: a.send_to_user(f"v-{i}", text) for i in range(n)])
+        measure("get_user_connections", [lambda i=i: a.get_user_connections(f"v-{i}")
+                                         for i in range(n)])
         measure("leave", [lambda k=k: a.leave_room(ids[2 * k + 1], f"g{k}") for k in half])
         measure("leave_last", [lambda k=k: a.leave_room(ids[2 * k], f"g{k}") for k in half])
         measure("remove", [lambda c=c: other.remove_connection(c) for c in remote])
         tenth = max(1, n // 10)  # rooms of 10: each removal leaves members in both rooms
         in_threads(n, lambda i: (a.join_room(ids[i], f"p{i % tenth}"), a.join_room(ids[i], f"q{i % tenth}")),
                    THREADS)
+        big = ids[:1000]  # one room of 1,000 members (reps are 1,000 at least)
+        in_threads(len(big), lambda i: a.join_room(big[i], "big"), THREADS)
+        measure("get_room_members_1000", [lambda: a.get_room_members("big")
+                                          for _ in range(max(10, n // 100))])
         measure("remove_2_rooms", [lambda c=c: a.remove_connection(c) for c in ids[: n // 2]])
     finally:
         b.clear()
