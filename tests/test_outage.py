@@ -14,7 +14,7 @@ import pytest
 from dcm_sync import BackendUnavailableError, DistributedConnectionManager
 from dcm_sync.backends.redis_keys import KeyLayout
 from testkit.polling import wait_until
-from testkit.recording import connect, deliver_until
+from testkit.recording import connect, deliver_until, json_frames
 from testkit.redis_server import RedisServer
 from tests.helpers.managers import Managers
 
@@ -140,3 +140,23 @@ def test_a_burst_of_calls_does_not_keep_its_redis_connections(
         t.join(30)
     assert max(peak) > baseline  # the burst did open more connections
     wait_until(lambda: _clients(own_redis) <= baseline, timeout=5)
+
+
+def test_redis_back_empty_writes_the_index_by_user_and_the_counts_by_user_back(
+        own_redis: RedisServer, prefix: str, make: Make) -> None:
+    a, b = make(room_notices="users"), make(room_notices="users")
+    t1, _ = connect(a, "alice", "lobby")
+    t2, _ = connect(a, "alice", "lobby")  # alice's second tab
+    _, wb = connect(b, "bob", "lobby")
+    own_redis.restart()
+    keys = KeyLayout(prefix)
+    wait_until(lambda: own_redis.client().scard(keys.room("lobby")) == 3, timeout=15)
+    deliver_until(a, "lobby", wb)
+    assert sorted(b.get_user_connections("alice")) == sorted([t1, t2])
+    a.leave_room(t1, "lobby")  # alice still has t2 there: bob is not told
+    a.leave_room(t2, "lobby")  # her last: told once
+    a.leave_room(t2, "lobby")
+    wait_until(lambda: [m for m in json_frames(wb) if m.get("type") == "user-left"])
+    deliver_until(a, "lobby", wb)
+    assert [(m["type"], m["connectionId"]) for m in json_frames(wb)
+            if m.get("type", "").startswith("user-")] == [("user-left", t2)]
