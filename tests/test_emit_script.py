@@ -50,6 +50,7 @@ def test_script_speaks_in_a_room_and_prints_stats(chat_app: ChatApp) -> None:
         assert (welcome["type"], welcome["user"]) == ("welcome", "alice")
         ws.send(json.dumps({"op": "join", "room": "lobby"}))
         assert recv_json(ws) == {"type": "joined", "room": "lobby", "user": "alice"}
+        assert recv_json(ws) == {"type": "people", "room": "lobby", "users": ["alice"]}
 
         done = run_script(chat_app.env, "lobby", "backup finished")
 

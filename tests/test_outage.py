@@ -92,7 +92,7 @@ def test_redis_restarts_empty_five_times_without_duplicates_or_leaks(own_redis: 
         assert {s.server_id for s in a.get_active_servers()} == {a.server_id, b.server_id}
         assert {x.decode() for x in r.smembers(keys.servers_index)} == {a.server_id, b.server_id}
         assert r.smembers(keys.room("games")) == {ca.encode()}
-        assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()
+        assert r.hget(keys.connection(cb), "s") == b.server_id.encode()
     assert a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1
     r.close()  # the test's own connection
     time.sleep(0.3)

@@ -48,9 +48,10 @@ def test_layout(redis_server: RedisServer, prefix: str,
     k_servers_a = f"{prefix}servers:{{{tag_a}}}{a.server_id}"
     k_servers_b = f"{prefix}servers:{{{tag_b}}}{b.server_id}"
     conn = {k.decode(): v.decode() for k, v in r.hgetall(k_conn).items()}
-    assert conn["userId"] == "alice" and conn["serverId"] == a.server_id
-    assert json.loads(conn["rooms"]) == ["lobby", "room:with:colons"]
-    assert set(conn) == {"userId", "serverId", "rooms"}
+    # short field names: u the user, s the server, r the rooms (a JSON array)
+    assert conn["u"] == "alice" and conn["s"] == a.server_id
+    assert json.loads(conn["r"]) == ["lobby", "room:with:colons"]
+    assert set(conn) == {"u", "s", "r"}
     assert 0 < r.pttl(k_conn) <= 3600_000
     assert r.smembers(k_lobby) == {cid.encode()}
     assert r.smembers(k_colons) == {cid.encode()}
@@ -81,7 +82,7 @@ def test_layout(redis_server: RedisServer, prefix: str,
         assert b"s3cret-token" not in r.dump(key)
     a.leave_room(cid, "lobby")
     assert not r.exists(k_lobby)
-    assert json.loads(r.hget(k_conn, "rooms")) == ["room:with:colons"]
+    assert json.loads(r.hget(k_conn, "r")) == ["room:with:colons"]
     assert indexed_rooms(r, prefix) == {"room:with:colons"}
     a.remove_connection(cid)
     left = keys(r, prefix)

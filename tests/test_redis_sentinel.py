@@ -134,5 +134,5 @@ def test_sentinel_master_killed_delivery_and_state_recover(
                "stats count both connections, the room and both servers")
     keys = KeyLayout(prefix)
     with fresh_sentinel.client() as r:  # the new master holds the state
-        assert r.hget(keys.connection(cb), "serverId") == b.server_id.encode()
+        assert r.hget(keys.connection(cb), "s") == b.server_id.encode()
         assert {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca, cb}

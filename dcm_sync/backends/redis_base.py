@@ -238,8 +238,8 @@ class RedisBase:
                 pipe = self._r.pipeline(transaction=False)
                 for rec in records[start:start + CHUNK]:
                     key = k.connection(rec.connection_id)
-                    pipe.hset(key, mapping={"userId": rec.user_id, "serverId": server_id,
-                                            "rooms": json.dumps(list(rec.rooms))})
+                    pipe.hset(key, mapping={"u": rec.user_id, "s": server_id,
+                                            "r": json.dumps(list(rec.rooms))})
                     pipe.pexpire(key, int(ttl * 1000))
                     pipe.sadd(k.server_connections(server_id, rec.connection_id), rec.connection_id)
                     pipe.sadd(k.user(rec.user_id), rec.connection_id)

@@ -269,7 +269,7 @@ class RedisClusterBackend(RedisBase):
         """The connections of ``ids`` whose hash exists: one pipeline, split by shard."""
         pipe = self._r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hmget(self._keys.connection(cid), "userId", "serverId")
+            pipe.hmget(self._keys.connection(cid), "u", "s")
         rows = pipe.execute() if ids else []
         found = [RoomMember(cid, as_str(user or b""), as_str(sid))
                  for cid, (user, sid) in zip(ids, rows, strict=True) if sid is not None]
@@ -311,7 +311,7 @@ class RedisClusterBackend(RedisBase):
         """The connection's user, read only when users are counted and the caller did not know."""
         if user_id is not None or not self.count_users:
             return user_id or ""
-        return as_str(self._r.hget(self._keys.connection(cid), "userId") or b"")
+        return as_str(self._r.hget(self._keys.connection(cid), "u") or b"")
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
                   max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:

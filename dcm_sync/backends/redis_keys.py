@@ -10,7 +10,8 @@ what one atomic script touches lives in one slot:
                                              the id (XX: its last 15 digits mod 256, in hex),
                                              small enough to stay intsets: 8 bytes an id
         P lock:cleanup:{T}<sid>        str   who cleans the dead server
-        P connections:{T}<rest>        hash  each of the server's connections (id = T + rest)
+        P connections:{T}<rest>        hash  each of the server's connections (id = T + rest):
+                                             u: user id, s: server id, r: rooms (JSON array)
         channel P server:{T}<sid>            the server's bus channel
       -> registering a connection, routing a direct message or a join/leave notice to the
          owner, a liveness-checked message to a server and a dead server's cleanup batch are

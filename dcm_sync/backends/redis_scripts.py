@@ -32,7 +32,7 @@ local function ukey(prefix, user)
   return prefix .. 'users:{u' .. string.sub(redis.sha1hex(user), 1, 2) .. '}' .. user
 end
 local function rooms_of(ckey_)
-  local ok, rooms = pcall(cjson.decode, redis.call('HGET', ckey_, 'rooms') or '[]')
+  local ok, rooms = pcall(cjson.decode, redis.call('HGET', ckey_, 'r') or '[]')
   if not ok or type(rooms) ~= 'table' then return {} end
   return rooms
 end
@@ -87,7 +87,7 @@ local function list_edit(ck, room, add)
     if r ~= room then kept[#kept + 1] = r end
   end
   if add then kept[#kept + 1] = room end
-  redis.call('HSET', ck, 'rooms', #kept == 0 and '[]' or cjson.encode(kept))
+  redis.call('HSET', ck, 'r', #kept == 0 and '[]' or cjson.encode(kept))
 end
 local function notify(prefix, owner, caller, data, cid)
   if owner ~= caller then
@@ -100,7 +100,7 @@ end
 -- later finishes the removal.
 local function conn_remove(prefix, cid, journal)
   local ck = ckey(prefix, cid)
-  local f = redis.call('HMGET', ck, 'userId', 'serverId', 'rooms')
+  local f = redis.call('HMGET', ck, 'u', 's', 'r')
   if not f[2] then return nil end
   local rooms = rooms_of(ck)
   local tag = string.sub(cid, 1, 4)
@@ -154,7 +154,7 @@ return out
 # are to be told}; false if the connection is unknown; 0 (nothing changed) if it is not in the
 # room and in max rooms already
 JOIN = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 'serverId', 'userId')
+local f = redis.call('HMGET', KEYS[1], 's', 'u')
 if not f[1] then return false end
 local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
@@ -170,7 +170,7 @@ return {f[1], f[2] or '', tell}
 
 # ARGV: prefix, cid, caller, route, room, (unused), '1' to count users -> as JOIN
 LEAVE = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 'serverId', 'userId')
+local f = redis.call('HMGET', KEYS[1], 's', 'u')
 if not f[1] then return false end
 local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
@@ -185,7 +185,7 @@ return {f[1], f[2] or '', tell}
 ROOM_MEMBERS = _HEAD + """
 local out = {}
 for _, cid in ipairs(redis.call('SMEMBERS', rkey(ARGV[1], ARGV[2]))) do
-  local f = redis.call('HMGET', ckey(ARGV[1], cid), 'userId', 'serverId')
+  local f = redis.call('HMGET', ckey(ARGV[1], cid), 'u', 's')
   if f[2] then
     out[#out + 1] = cid; out[#out + 1] = f[1] or ''; out[#out + 1] = f[2]
   end
@@ -199,7 +199,7 @@ USER_CONNECTIONS = _HEAD + """
 local uk = ukey(ARGV[1], ARGV[2])
 local out = {}
 for _, cid in ipairs(redis.call('SMEMBERS', uk)) do
-  local owner = redis.call('HGET', ckey(ARGV[1], cid), 'serverId')
+  local owner = redis.call('HGET', ckey(ARGV[1], cid), 's')
   if owner then
     out[#out + 1] = cid; out[#out + 1] = owner
   else
@@ -219,7 +219,7 @@ redis.call('SREM', ikey(ARGV[1], ARGV[2]), ARGV[2])
 local out = {}
 for _, cid in ipairs(members) do
   local ck = ckey(ARGV[1], cid)
-  local f = redis.call('HMGET', ck, 'userId', 'serverId')
+  local f = redis.call('HMGET', ck, 'u', 's')
   if f[2] then
     list_edit(ck, ARGV[2], false)
     out[#out + 1] = cid; out[#out + 1] = f[1] or ''; out[#out + 1] = f[2]
@@ -260,7 +260,7 @@ return 1
 # KEYS: connections:<cid>. ARGV: room -> {user, server} with the room out of the connection's
 # list, or false if the connection is gone
 CONN_LEAVE = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 'userId', 'serverId')
+local f = redis.call('HMGET', KEYS[1], 'u', 's')
 if not f[2] then return false end
 list_edit(KEYS[1], ARGV[1], false)
 return {f[1] or '', f[2]}
@@ -270,7 +270,7 @@ return {f[1] or '', f[2]}
 # (0: no limit) -> {owner, user}; false if unknown; 0 (nothing changed) if a join would pass
 # max rooms
 CONN_ROOM = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 'serverId', 'userId')
+local f = redis.call('HMGET', KEYS[1], 's', 'u')
 if not f[1] then return false end
 if ARGV[6] == '1' and not in_list(KEYS[1], ARGV[5]) and full(KEYS[1], ARGV[7]) then return 0 end
 list_edit(KEYS[1], ARGV[5], ARGV[6] == '1')
@@ -323,7 +323,7 @@ return out
 
 # KEYS: connections:<cid>. ARGV: prefix, cid, caller, data -> owner or false
 ROUTE = _HEAD + """
-local owner = redis.call('HGET', KEYS[1], 'serverId')
+local owner = redis.call('HGET', KEYS[1], 's')
 if not owner then return false end
 notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
 return owner
@@ -336,7 +336,7 @@ return owner
 ADD = _HEAD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if KEYS[3] and not user_has_room(KEYS[3], ARGV[6], ARGV[5], true) then return -1 end
-redis.call('HSET', KEYS[1], 'userId', ARGV[2], 'serverId', ARGV[3], 'rooms', '[]')
+redis.call('HSET', KEYS[1], 'u', ARGV[2], 's', ARGV[3], 'r', '[]')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end

@@ -45,7 +45,7 @@ def test_paused_server_is_declared_dead_then_restores_its_open_connections(
     say_until_received(bob, alice, "lobby")
     r, keys = redis_server.client(), KeyLayout(prefix)
     assert r.smembers(keys.room("lobby")) == {alice.cid.encode(), bob.cid.encode()}
-    assert text(r.hget(keys.connection(bob.cid), "serverId") or b"") == b_id
+    assert text(r.hget(keys.connection(bob.cid), "s") or b"") == b_id
     assert alice.direct(bob.cid, "welcome back") is True
     assert index_servers(redis_server, prefix) == {alice.server_id, b_id}
 

@@ -58,7 +58,7 @@ def assert_registered(r: Any, prefix: str, mgr: DistributedConnectionManager,
     assert server_connection_ids(r, prefix, mgr.server_id) == set(rooms)
     for cid, joined in rooms.items():
         record = {text(k): text(v) for k, v in r.hgetall(keys.connection(cid)).items()}
-        assert record["serverId"] == mgr.server_id
+        assert record["s"] == mgr.server_id
         for room in joined:
             assert r.sismember(keys.room(room), cid)
 
