@@ -11,13 +11,13 @@ from .departures import notice_publications
 from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage
 from .errors import DCMError
 from .messages import encode_message, exclusions, new_id, validate_id
-from .models import DistributedStats, RoomMember
-from .presence import Presence, rooms_page
+from .models import DistributedStats
+from .presence import Presence, PresenceMethods, rooms_page
 
 __all__ = ["Emitter"]
 
 
-class Emitter:
+class Emitter(PresenceMethods):
     """Publishes to rooms and connections; registers no server and runs no background loop.
 
     ``Emitter("redis://127.0.0.1:6379/0", key_prefix="dcm:")`` must use the servers' URL and
@@ -61,38 +61,6 @@ class Emitter:
         text = encode_message(message, self._max)
         data = self._envelope(DirectMessage(connection_id, text))
         return self._backend.route(connection_id, self.origin, data) is not None
-
-    def get_room_members(self, room_id: str) -> list[RoomMember]:
-        """Every connection in the room on every server (``[]`` for an unknown or empty room)."""
-        self._check_open()
-        return self._presence.room_members(room_id)
-
-    def get_room_users(self, room_id: str) -> set[str]:
-        """The user ids of the room's members."""
-        self._check_open()
-        return self._presence.room_users(room_id)
-
-    def get_user_connections(self, user_id: str) -> list[str]:
-        """The connection ids of a user on every server."""
-        self._check_open()
-        return self._presence.user_connections(user_id)
-
-    def send_to_user(self, user_id: str, message: Any) -> int:
-        """Send to every connection of a user (one bus message per server that holds some);
-        how many connections it reached."""
-        self._check_open()
-        return self._presence.send_to_user(user_id, message)
-
-    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
-        """Close every socket of a user with ``code`` and ``reason``; the rooms they were in
-        hear ``user-disconnected`` (reason ``removed``). How many."""
-        self._check_open()
-        return self._presence.disconnect_user(user_id, code, reason)
-
-    def close_room(self, room_id: str) -> int:
-        """Take every member out of the room; they stay connected. How many."""
-        self._check_open()
-        return self._presence.close_room(room_id)
 
     def get_distributed_stats(self) -> DistributedStats:
         """Cluster-wide figures, as a server's (``local_connections`` is 0)."""

@@ -40,9 +40,9 @@ from .local import LocalConnectionManager, WebSocketLike
 from .maintenance import Maintenance
 from .membership import Membership
 from .messages import encode_message, exclusions, validate_id
-from .models import DistributedStats, RoomMember, ServerInfo
+from .models import DistributedStats, ServerInfo
 from .outbox import SendPolicy
-from .presence import Presence, ServerHere, rooms_page
+from .presence import Presence, PresenceMethods, ServerHere, rooms_page
 from .requests import RequestHandler, Requests, check_timeout
 
 __all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
@@ -73,7 +73,7 @@ def default_server_id(host: str, port: int) -> str:
     return f"{host}:{port}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class DistributedConnectionManager:
+class DistributedConnectionManager(PresenceMethods):
     """Connections of this process, shared with every other server through the backend.
 
     Build one with
@@ -390,40 +390,6 @@ class DistributedConnectionManager:
         seconds = check_timeout(timeout)
         servers = [info.server_id for info in self._backend.stats()[2]]
         return self._requests.survey(servers, message, seconds)
-
-    # ----------------------------------------------------------------- presence and users
-    def get_room_members(self, room_id: str) -> list[RoomMember]:
-        """Every connection in the room on every server, from the shared state (``[]`` for an
-        unknown or empty room), in connection id order."""
-        self._check_open()
-        return self._presence.room_members(room_id)
-
-    def get_room_users(self, room_id: str) -> set[str]:
-        """The user ids of the room's members on every server."""
-        self._check_open()
-        return self._presence.room_users(room_id)
-
-    def get_user_connections(self, user_id: str) -> list[str]:
-        """The connection ids of a user on every server."""
-        self._check_open()
-        return self._presence.user_connections(user_id)
-
-    def send_to_user(self, user_id: str, message: Any) -> int:
-        """Send to every connection of a user on every server: this server's directly, the
-        others' in one bus message per server. How many connections it reached."""
-        self._check_open()
-        return self._presence.send_to_user(user_id, message)
-
-    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
-        """Close every socket of a user on every server with ``code`` and ``reason``; the
-        rooms they were in hear ``user-disconnected`` (reason ``removed``). How many."""
-        self._check_open()
-        return self._presence.disconnect_user(user_id, code, reason)
-
-    def close_room(self, room_id: str) -> int:
-        """Take every member out of the room on every server; they stay connected. How many."""
-        self._check_open()
-        return self._presence.close_room(room_id)
 
     # ----------------------------------------------------------------- cluster
     def handle_server_failure(self, server_id: str) -> int:
