@@ -70,7 +70,7 @@ def read_close_code(sock: socket.socket, timeout: float = 20.0) -> int:
 
 def after_notices(ws: websocket.WebSocket) -> str:
     """The next frame that is not a room notice (``user-joined`` of the others, in JSON)."""
-    for _ in range(100):
+    for _ in range(10_000):  # up to one notice per other client of the room
         text: str = ws.recv()
         if not text.startswith('{"type":"user-'):
             return text
