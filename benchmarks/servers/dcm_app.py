@@ -25,6 +25,12 @@ from flask_ext.handler import DCMWebSocketHandler
 
 app = Flask(__name__)
 app.config["DCM_RATE_LIMIT"] = 0  # load generators send far more than a person's 50 messages/s
+# The load generator reads its sockets only during a phase, and the sides run in turn: between
+# two runs of this side its clients sit unread for a minute, miss the keepalive's ping (every
+# 25 s) and would be dropped for not answering it within 20 s, ending the side's later runs.
+app.config["DCM_PING_INTERVAL"] = 0
+# join and leave notices as configured by default; BENCH_ROOM_NOTICES=off measures without them
+app.config["DCM_ROOM_NOTICES"] = os.environ.get("BENCH_ROOM_NOTICES", "connections")
 sockets = DistributedWebSockets(app)
 bus = BusCounter()
 
