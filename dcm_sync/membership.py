@@ -35,32 +35,35 @@ class Membership:
         """Join or leave a room for a connection on any server (ids already checked);
         `UnknownConnectionError` if no server holds it."""
         body = (JoinRoom if join else LeaveRoom)(connection_id, room_id)
+        kind = "user-joined" if join else "user-left"
         conn = self._local.get(connection_id)
         route = b"" if conn is not None else self._envelope(body)
         user = conn.user_id if conn is not None else None
+        # the notice, made ahead when the user is known, goes out in the membership's own step
+        text = notice = None
+        if self._notices and user is not None:
+            text = self._text(kind, room_id, user, connection_id)
+            notice = self._envelope(RoomMessage(room_id, text, (connection_id,)))
         if join:
             change = self._backend.join_room(connection_id, room_id, self._server_id, route,
-                                             self._max_rooms, user)
+                                             self._max_rooms, user, notice)
         else:
             change = self._backend.leave_room(connection_id, room_id, self._server_id, route,
-                                              user)
+                                              user, notice)
         if change is None:
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
         if change.owner == self._server_id:
             self.change_here(connection_id, room_id, join, self._subscribe_timeout)
         if change.tell and self._notices:
-            self._tell(room_id, "user-joined" if join else "user-left", change.user_id,
-                       connection_id)
+            if text is None:  # another server's connection: its user is known now
+                text = self._text(kind, room_id, change.user_id, connection_id)
+            if not change.published:
+                self._backend.publish(f"room:{room_id}", self._envelope(
+                    RoomMessage(room_id, text, (connection_id,))))
+            self._delivery.to_room(room_id, text, (connection_id,))  # this server's members
 
-    def _tell(self, room_id: str, kind: str, user_id: str, connection_id: str) -> None:
-        """A notice to the room's members but ``connection_id``: this server's directly, the
-        others' through the room's channel, published before the call that caused it returns."""
-        text = encode_message(room_notice(kind, room_id, user_id, connection_id), self._max_bytes)
-        skip = (connection_id,)
-        try:
-            self._backend.publish(f"room:{room_id}", self._envelope(RoomMessage(room_id, text, skip)))
-        finally:
-            self._delivery.to_room(room_id, text, skip)
+    def _text(self, kind: str, room_id: str, user_id: str, connection_id: str) -> str:
+        return encode_message(room_notice(kind, room_id, user_id, connection_id), self._max_bytes)
 
     def change_here(self, connection_id: str, room_id: str, join: bool,
                     wait: float | None) -> None:

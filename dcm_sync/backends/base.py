@@ -54,6 +54,8 @@ class RoomChange:
     owner: str
     user_id: str
     tell: bool
+    #: the notice given to the call was published to the room's channel (it is when ``tell``)
+    published: bool = False
 
 
 class Confirmation(Protocol):
@@ -135,16 +137,20 @@ class Backend(Protocol):
         ...
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
+                  max_rooms: int = 0, user_id: str | None = None,
+                  notice: bytes | None = None) -> RoomChange | None:
         """Add to the room (None if the connection is unknown). If the owner is not
         ``caller``, ``route`` is published to the owner's server channel in the same step.
         `ConnectionLimitError`, changing nothing, if the connection is
         not in the room and already in ``max_rooms`` rooms (0: no limit). ``user_id``: the
-        connection's user if the caller knows it (it saves a read in Cluster)."""
+        connection's user if the caller knows it (it saves a read in Cluster). ``notice``: the
+        envelope to publish to the room's channel when the members are to be told, in the
+        same step where the backend can (one Redis: the same script)."""
         ...
 
     def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                   user_id: str | None = None) -> RoomChange | None: ...
+                   user_id: str | None = None,
+                   notice: bytes | None = None) -> RoomChange | None: ...
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         """Publish ``data`` to the owner's server channel unless it is ``caller``; owner or None."""

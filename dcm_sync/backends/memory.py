@@ -223,7 +223,8 @@ class MemoryBackend:
                     conn.expires = time.monotonic() + ttl
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
+                  max_rooms: int = 0, user_id: str | None = None,
+                  notice: bytes | None = None) -> RoomChange | None:
         s = self._s
         with s.lock:
             conn = s.live_conn(connection_id)
@@ -238,10 +239,11 @@ class MemoryBackend:
                 members.add(connection_id)
                 conn.rooms.append(room_id)
             self._route_to(conn.server_id, caller, route)
-            return RoomChange(conn.server_id, conn.user_id, tell)
+            return self._told(room_id, RoomChange(conn.server_id, conn.user_id, tell), notice)
 
     def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                   user_id: str | None = None) -> RoomChange | None:
+                   user_id: str | None = None,
+                   notice: bytes | None = None) -> RoomChange | None:
         s = self._s
         with s.lock:
             conn = s.live_conn(connection_id)
@@ -254,7 +256,13 @@ class MemoryBackend:
                     and not self._user_stays(room_id, conn.user_id)
                 conn.rooms = [r for r in conn.rooms if r != room_id]
             self._route_to(conn.server_id, caller, route)
-            return RoomChange(conn.server_id, conn.user_id, tell)
+            return self._told(room_id, RoomChange(conn.server_id, conn.user_id, tell), notice)
+
+    def _told(self, room_id: str, change: RoomChange, notice: bytes | None) -> RoomChange:
+        if not (change.tell and notice):
+            return change
+        self.publish(f"room:{room_id}", notice)
+        return RoomChange(change.owner, change.user_id, True, True)
 
     def _user_stays(self, room_id: str, user_id: str) -> bool:
         """With users counted: whether the user has a connection in the room (then a join or

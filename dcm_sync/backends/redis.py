@@ -106,27 +106,29 @@ class RedisBackend(RedisBase):
             return members_of(self._script("clear_room", [], [self.key_prefix, room_id]))
 
     def _room_op(self, name: str, cid: str, room: str, caller: str, route: bytes,
-                 max_rooms: int = 0) -> RoomChange | None:
+                 max_rooms: int, notice: bytes | None) -> RoomChange | None:
         k = self._keys
         with translate_errors("room membership change"):
             result = self._script(name, [k.connection(cid), k.room(room),
                                          k.rooms_index(room_bucket(room))],
                                   [self.key_prefix, cid, caller, route, room, max_rooms,
-                                   self._counted])
+                                   self._counted, notice or b""])
         if result == 0:
             raise rooms_full(cid, max_rooms)
         if result is None:
             return None
         owner, user, tell = result
-        return RoomChange(as_str(owner), as_str(user), bool(tell))
+        return RoomChange(as_str(owner), as_str(user), bool(tell), bool(tell and notice))
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
-        return self._room_op("join", connection_id, room_id, caller, route, max_rooms)
+                  max_rooms: int = 0, user_id: str | None = None,
+                  notice: bytes | None = None) -> RoomChange | None:
+        return self._room_op("join", connection_id, room_id, caller, route, max_rooms, notice)
 
     def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                   user_id: str | None = None) -> RoomChange | None:
-        return self._room_op("leave", connection_id, room_id, caller, route)
+                   user_id: str | None = None,
+                   notice: bytes | None = None) -> RoomChange | None:
+        return self._room_op("leave", connection_id, room_id, caller, route, 0, notice)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         with self._hot("routing to a connection's server") as hot:

@@ -314,7 +314,8 @@ class RedisClusterBackend(RedisBase):
         return as_str(self._r.hget(self._keys.connection(cid), "u") or b"")
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                  max_rooms: int = 0, user_id: str | None = None) -> RoomChange | None:
+                  max_rooms: int = 0, user_id: str | None = None,
+                  notice: bytes | None = None) -> RoomChange | None:
         room_keys = self._room_keys(room_id)
         with translate_errors("room membership change"):
             user = self._user_of(connection_id, user_id)
@@ -327,7 +328,15 @@ class RedisClusterBackend(RedisBase):
                 # unknown connection, in too many rooms, or the second step failed
                 if found is None and added:
                     self._take_back(room_keys, connection_id, room_id, user)
-        return None if found is None else RoomChange(found[0], found[1], added == 2)
+        return None if found is None else self._told(room_id, found, added == 2, notice)
+
+    def _told(self, room: str, found: tuple[str, str], tell: bool,
+              notice: bytes | None) -> RoomChange:
+        """The change, its notice published to the room's channel (an untagged channel: not
+        from the scripts, whose keys are in other slots) when the members are to be told."""
+        if tell and notice:
+            self.publish(f"room:{room}", notice)
+        return RoomChange(found[0], found[1], tell, bool(tell and notice))
 
     def _take_back(self, room_keys: list[str], cid: str, room: str, user: str) -> None:
         try:
@@ -336,7 +345,8 @@ class RedisClusterBackend(RedisBase):
             logger.warning("connection %s left in room %r after a failed join: %s", cid, room, exc)
 
     def leave_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
-                   user_id: str | None = None) -> RoomChange | None:
+                   user_id: str | None = None,
+                   notice: bytes | None = None) -> RoomChange | None:
         room_keys = self._room_keys(room_id)
         with translate_errors("room membership change"):
             user = self._user_of(connection_id, user_id)
@@ -344,7 +354,9 @@ class RedisClusterBackend(RedisBase):
             tell = self._script("room_del", room_keys,
                                 [connection_id, room_id, user, self._counted])
             found = self._conn_room(connection_id, room_id, caller, route, False)
-        return None if found is None else RoomChange(found[0], found[1], was_member and tell == 1)
+        if found is None:
+            return None
+        return self._told(room_id, found, was_member and tell == 1, notice)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         key = self._keys.connection(connection_id)

@@ -89,6 +89,9 @@ local function list_edit(ck, room, add)
   if add then kept[#kept + 1] = room end
   redis.call('HSET', ck, 'r', #kept == 0 and '[]' or cjson.encode(kept))
 end
+local function tell_room(prefix, room, tell, notice)
+  if tell == 1 and notice ~= '' then redis.call('%PUBLISH%', prefix .. 'room:' .. room, notice) end
+end
 local function notify(prefix, owner, caller, data, cid)
   if owner ~= caller then
     redis.call('%PUBLISH%', prefix .. 'server:{' .. string.sub(cid, 1, 4) .. '}' .. owner, data)
@@ -150,9 +153,10 @@ return out
 """
 
 # KEYS: connections:<cid>, rooms:<room>, its index bucket. ARGV: prefix, cid, caller, route,
-# room, max rooms (0: no limit), '1' to count users -> {owner, user, 1 if the other members
-# are to be told}; false if the connection is unknown; 0 (nothing changed) if it is not in the
-# room and in max rooms already
+# room, max rooms (0: no limit), '1' to count users, the notice to publish to the room's
+# channel if the other members are to be told ('' for none) -> {owner, user, 1 if they are};
+# false if the connection is unknown; 0 (nothing changed) if it is not in the room and in max
+# rooms already
 JOIN = _HEAD + """
 local f = redis.call('HMGET', KEYS[1], 's', 'u')
 if not f[1] then return false end
@@ -165,10 +169,11 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
   list_edit(KEYS[1], ARGV[5], true)
 end
 notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+tell_room(ARGV[1], ARGV[5], tell, ARGV[8])
 return {f[1], f[2] or '', tell}
 """
 
-# ARGV: prefix, cid, caller, route, room, (unused), '1' to count users -> as JOIN
+# ARGV: prefix, cid, caller, route, room, (unused), '1' to count users, notice -> as JOIN
 LEAVE = _HEAD + """
 local f = redis.call('HMGET', KEYS[1], 's', 'u')
 if not f[1] then return false end
@@ -178,6 +183,7 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
   list_edit(KEYS[1], ARGV[5], false)
 end
 notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+tell_room(ARGV[1], ARGV[5], tell, ARGV[8])
 return {f[1], f[2] or '', tell}
 """
 
