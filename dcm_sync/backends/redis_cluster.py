@@ -350,13 +350,12 @@ class RedisClusterBackend(RedisBase):
         room_keys = self._room_keys(room_id)
         with translate_errors("room membership change"):
             user = self._user_of(connection_id, user_id)
-            was_member = bool(self._r.sismember(room_keys[0], connection_id))
             tell = self._script("room_del", room_keys,
                                 [connection_id, room_id, user, self._counted])
             found = self._conn_room(connection_id, room_id, caller, route, False)
         if found is None:
             return None
-        return self._told(room_id, found, was_member and tell == 1, notice)
+        return self._told(room_id, found, tell == 1, notice)
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         key = self._keys.connection(connection_id)

@@ -242,9 +242,12 @@ local uk = ''
 if ARGV[4] == '1' then uk = KEYS[3] end
 return room_add(KEYS[1], KEYS[2], ARGV[1], ARGV[2], uk, ARGV[3])
 """
+# ROOM_DEL -> 0 as well when the id was not in the room (a leave of a non-member, a removal
+# finished twice: nobody is told again)
 ROOM_DEL = _KEYS + _ROOM + """
 local uk = ''
 if ARGV[4] == '1' then uk = KEYS[3] end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
 return room_del(KEYS[1], KEYS[2], ARGV[1], ARGV[2], uk, ARGV[3])
 """
 
