@@ -68,12 +68,16 @@ def read_close_code(sock: socket.socket, timeout: float = 20.0) -> int:
     return code
 
 
-def after_notices(ws: websocket.WebSocket) -> str:
-    """The next frame that is not a room notice (``user-joined`` of the others, in JSON)."""
+def after_notices(ws: websocket.WebSocket, until_join_of: str | None = None) -> str:
+    """The next frame that is not a room notice (``user-joined`` of the others, in JSON); with
+    ``until_join_of``, read up to that user's join notice and return ``""``."""
     for _ in range(10_000):  # up to one notice per other client of the room
         text: str = ws.recv()
         if not text.startswith('{"type":"user-'):
+            assert until_join_of is None, f"{text[:40]!r} before {until_join_of}'s join notice"
             return text
+        if until_join_of is not None and json.loads(text)["userId"] == until_join_of:
+            return ""
     raise AssertionError("only room notices")
 
 
@@ -89,6 +93,8 @@ def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(server
     for r in readers:
         assert after_notices(r) == "joined"
     slow = stalled_client(a)
+    for r in readers:  # every reader has read the room's join notices, the slow one's last
+        assert after_notices(r, until_join_of="slow") == ""
     time.sleep(0.3)
     rss_before = rss_kb(a.proc.pid)
     got = {id(r): 0 for r in readers}
