@@ -52,6 +52,7 @@ class DistributedWebSockets:
         self._request_handler: RequestHandler | None = None
         self._states: dict[Flask, AppState] = {}
         self._health: Blueprint | None = None
+        self._client: Blueprint | None = None
         self._metrics: Blueprint | None = None
         if app is not None:
             self.init_app(app)
@@ -183,6 +184,17 @@ class DistributedWebSockets:
         """Shut this process's manager down (also done at exit); later uses raise ``DCMError``."""
         for state in self._states.values():
             state.shutdown()
+
+    @property
+    def client_blueprint(self) -> Blueprint:
+        """``GET <prefix>/client.js``: the browser client, one dependency-free ES module
+        (``import { connect } from "/dcm/client.js"`` with ``url_prefix="/dcm"``): it
+        reconnects with exponential backoff and full jitter, holds messages while it does, and
+        never retries after a refusal (1008, 4401, 4403). See the docs' Flask page."""
+        if self._client is None:
+            self._client = Blueprint("dcm_client", __name__, static_folder="static",
+                                     static_url_path="/")
+        return self._client
 
     @property
     def health_blueprint(self) -> Blueprint:

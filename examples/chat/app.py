@@ -46,6 +46,7 @@ app.config["DCM_ALLOWED_ORIGINS"] = os.environ.get("DCM_ALLOWED_ORIGINS")  # Non
 app.config["DCM_ROOM_NOTICES"] = os.environ.get("DCM_ROOM_NOTICES", "users")
 sockets = DistributedWebSockets(app)
 app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
+app.register_blueprint(sockets.client_blueprint, url_prefix="/dcm")  # /dcm/client.js
 
 
 @sockets.authenticate

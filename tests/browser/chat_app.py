@@ -22,9 +22,10 @@ def app_env(redis_url: str | None, prefix: str, **extra: str) -> dict[str, str]:
 class ChatApp(ServerProcess):
     """One chat app process on 127.0.0.1:<free port>, its output in ``log_path``."""
 
-    def __init__(self, name: str, redis_url: str | None, prefix: str, log_dir: Path) -> None:
+    def __init__(self, name: str, redis_url: str | None, prefix: str, log_dir: Path,
+                 port: int | None = None, **env: str) -> None:
         super().__init__(name, [sys.executable, str(APP)], log_dir, redis_url=redis_url, prefix=prefix,
-                         fast=FAST_ENV)
+                         fast={**FAST_ENV, **env}, port=port)
         self.server_id: str | None = None  # its manager's id, once ready
 
     @property
