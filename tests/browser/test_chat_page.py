@@ -139,3 +139,23 @@ def test_two_tabs_on_two_servers_chat_and_see_departures(browser: WebDriver, cha
     wait_log(driver, "bob left lobby (removed)")
     wait_people(driver, ["alice"])  # bob's last tab out: user-disconnected
     assert "Connected as alice" in status(driver)  # alice's own socket is untouched
+
+
+def test_the_page_reconnects_and_joins_again_after_its_server_restarts(
+        browser: WebDriver, tmp_path: Path) -> None:
+    app = ChatApp("solo", None, "t:", tmp_path)  # memory://: the restart forgets everything
+    try:
+        app.wait_ready()
+        driver = browser
+        driver.get(app.url)
+        join(driver, "alice", "lobby")
+        wait_people(driver, ["alice"])
+        port = app.stop() is not None and app.port  # SIGTERM: its sockets close with 1001
+        wait_for(driver, "'Reconnecting…'", lambda d: status(d) == "Reconnecting…")
+        app = ChatApp("solo-again", None, "t:", tmp_path, port=port)
+        app.wait_ready()
+        wait_for(driver, "connected again", lambda d: CONNECTED.match(status(d)))
+        wait_for(driver, "the second join", lambda d: log_lines(d).count("alice joined lobby") == 2)
+        wait_people(driver, ["alice"])  # the page joined its room again
+    finally:
+        app.stop()
