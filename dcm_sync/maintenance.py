@@ -61,9 +61,8 @@ class Maintenance:
         count = 0
         while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH):
             count += len(batch)
-            if cfg.notify_on_disconnect and cfg.room_notices != "off":  # rooms to be told
-                departures = self._departures
-                departures.publish_quietly(departures.notices(batch, "server-failure"))
+            departures = self._departures  # (notices() is empty when departures are not told)
+            departures.publish_quietly(departures.notices(batch, "server-failure"))
         self._backend.forget_server(server_id)
         self._counters["connections_cleaned"] += count
         if count:

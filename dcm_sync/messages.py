@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from .errors import MessageTooLargeError
 
 __all__ = ["encode_message", "validate_id", "utf8_length", "MAX_ID_LENGTH", "new_id",
-           "exclusions", "disconnect_notice", "room_notice"]
+           "exclusions", "disconnect_notice", "room_notice", "sendable_close_code"]
 
 MAX_ID_LENGTH = 256
 
@@ -80,6 +80,14 @@ def exclusions(exclude: Iterable[str] | None) -> frozenset[str]:
         if not isinstance(cid, str):
             raise TypeError(f"exclude must hold str connection ids, got {type(cid).__name__}")
     return skip
+
+
+def sendable_close_code(code: object) -> bool:
+    """Whether a close frame may carry ``code`` (RFC 6455 section 7.4): 1000-1003 and 1007-1014
+    are defined, 3000-4999 are for libraries and applications; the rest are reserved or must
+    never be sent (1004-1006, 1015)."""
+    return type(code) is int and (1000 <= code <= 1003 or 1007 <= code <= 1014
+                                  or 3000 <= code <= 4999)
 
 
 def disconnect_notice(room: str, user_id: str, connection_id: str, reason: str) -> dict[str, str]:

@@ -19,21 +19,17 @@ from .departures import Departures, Publication
 from .envelopes import DirectMessages, Disconnect, EnvelopeWriter, LeaveRoom
 from .local import LocalConnectionManager
 from .membership import Membership
-from .messages import encode_message, utf8_length, validate_id
+from .messages import encode_message, sendable_close_code, utf8_length, validate_id
 from .models import RemovedConnection, RoomMember
 
 __all__ = ["Presence", "Here", "ServerHere", "check_close", "rooms_page"]
-
-#: Close codes an application may send (RFC 6455 section 7.4: 1000-1003 and 1007-1014 are
-#: defined, 3000-4999 are for libraries and applications).
-_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)})
 
 Notices = Callable[[Sequence[RemovedConnection], str], list[Publication]]
 
 
 def check_close(code: int, reason: str) -> None:
     """`ValueError` unless ``code`` may be sent in a close frame and ``reason`` fits in it."""
-    if type(code) is not int or code not in _CLOSE_CODES:
+    if not sendable_close_code(code):
         raise ValueError(f"close code {code!r} is not one an application may send "
                          "(1000-1003, 1007-1014, 3000-4999)")
     if not isinstance(reason, str):

@@ -36,6 +36,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from dcm_sync.messages import sendable_close_code
+
 from .limits import (
     CLOSE_INVALID_UTF8,
     CLOSE_PROTOCOL,
@@ -125,7 +127,7 @@ def close_reply(payload: bytes) -> tuple[int, str]:
     if len(payload) == 1:
         return CLOSE_PROTOCOL
     code = int.from_bytes(payload[:2], "big")
-    if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015) or 1016 <= code <= 2999:
+    if not sendable_close_code(code):
         return CLOSE_PROTOCOL
     try:
         payload[2:].decode("utf-8")
