@@ -119,26 +119,36 @@ class RedisBase:
                 k.room_users(room) if self.count_users else k.room(room)]
 
     def _run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run one script for each ``(keys, args)``, in pipelines of EVALSHA (loading the script
-        once if Redis lacks it: a restarted Redis, or one that never saw it)."""
-        script = self._scripts[name]
-        out: list[Any] = []
+        """Run one script for each ``(keys, args)`` in pipelines of EVALSHA; a server that lacks
+        the script (restarted, new, a promoted replica) gets it loaded and those calls again."""
+        results: list[Any] = []
         for start in range(0, len(calls), CHUNK):
             chunk = calls[start:start + CHUNK]
-            for attempt in (1, 2):
-                pipe = self._r.pipeline(transaction=False)
-                for keys, args in chunk:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                results = pipe.execute(raise_on_error=False)
-                if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                    self._r.script_load(script.script)
-                    continue
-                for r in results:
-                    if isinstance(r, Exception):
-                        raise r
-                out.extend(results)
-                break
-        return out
+            out = self._pipeline_evalsha(name, chunk)
+            missing = [i for i, res in enumerate(out) if isinstance(res, NoScriptError)]
+            if missing:
+                self._load_on(name, [chunk[i][0][0] for i in missing if chunk[i][0]])
+                for i, res in zip(missing, self._pipeline_evalsha(name, [chunk[i] for i in missing]),
+                                  strict=True):
+                    out[i] = res
+            for res in out:
+                if isinstance(res, Exception):
+                    raise res
+            results.extend(out)
+        return results
+
+    def _pipeline_evalsha(self, name: str,
+                          calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """One pipeline of EVALSHA; errors returned in place, not raised."""
+        sha = self._scripts[name].sha
+        pipe = self._r.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _load_on(self, name: str, keys: Sequence[str]) -> None:
+        """Load a script where ``keys`` live (one Redis here: that one)."""
+        self._r.script_load(self._scripts[name].script)
 
     def __init__(self, key_prefix: str, timeout: float) -> None:
         self.key_prefix = key_prefix

@@ -84,27 +84,6 @@ class RedisClusterBackend(RedisBase):
         self._hot: dict[str, redis.Redis] = {}
         self._hot_lock = HandOffLock()  # fair under gevent: see HandOffLock
 
-    def _eval_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run one script for each ``(keys, args)`` in pipelines split by shard."""
-        results: list[Any] = []
-        for start in range(0, len(calls), CHUNK):
-            chunk = calls[start:start + CHUNK]
-            out = self._pipeline_evalsha(name, chunk)
-            missing = [i for i, res in enumerate(out) if isinstance(res, NoScriptError)]
-            if missing:  # a master that never saw the script (new, or a promoted replica)
-                self._load_on(name, [chunk[i][0][0] for i in missing])
-                for i, res in zip(missing, self._pipeline_evalsha(name, [chunk[i] for i in missing]),
-                                  strict=True):
-                    out[i] = res
-            for res in out:
-                if isinstance(res, Exception):
-                    raise res
-            results.extend(out)
-        return results
-
-    def _run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        return self._eval_many(name, calls)
-
     def _pipeline_evalsha(self, name: str,
                           calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         sha = self._scripts[name].sha
@@ -211,7 +190,7 @@ class RedisClusterBackend(RedisBase):
         k = self._keys
         calls = [(self._room_keys(room), [r.connection_id, room, r.user_id, self._counted])
                  for r in removed for room in r.rooms_left]
-        still = iter(self._eval_many("room_del", calls))
+        still = iter(self._run_many("room_del", calls))
         out = []
         notes: dict[str, list[str]] = defaultdict(list)  # the removals' notes, by tag
         users: dict[str, list[str]] = defaultdict(list)  # their ids, by user
@@ -294,7 +273,7 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("closing a room"):
             ids = [as_str(c) for c in self._script(
                 "room_clear", [*self._room_keys(room_id)[:2], k.room_users(room_id)], [room_id])]
-            rows = self._eval_many("conn_leave", [([k.connection(c)], [room_id]) for c in ids])
+            rows = self._run_many("conn_leave", [([k.connection(c)], [room_id]) for c in ids])
         found = [RoomMember(cid, as_str(row[0]), as_str(row[1]))
                  for cid, row in zip(ids, rows, strict=True) if row]
         return sorted(found, key=lambda m: m.connection_id)
@@ -379,7 +358,7 @@ class RedisClusterBackend(RedisBase):
                     ids = [connection_ids[i] for i in part]
                     calls.append(([self._keys.connection(c) for c in ids], [self.key_prefix, *ids]))
                     where.append(part)
-            for part, result in zip(where, self._eval_many("conn_remove", calls), strict=True):
+            for part, result in zip(where, self._run_many("conn_remove", calls), strict=True):
                 for i, row in zip(part, result, strict=True):
                     rows[i] = removed_row(row)
             found = [r for r in rows if r is not None]
