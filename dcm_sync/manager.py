@@ -388,7 +388,7 @@ class DistributedConnectionManager(PresenceMethods):
         self._check_open()
         encode_message(message, self.config.max_message_bytes)
         seconds = check_timeout(timeout)
-        servers = [info.server_id for info in self._backend.stats()[2]]
+        servers = self._backend.live_servers()  # the heartbeat registry, not the full stats
         return self._requests.survey(servers, message, seconds)
 
     # ----------------------------------------------------------------- cluster

@@ -102,6 +102,10 @@ class Backend(Protocol):
         """Servers still indexed whose record has expired."""
         ...
 
+    def live_servers(self) -> list[str]:
+        """Ids of the indexed servers whose record is alive (the heartbeat registry)."""
+        ...
+
     def claim_cleanup(self, server_id: str, claimer: str, ttl: float) -> bool:
         """Take the short cleanup lock for a dead server; False if another server holds it."""
         ...

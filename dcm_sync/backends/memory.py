@@ -155,6 +155,11 @@ class MemoryBackend:
             self.publish(f"server:{server_id}", data)
             return True
 
+    def live_servers(self) -> list[str]:
+        s = self._s
+        with s.lock:
+            return sorted(sid for sid in s.server_index if s.live_server(sid) is not None)
+
     def dead_servers(self) -> list[str]:
         s = self._s
         with s.lock:

@@ -205,13 +205,21 @@ class RedisBase:
 
     def dead_servers(self) -> list[str]:
         with translate_errors("failure detection"):
-            ids = sorted(as_str(x) for x in self._r.smembers(self._keys.servers_index))
-            if not ids:
-                return []
-            pipe = self._r.pipeline(transaction=False)
-            for sid in ids:
-                pipe.exists(self._keys.server(sid))
-            return [sid for sid, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+            return [sid for sid, alive in self._liveness() if not alive]
+
+    def live_servers(self) -> list[str]:
+        with translate_errors("reading the live servers"):
+            return [sid for sid, alive in self._liveness() if alive]
+
+    def _liveness(self) -> list[tuple[str, bool]]:
+        """Each indexed server id, and whether its record exists (it expires with its heartbeat)."""
+        ids = sorted(as_str(x) for x in self._r.smembers(self._keys.servers_index))
+        if not ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.exists(self._keys.server(sid))
+        return [(sid, bool(alive)) for sid, alive in zip(ids, pipe.execute(), strict=True)]
 
     def claim_cleanup(self, server_id: str, claimer: str, ttl: float) -> bool:
         with translate_errors("cleanup lock"):
