@@ -17,7 +17,6 @@ from .envelopes import (
     DirectMessage,
     DirectMessages,
     Disconnect,
-    Evict,
     JoinRoom,
     LeaveRoom,
     Probe,
@@ -70,7 +69,6 @@ class Dispatcher:
             ServerMessage: self._server,
             JoinRoom: self._join,
             LeaveRoom: self._leave,
-            Evict: self._evict,
             Touch: self._touch,
             Probe: self._probe,
             Request: requests.received,  # queued for a worker: handlers never run here
@@ -127,9 +125,6 @@ class Dispatcher:
 
     def _leave(self, origin: str, body: LeaveRoom) -> None:
         self._room_change(body.connection, body.room, False, None)
-
-    def _evict(self, origin: str, body: Evict) -> None:
-        self._departures.drop_local(body.connection)
 
     def _touch(self, origin: str, body: Touch) -> None:
         self._local.touch(body.connection)

@@ -14,7 +14,6 @@ their bodies:
     server  p: the control payload as sent (dict, list or str)        ServerMessage
     join    c: connection id, r: room id  (routed to its owner)       JoinRoom
     leave   c: connection id, r: room id                              LeaveRoom
-    evict   c: connection id  (removed from shared state; close it)   Evict
     disconnect cs: connection ids, n: close code, e: close reason     Disconnect
                 (removed from shared state; close them with that code)
     touch   c: connection id                                          Touch
@@ -45,7 +44,7 @@ from .signing import (
 
 __all__ = ["PROTOCOL_VERSION", "KINDS", "Envelope", "Received", "Body", "RoomMessage",
            "DirectMessage", "DirectMessages", "Disconnect", "ServerMessage", "JoinRoom",
-           "LeaveRoom", "Evict", "Touch", "Probe", "Request", "Reply",
+           "LeaveRoom", "Touch", "Probe", "Request", "Reply",
            "EnvelopeWriter", "encode_envelope", "envelope_prefix", "decode_envelope",
            "decode_body", "EnvelopeError", "SignatureError", "SIGNED_HEADER_LENGTH"]
 
@@ -120,14 +119,6 @@ class LeaveRoom:
 
 
 @dataclass(frozen=True)
-class Evict:
-    """The connection was removed from the shared state: its owner closes the socket."""
-
-    KIND: ClassVar[str] = "evict"
-    connection: str
-
-
-@dataclass(frozen=True)
 class Touch:
     """Activity on the connection, seen on another server."""
 
@@ -164,7 +155,7 @@ class Reply:
 
 
 Body = (RoomMessage | DirectMessage | DirectMessages | Disconnect | ServerMessage | JoinRoom
-        | LeaveRoom | Evict | Touch | Probe | Request | Reply)
+        | LeaveRoom | Touch | Probe | Request | Reply)
 
 #: body class -> (JSON key, type) of each of its fields, in field order
 _KEYS: dict[type[Body], tuple[tuple[str, type], ...]] = {
@@ -175,7 +166,6 @@ _KEYS: dict[type[Body], tuple[tuple[str, type], ...]] = {
     ServerMessage: (("p", object),),
     JoinRoom: (("c", str), ("r", str)),
     LeaveRoom: (("c", str), ("r", str)),
-    Evict: (("c", str),),
     Touch: (("c", str),),
     Probe: (("n", int),),
     Request: (("q", str), ("p", object)),

@@ -33,7 +33,7 @@ from .config import Config
 from .delivery import Delivery
 from .departures import Departures, close_socket
 from .dispatch import Dispatcher, ServerMessageHandler
-from .envelopes import DirectMessage, EnvelopeWriter, Evict, RoomMessage, ServerMessage, Touch
+from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage, ServerMessage, Touch
 from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
 from .listener import Listener
 from .local import LocalConnectionManager, WebSocketLike
@@ -301,16 +301,10 @@ class DistributedConnectionManager(PresenceMethods):
         """Remove a connection on any server; its owner closes the socket. Rooms are told."""
         self._check_open()
         validate_id(connection_id, "connection_id")
-        departures = self._departures
-        if departures.remove_local(connection_id, "removed"):
+        if self._departures.remove_local(connection_id, "removed"):
             return
-        removed = self._backend.remove_connections([connection_id])[0]
-        if removed is None:
+        if not self._presence.remove_elsewhere([connection_id]):
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
-        items = []
-        if removed.server_id != self.server_id:  # evict first: the owner closes it before notices
-            items.append((f"server:{removed.server_id}", self._envelope(Evict(connection_id))))
-        self._backend.publish_many(items + departures.notices([removed], "removed"))
 
     # ----------------------------------------------------------------- messages
     def broadcast_to_room(self, room_id: str, message: Any,

@@ -128,17 +128,23 @@ class Presence:
                 closed += self._here.disconnect(m.connection_id, code, reason)
             else:
                 remote.append(m.connection_id)
-        if remote:
-            removed = [r for r in self._backend.remove_connections(remote) if r is not None]
-            owners: dict[str, list[str]] = defaultdict(list)
-            for r in removed:
-                owners[r.server_id].append(r.connection_id)
-            # the owners close the sockets first, then the rooms are told
-            self._backend.publish_many(
-                [(f"server:{owner}", self._envelope(Disconnect(tuple(ids), code, reason)))
-                 for owner, ids in owners.items()] + self._notices(removed, "removed"))
-            closed += len(removed)
-        return closed
+        return closed + self.remove_elsewhere(remote, code, reason)
+
+    def remove_elsewhere(self, connection_ids: Sequence[str], code: int = 1000,
+                         reason: str = "") -> int:
+        """Remove connections held by other servers from the shared state; each owner closes
+        its sockets with ``code`` (told first, one message per owner), then the rooms hear
+        ``user-disconnected`` (reason ``removed``). How many were there to remove."""
+        if not connection_ids:
+            return 0
+        removed = [r for r in self._backend.remove_connections(connection_ids) if r is not None]
+        owners: dict[str, list[str]] = defaultdict(list)
+        for r in removed:
+            owners[r.server_id].append(r.connection_id)
+        self._backend.publish_many(
+            [(f"server:{owner}", self._envelope(Disconnect(tuple(ids), code, reason)))
+             for owner, ids in owners.items()] + self._notices(removed, "removed"))
+        return len(removed)
 
     def close_room(self, room_id: str) -> int:
         validate_id(room_id, "room_id")

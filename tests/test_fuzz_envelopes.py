@@ -44,7 +44,7 @@ _TYPED = {"r": ids, "m": st.text(max_size=20), "x": st.lists(ids, max_size=3), "
           "p": json_values, "n": st.integers(), "cs": st.lists(ids, max_size=3),
           "e": st.text(max_size=10), "q": ids, "s": st.booleans()}
 _FIELDS = {"room": ("r", "m", "x"), "direct": ("c", "m"), "server": ("p",), "join": ("c", "r"),
-           "leave": ("c", "r"), "evict": ("c",), "touch": ("c",), "probe": ("n",),
+           "leave": ("c", "r"), "touch": ("c",), "probe": ("n",),
            "directs": ("cs", "m"), "disconnect": ("cs", "n", "e"), "request": ("q", "p"),
            "reply": ("q", "s", "p")}
 assert set(_FIELDS) == KINDS

@@ -164,7 +164,7 @@ def test_managers_sharing_a_key_talk_and_sign_everything(make_manager: Make) -> 
         wait_until(lambda: {"to": "s"} in wb.messages())
         a.leave_room(cb, "s")
         wait_until(lambda: "s" not in b.local.get(cb).rooms)  # type: ignore[union-attr]
-        b.remove_connection(ca)  # routed evict to a; bob is told in room r
+        b.remove_connection(ca)  # routed to a (disconnect); bob is told in room r
         wait_until(lambda: wb.of_type("user-disconnected") and wa.closed)
         seen = drain(sniff)
     finally:
