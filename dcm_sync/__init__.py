@@ -23,6 +23,7 @@ from .errors import (
     UnknownServerError,
 )
 from .factory import create_distributed_connection_manager
+from .history import HistoryEntry
 from .local import LocalConnectionManager
 from .manager import DistributedConnectionManager
 from .models import DistributedStats, RoomMember, ServerInfo
@@ -38,6 +39,7 @@ __all__ = [
     "DistributedStats",
     "ServerInfo",
     "RoomMember",
+    "HistoryEntry",
     "DCMError",
     "ConfigError",
     "UnknownConnectionError",

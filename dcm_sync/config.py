@@ -65,6 +65,11 @@ class Config:
     probe_timeout: float = 2.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
+    history_rooms: Sequence[str] = ()
+    history_size: int = 100
+    history_ttl: float = 300.0
+    recovery_window: float = 0.0
+    mailbox_size: int = 100
     signing_keys: Sequence[str | bytes] = field(default=(), repr=False)
     authenticate: AuthenticateFn | None = field(default=None, repr=False, compare=False)
 
@@ -131,6 +136,21 @@ class Config:
         if self.authenticate is not None and not callable(self.authenticate):
             raise ConfigError("authenticate must be callable or None")
         object.__setattr__(self, "signing_keys", _signing_keys(self.signing_keys))
+        object.__setattr__(self, "history_rooms", _patterns(self.history_rooms))
+        if not 1 <= self.history_size <= 100_000:
+            raise ConfigError(f"history_size must be in 1..100000, got {self.history_size}")
+        if not self.history_ttl > 0:
+            raise ConfigError(f"history_ttl must be > 0, got {self.history_ttl!r}")
+        if self.recovery_window < 0:
+            raise ConfigError(f"recovery_window must be >= 0 (0 turns recovery off), "
+                              f"got {self.recovery_window!r}")
+        if self.history_rooms and self.history_ttl < self.recovery_window:
+            raise ConfigError(
+                f"history_ttl ({self.history_ttl}) must be at least recovery_window "
+                f"({self.recovery_window}): a history that expires within the window would "
+                "lose messages a returning client missed")
+        if not 1 <= self.mailbox_size <= 100_000:
+            raise ConfigError(f"mailbox_size must be in 1..100000, got {self.mailbox_size}")
 
     def __repr__(self) -> str:  # the dataclass's, but never with the URL's password
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
@@ -238,6 +258,17 @@ def _check_type(name: str, value: Any, kind: Any) -> None:
     }.get(base, True)
     if not ok:
         raise ConfigError(f"{name} must be {base}, got {type(value).__name__} {value!r}")
+
+
+def _patterns(patterns: object) -> tuple[str, ...]:
+    """``history_rooms`` as a tuple of non-empty glob patterns."""
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+        raise ConfigError("history_rooms must be a list or tuple of glob patterns "
+                          f"(\"chat-*\"), got {type(patterns).__name__}")
+    for p in patterns:
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"history_rooms: each pattern must be a non-empty string, got {p!r}")
+    return tuple(patterns)
 
 
 def _signing_keys(keys: object) -> tuple[str | bytes, ...]:

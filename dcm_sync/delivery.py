@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 
 from .errors import DCMError
+from .history import Position
 from .local import LocalConnection, LocalConnectionManager
 
 __all__ = ["Delivery", "SLOW_CONSUMER_CODE"]
@@ -45,8 +46,10 @@ class Delivery:
         self._remove(conn.connection_id)
         return False
 
-    def to_room(self, room_id: str, text: str, exclude: Iterable[str] = ()) -> None:
-        """``text`` to every local member of the room, less ``exclude``."""
+    def to_room(self, room_id: str, text: str, exclude: Iterable[str] = (),
+                position: Position | None = None) -> None:
+        """``text`` to every local member of the room, less ``exclude``; ``position``: where
+        it stands in the room's history, if the room keeps one."""
         members = self._local.members(room_id, exclude)
         if len(members) < 2:
             for conn in members:

@@ -28,6 +28,7 @@ from .envelopes import (
     decode_body,
     envelope_prefix,
 )
+from .history import Position, split_position
 from .listener import Listener
 from .local import LocalConnectionManager
 from .requests import Requests
@@ -76,27 +77,34 @@ class Dispatcher:
         }
 
     def __call__(self, channel: str, data: bytes) -> None:
-        if data.startswith(self._own_rooms, self._body_at):
-            # this server's own broadcast, delivered here when it was sent (with signing on, a
-            # forgery that looks like one is dropped here too, unchecked: nothing is delivered)
-            return
         try:
+            position, data = split_position(data)
+            if position is None and data.startswith(self._own_rooms, self._body_at):
+                # this server's own broadcast, delivered here when it was sent (with signing
+                # on, a forgery that looks like one is dropped here too, unchecked: nothing is
+                # delivered). A history room's (with a position) is delivered from the bus.
+                return
             received = decode_body(data, self._signer)
             body = received.body
             if isinstance(body, RoomMessage) and channel != f"room:{body.room}":
                 raise EnvelopeError(f"room envelope for {body.room!r} arrived on {channel!r}")
+            if position is not None and not isinstance(body, RoomMessage):
+                raise EnvelopeError(f"a history position in front of a {body.KIND} envelope")
         except EnvelopeError as exc:
             self._counters["envelopes_dropped"] += 1
             if isinstance(exc, SignatureError):
                 self._counters["signature_failures"] += 1
             logger.warning("dropped a message on %s: %s", channel, exc)
             return
-        self.table[type(body)](received.origin, body)
+        if isinstance(body, RoomMessage):
+            self._room(received.origin, body, position)
+        else:
+            self.table[type(body)](received.origin, body)
 
     # ------------------------------------------------------------- handlers
-    def _room(self, origin: str, body: RoomMessage) -> None:
-        if origin != self._server_id:  # see __call__
-            self._delivery.to_room(body.room, body.text, body.exclude)
+    def _room(self, origin: str, body: RoomMessage, position: Position | None = None) -> None:
+        if origin != self._server_id or position is not None:  # see __call__
+            self._delivery.to_room(body.room, body.text, body.exclude, position)
 
     def _direct(self, origin: str, body: DirectMessage) -> None:
         conn = self._local.get(body.connection)

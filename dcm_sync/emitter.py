@@ -10,6 +10,7 @@ from .config import Config
 from .departures import notice_publications
 from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage
 from .errors import DCMError
+from .history import HistoryEntry, RoomHistory
 from .messages import encode_message, exclusions, new_id, validate_id
 from .models import DistributedStats
 from .presence import Presence, PresenceMethods, rooms_page
@@ -22,23 +23,30 @@ class Emitter(PresenceMethods):
 
     ``Emitter("redis://127.0.0.1:6379/0", key_prefix="dcm:")`` must use the servers' URL and
     prefix, and their ``signing_keys`` when they sign (only the first key is used here);
-    ``ca_file`` is their ``redis_ca_file``, ``room_notices`` their ``room_notices``.
+    ``ca_file`` is their ``redis_ca_file``, ``room_notices`` their ``room_notices``, and
+    ``history_rooms``, ``history_size``, ``history_ttl`` their room history settings (its
+    broadcasts to those rooms are kept in their history, as a server's are).
     Use it as a context manager, or call [`close`][].
     """
 
     def __init__(self, redis_url: str, key_prefix: str = "dcm:",
                  max_message_bytes: int = 1024 * 1024, timeout: float = 2.0,
                  signing_keys: Sequence[str | bytes] = (), ca_file: str | None = None,
-                 room_notices: str = "connections") -> None:
+                 room_notices: str = "connections", history_rooms: Sequence[str] = (),
+                 history_size: int = 100, history_ttl: float = 300.0) -> None:
         cfg = Config(redis_url=redis_url, key_prefix=key_prefix,
                      max_message_bytes=max_message_bytes, redis_timeout=timeout,
-                     signing_keys=signing_keys, redis_ca_file=ca_file, room_notices=room_notices)
+                     signing_keys=signing_keys, redis_ca_file=ca_file, room_notices=room_notices,
+                     history_rooms=history_rooms, history_size=history_size,
+                     history_ttl=history_ttl)
         self._max = cfg.max_message_bytes
         self.origin = f"emitter:{new_id()}"
         self._envelope = EnvelopeWriter(self.origin, cfg.signing_keys, cfg.key_prefix)
         self._backend = open_backend(cfg.redis_url, cfg.key_prefix, timeout=cfg.redis_timeout,
                                      ca_file=cfg.redis_ca_file,
                                      count_users=cfg.room_notices == "users")
+        self._history = RoomHistory(self._backend, cfg.history_rooms, cfg.history_size,
+                                    cfg.history_ttl, self._envelope.signer)
         tell = cfg.room_notices != "off"
         self._closed = False
         self._presence = Presence(self._backend, self._envelope, self._max,
@@ -52,7 +60,18 @@ class Emitter(PresenceMethods):
         validate_id(room_id, "room_id")
         text = encode_message(message, self._max)
         skip = sorted(exclusions(exclude))
-        self._backend.publish(f"room:{room_id}", self._envelope(RoomMessage(room_id, text, tuple(skip))))
+        data = self._envelope(RoomMessage(room_id, text, tuple(skip)))
+        if self._history.keeps(room_id):
+            self._history.append(room_id, data)
+        else:
+            self._backend.publish(f"room:{room_id}", data)
+
+    def get_room_history(self, room_id: str, limit: int = 50) -> list[HistoryEntry]:
+        """The room's last ``limit`` messages, oldest first (see the manager's
+        [`get_room_history`][dcm_sync.DistributedConnectionManager.get_room_history])."""
+        self._check_open()
+        validate_id(room_id, "room_id")
+        return self._history.latest(room_id, limit)
 
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection; False if no server knows it."""

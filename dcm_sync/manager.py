@@ -35,6 +35,7 @@ from .departures import Departures, close_socket
 from .dispatch import Dispatcher, ServerMessageHandler
 from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage, ServerMessage, Touch
 from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
+from .history import HistoryEntry, RoomHistory
 from .listener import Listener
 from .local import LocalConnectionManager, WebSocketLike
 from .maintenance import Maintenance
@@ -124,6 +125,8 @@ class DistributedConnectionManager(PresenceMethods):
         self._dispatch = Dispatcher(self.server_id, self._envelope.signer, self._counters, local,
                                     self._listener, self._delivery, self._departures,
                                     self._membership.change_here, self._requests)
+        self._history = RoomHistory(self._backend, config.history_rooms, config.history_size,
+                                    config.history_ttl, self._envelope.signer)
         here = ServerHere(self.server_id, local, self._delivery, self._departures,
                           self._membership)
         self._presence = Presence(self._backend, self._envelope, config.max_message_bytes,
@@ -314,13 +317,26 @@ class DistributedConnectionManager(PresenceMethods):
         validate_id(room_id, "room_id")
         text = encode_message(message, self.config.max_message_bytes)
         skip = exclusions(exclude)
+        data = self._envelope(RoomMessage(room_id, text, tuple(sorted(skip))))
+        if self._history.keeps(room_id):
+            # appended and published in one step; this server's members get it from the bus
+            # like every other server's, so that each delivers the room's messages in offset
+            # order (and none when it could not be kept: the error is raised)
+            self._history.append(room_id, data)
+            return
         # Publish first so that other servers see this message before any departure it causes
         # here; local members get it even when the bus is unreachable (the error is then raised).
         try:
-            self._backend.publish(f"room:{room_id}", self._envelope(
-                RoomMessage(room_id, text, tuple(sorted(skip)))))
+            self._backend.publish(f"room:{room_id}", data)
         finally:
             self._delivery.to_room(room_id, text, skip)
+
+    def get_room_history(self, room_id: str, limit: int = 50) -> list[HistoryEntry]:
+        """The last ``limit`` messages of a room that keeps a history (``history_rooms``),
+        oldest first; [] for a room without one, or whose history expired."""
+        self._check_open()
+        validate_id(room_id, "room_id")
+        return self._history.latest(room_id, limit)
 
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection on any server. True if it exists (delivered here or routed

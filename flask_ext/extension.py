@@ -17,6 +17,7 @@ from dcm_sync import (
     DCMError,
     DistributedConnectionManager,
     DistributedStats,
+    HistoryEntry,
     RoomMember,
     UnknownConnectionError,
 )
@@ -125,6 +126,10 @@ class DistributedWebSockets:
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection on any server; False if no server knows it."""
         return self.manager.send_to_connection(connection_id, message)
+
+    def get_room_history(self, room_id: str, limit: int = 50) -> list[HistoryEntry]:
+        """[`get_room_history`][dcm_sync.DistributedConnectionManager.get_room_history]."""
+        return self.manager.get_room_history(room_id, limit)
 
     def get_distributed_stats(self) -> DistributedStats:
         """Cluster-wide figures (the manager's)."""

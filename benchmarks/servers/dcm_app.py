@@ -34,9 +34,8 @@ app.config["DCM_ROOM_NOTICES"] = os.environ.get("BENCH_ROOM_NOTICES", "connectio
 sockets = DistributedWebSockets(app)
 bus = BusCounter()
 
-# room channels are not hash-tagged: P room:<room>
-_ROOM_CHANNEL = KeyLayout(os.environ.get("DCM_KEY_PREFIX", "dcm:")).channel("room:").encode()
-_CUT = len(_ROOM_CHANNEL)
+_LAYOUT = KeyLayout(os.environ.get("DCM_KEY_PREFIX", "dcm:"))
+_ROOM_CHANNEL = (_LAYOUT.prefix + "room:").encode()  # P room:{rXX}<room>
 _handle_message = redis.client.PubSub.handle_message
 
 
@@ -45,7 +44,7 @@ def _counting_handle_message(self: Any, response: Any, ignore_subscribe_messages
     if message is not None and message["type"] == "message":
         channel = message["channel"]
         if channel.startswith(_ROOM_CHANNEL):
-            bus.count(channel[_CUT:].decode())
+            bus.count(_LAYOUT.logical(channel.decode())[5:])
     return message
 
 

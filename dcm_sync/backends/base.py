@@ -19,7 +19,10 @@ from ..errors import ConnectionLimitError
 from ..models import RemovedConnection, RoomMember, ServerInfo
 
 __all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "RoomChange", "rooms_full",
-           "user_full"]
+           "user_full", "HistoryPage", "POSITION_MARK"]
+
+#: A history room's message arrives on the bus as ``MARK epoch:offset MARK envelope``.
+POSITION_MARK = b"\x1e"
 
 
 def rooms_full(connection_id: str, max_rooms: int) -> ConnectionLimitError:
@@ -56,6 +59,16 @@ class RoomChange:
     tell: bool
     #: the notice given to the call was published to the room's channel (it is when ``tell``)
     published: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """Part of a room's history: its ``epoch`` (None: the room has no history, none was kept
+    or it expired), the ``last`` offset given, and ``(offset, envelope)`` entries oldest first."""
+
+    epoch: str | None
+    last: int
+    entries: list[tuple[int, bytes]]
 
 
 class Confirmation(Protocol):
@@ -196,6 +209,20 @@ class Backend(Protocol):
 
     def publish_to_server(self, server_id: str, data: bytes) -> bool:
         """Publish to a live server's channel in one step; False (nothing sent) if it is not live."""
+        ...
+
+    # history
+    def publish_history(self, room_id: str, data: bytes, size: int,
+                        ttl: float) -> tuple[str, int]:
+        """Append ``data`` (a room envelope) to the room's history, keeping the last ``size``
+        for ``ttl`` seconds after the latest, and publish it to ``room:<room>`` marked with its
+        position (`POSITION_MARK`), in one step: ``(epoch, offset)``. Offsets count from 1 in
+        each epoch; a history that expired or was lost starts again under a new epoch."""
+        ...
+
+    def read_history(self, room_id: str, after: int | None, limit: int) -> HistoryPage:
+        """Up to ``limit`` entries of the room's history: those after offset ``after``, oldest
+        first, or (``after`` None) the latest ones."""
         ...
 
     # reading

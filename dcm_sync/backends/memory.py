@@ -11,13 +11,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
-from .base import ConnectionRecord, RoomChange, rooms_full, user_full
+from .base import POSITION_MARK, ConnectionRecord, HistoryPage, RoomChange, rooms_full, user_full
 
 __all__ = ["MemoryBackend", "reset_memory_backends"]
 
@@ -29,6 +30,14 @@ class _Conn:
     connected_at: float
     expires: float
     rooms: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _History:
+    epoch: str
+    expires: float
+    last: int = 0
+    entries: deque[tuple[int, bytes]] = field(default_factory=deque)
 
 
 class _Confirmed:
@@ -46,6 +55,7 @@ class _State:
         self.rooms: dict[str, set[str]] = {}
         self.users: dict[str, set[str]] = {}
         self.locks: dict[str, float] = {}
+        self.history: dict[str, _History] = {}
         self.subscribers: list[_MemorySubscription] = []
 
     def live_conn(self, cid: str) -> _Conn | None:
@@ -54,6 +64,13 @@ class _State:
             del self.conns[cid]  # expired like a Redis key; its memberships stay, as in Redis
             return None
         return conn
+
+    def live_history(self, room: str) -> _History | None:
+        entry = self.history.get(room)
+        if entry is not None and entry.expires <= time.monotonic():
+            del self.history[room]
+            return None
+        return entry
 
     def live_server(self, sid: str) -> ServerInfo | None:
         entry = self.servers.get(sid)
@@ -371,6 +388,38 @@ class MemoryBackend:
 
     def retry_delay(self, failures: int) -> float:
         return min(1.0, 0.05 * failures)
+
+    # history
+    def publish_history(self, room_id: str, data: bytes, size: int,
+                        ttl: float) -> tuple[str, int]:
+        s = self._s
+        channel = f"room:{room_id}"
+        with s.lock:  # delivered under the lock: the bus sees the offsets in order
+            entry = s.live_history(room_id)
+            if entry is None:
+                entry = s.history[room_id] = _History(f"{time.time_ns() // 1000:x}", 0.0)
+            entry.last += 1
+            entry.entries.append((entry.last, data))
+            while len(entry.entries) > size:
+                entry.entries.popleft()
+            entry.expires = time.monotonic() + ttl
+            marked = b"%s%s:%d%s%s" % (POSITION_MARK, entry.epoch.encode(), entry.last,
+                                        POSITION_MARK, data)
+            for sub in s.subscribers:
+                if channel in sub.channels:
+                    sub.deliver(channel, marked)
+            return entry.epoch, entry.last
+
+    def read_history(self, room_id: str, after: int | None, limit: int) -> HistoryPage:
+        with self._s.lock:
+            entry = self._s.live_history(room_id)
+            if entry is None:
+                return HistoryPage(None, 0, [])
+            if after is None:
+                rows = list(entry.entries)[-limit:] if limit > 0 else []
+            else:
+                rows = [row for row in entry.entries if row[0] > after][:limit]
+            return HistoryPage(entry.epoch, entry.last, rows)
 
     def close_idle(self) -> None:
         pass  # nothing pooled

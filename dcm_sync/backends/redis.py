@@ -18,7 +18,15 @@ from ..concurrency import HandOffLock
 from ..errors import BackendUnavailableError
 from ..models import RemovedConnection, RoomMember
 from .base import ConnectionRecord, RoomChange, rooms_full, user_full
-from .redis_base import CHUNK, RedisBase, as_str, members_of, removed_row, translate_errors
+from .redis_base import (
+    CHUNK,
+    RedisBase,
+    as_str,
+    members_of,
+    position,
+    removed_row,
+    translate_errors,
+)
 from .redis_keys import room_bucket
 from .redis_pubsub import RedisSubscription
 from .redis_typed import close, redis_client
@@ -46,7 +54,8 @@ class RedisBackend(RedisBase):
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
                                "heartbeat", "to_live_server", "forget", "room_members",
-                               "user_connections", "clear_room", "room_add", "server_count")
+                               "user_connections", "clear_room", "room_add", "server_count",
+                               "history_append", "history_read")
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:
@@ -149,6 +158,12 @@ class RedisBackend(RedisBase):
     def publish(self, channel: str, data: bytes) -> None:
         with self._hot("PUBLISH") as hot:
             hot.publish(self._keys.channel(channel), data)
+
+    def publish_history(self, room_id: str, data: bytes, size: int,
+                        ttl: float) -> tuple[str, int]:
+        with self._hot("appending to a room's history") as hot:
+            return position(self._script("history_append", self._history_keys(room_id),
+                                         self._history_args(room_id, data, size, ttl), hot))
 
     def close_idle(self) -> None:
         try:

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from ..errors import BackendAuthenticationError, BackendError, BackendUnavailableError
 from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
-from .base import ConnectionRecord
+from .base import ConnectionRecord, HistoryPage
 from .redis_keys import KeyLayout, room_bucket
 from .redis_scripts import Scripts
 from .redis_typed import equal_jitter_backoff
@@ -83,6 +83,20 @@ def removed_row(row: Any) -> RemovedConnection | None:
     cid, user, sid, rooms = row
     return RemovedConnection(as_str(cid), as_str(user), as_str(sid),
                              tuple(as_str(r) for r in rooms or ()))
+
+
+def history_page(flat: Sequence[Any]) -> HistoryPage:
+    """A `HistoryPage` from the history scripts' flat answer."""
+    if not flat:
+        return HistoryPage(None, 0, [])
+    rest = flat[2:]
+    return HistoryPage(as_str(flat[0]), int(flat[1]),
+                       [(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)])
+
+
+def position(answer: Sequence[Any]) -> tuple[str, int]:
+    """``(epoch, offset)`` from the append script's answer."""
+    return as_str(answer[0]), int(answer[1])
 
 
 def members_of(flat: Sequence[Any], user: str | None = None) -> list[RoomMember]:
@@ -310,6 +324,18 @@ class RedisBase:
                                       int(counts[i])))
         rooms = sum(int(n) for n in res[len(ids):])
         return sum(s.active_connections for s in servers), rooms, servers
+
+    def read_history(self, room_id: str, after: int | None, limit: int) -> HistoryPage:
+        with translate_errors("reading a room's history"):
+            flat = self._script("history_read", self._history_keys(room_id),
+                                [-1 if after is None else after, limit])
+        return history_page(flat)
+
+    def _history_keys(self, room: str) -> list[str]:
+        return [self._keys.history_meta(room), self._keys.history(room)]
+
+    def _history_args(self, room: str, data: bytes, size: int, ttl: float) -> list[Any]:
+        return [self._keys.channel(f"room:{room}"), data, size, max(1, int(ttl * 1000))]
 
     def room_sizes(self) -> list[tuple[str, int]]:
         k = self._keys

@@ -42,7 +42,15 @@ from ..config import redact_url
 from ..errors import BackendError
 from ..models import RemovedConnection, RoomMember
 from .base import ConnectionRecord, RoomChange, rooms_full, user_full
-from .redis_base import CHUNK, TRANSIENT_ERRORS, RedisBase, as_str, removed_row, translate_errors
+from .redis_base import (
+    CHUNK,
+    TRANSIENT_ERRORS,
+    RedisBase,
+    as_str,
+    position,
+    removed_row,
+    translate_errors,
+)
 from .redis_keys import server_tag
 from .redis_pubsub import ShardedSubscription
 from .redis_typed import close, evalsha
@@ -77,7 +85,8 @@ class RedisClusterBackend(RedisBase):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
                                "room_add", "room_del", "conn_room", "conn_remove", "forget",
-                               "user_add", "room_clear", "conn_leave", "server_count")
+                               "user_add", "room_clear", "conn_leave", "server_count",
+                               "history_append", "history_read")
         self._subscribed_before = False
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
@@ -371,6 +380,16 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("SPUBLISH"):
             self._on_master(name, lambda c: c.spublish(name, data),
                             lambda: self._r.spublish(name, data))
+
+    def publish_history(self, room_id: str, data: bytes, size: int,
+                        ttl: float) -> tuple[str, int]:
+        keys = self._history_keys(room_id)
+        args = self._history_args(room_id, data, size, ttl)
+        sha = self._scripts["history_append"].sha
+        with translate_errors("appending to a room's history"):
+            return position(self._on_master(
+                keys[0], lambda c: evalsha(c, sha, keys, args),
+                lambda: self._script("history_append", keys, args)))
 
     def close_idle(self) -> None:
         try:

@@ -21,11 +21,16 @@ what one atomic script touches lives in one slot:
         P index:rooms:{rXX}            set   the bucket's rooms with members
         P room-users:{rXX}<room>       hash  user -> their connections in the room (only
                                              with room_notices="users")
-      -> a room's first join and last leave update the room index in the same script.
+        P history:{rXX}<room>          stream the room's last messages (history rooms only):
+                                             entry id <offset>-0, field d: the envelope
+        P history-meta:{rXX}<room>     hash  e: the history's epoch, s: its last offset
+                                             (both keys PEXPIRE history_ttl at each append)
+        channel P room:{rXX}<room>     the room's bus channel
+      -> a room's first join and last leave update the room index in the same script; a
+         history room's message is appended and published in one script.
     user bucket slot {uXX}   XX = the first 2 hex digits of sha1(user): 256 buckets
         P users:{uXX}<user>            set   the user's connection ids (every server)
     P index:servers                    set   every registered server id: one global key
-    channel P room:<room>              not tagged: room broadcasts spread over all shards
 
 The 4-digit server tags (8,223 values) spread servers, and with them their connections, over
 the slots; the 256 buckets spread the rooms.
@@ -33,6 +38,7 @@ the slots; the 256 buckets spread the rooms.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from .ids import TAG_COUNT, TAG_LOW, server_tag
@@ -40,6 +46,7 @@ from .ids import TAG_COUNT, TAG_LOW, server_tag
 __all__ = ["KeyLayout", "server_tag", "room_bucket", "user_bucket", "TAG_LOW", "TAG_COUNT"]
 
 
+@functools.lru_cache(maxsize=4096)  # on every broadcast (the channel's name): hash a room once
 def room_bucket(room: str) -> str:
     """The hash tag of a room's set and of its room-index bucket: ``r`` + 2 hex digits."""
     return "r" + hashlib.sha1(room.encode("utf-8")).hexdigest()[:2]
@@ -89,6 +96,12 @@ class KeyLayout:
     def room_users(self, room: str) -> str:
         return f"{self.prefix}room-users:{{{room_bucket(room)}}}{room}"
 
+    def history(self, room: str) -> str:
+        return f"{self.prefix}history:{{{room_bucket(room)}}}{room}"
+
+    def history_meta(self, room: str) -> str:
+        return f"{self.prefix}history-meta:{{{room_bucket(room)}}}{room}"
+
     def user(self, user: str) -> str:
         return f"{self.prefix}users:{{{user_bucket(user)}}}{user}"
 
@@ -99,14 +112,18 @@ class KeyLayout:
         return [self.rooms_index(f"r{i:02x}") for i in range(256)]
 
     def channel(self, logical: str) -> str:
-        """``room:<room>`` -> ``P room:<room>``; ``server:<sid>`` -> ``P server:{T}<sid>``."""
+        """``room:<room>`` -> ``P room:{rXX}<room>``; ``server:<sid>`` -> ``P server:{T}<sid>``."""
         if logical.startswith("server:"):
             return self._of_server("server", logical[7:])
+        if logical.startswith("room:"):
+            room = logical[5:]
+            return f"{self.prefix}room:{{{room_bucket(room)}}}{room}"
         return self.prefix + logical
 
     def logical(self, channel: str) -> str:
         """The inverse of `channel`."""
         name = channel[self._cut:]
-        if name.startswith("server:{"):
-            return "server:" + name[name.index("}") + 1:]
+        if name.startswith(("server:{", "room:{")):
+            kind, _, rest = name.partition(":")
+            return f"{kind}:{rest[rest.index('}') + 1:]}"
         return name

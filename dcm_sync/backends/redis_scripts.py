@@ -90,7 +90,9 @@ local function list_edit(ck, room, add)
   redis.call('HSET', ck, 'r', #kept == 0 and '[]' or cjson.encode(kept))
 end
 local function tell_room(prefix, room, tell, notice)
-  if tell == 1 and notice ~= '' then redis.call('%PUBLISH%', prefix .. 'room:' .. room, notice) end
+  if tell == 1 and notice ~= '' then
+    redis.call('%PUBLISH%', prefix .. 'room:{' .. bucket(room) .. '}' .. room, notice)
+  end
 end
 local function notify(prefix, owner, caller, data, cid)
   if owner ~= caller then
@@ -384,6 +386,50 @@ return 1
 """
 
 
+# ---------------------------------------------------------------- room history (one room's slot)
+# KEYS: history-meta:<room>, history:<room>. ARGV: the room's channel, the envelope, history
+# size, ttl ms -> {epoch, offset}: the envelope kept as entry <offset>-0 (the last `size`
+# kept) and published as "\30<epoch>:<offset>\30<envelope>". A history that expired (or was
+# lost) starts again at offset 1 under a new epoch.
+HISTORY_APPEND = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('%PUBLISH%', ARGV[1], '\\30' .. epoch .. ':' .. offset .. '\\30' .. ARGV[2])
+return {epoch, offset}
+"""
+
+# KEYS: history-meta:<room>, history:<room>. ARGV: after (an offset; -1 for the latest
+# entries), count -> {epoch, last offset, offset, envelope, ...} oldest first, at most `count`
+# entries (those after `after`, or the latest); {} when the room has no history
+HISTORY_READ = """
+local m = redis.call('HMGET', KEYS[1], 'e', 's')
+if not m[1] then return {} end
+local out = {m[1], tonumber(m[2])}
+local rows
+if tonumber(ARGV[1]) < 0 then
+  local latest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  rows = {}
+  for i = #latest, 1, -1 do rows[#rows + 1] = latest[i] end
+else
+  rows = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+end
+for _, row in ipairs(rows) do
+  out[#out + 1] = tonumber(string.match(row[1], '^(%d+)'))
+  out[#out + 1] = row[2][2]
+end
+return out
+"""
+
+
 class Scripts:
     """The scripts' texts with ``%PUBLISH%`` filled in."""
 
@@ -401,4 +447,5 @@ class Scripts:
         self.clear_room, self.room_clear = fill(CLEAR_ROOM), ROOM_CLEAR
         self.user_add, self.conn_leave = fill(USER_ADD), fill(CONN_LEAVE)
         self.server_count = SERVER_COUNT
+        self.history_append, self.history_read = fill(HISTORY_APPEND), HISTORY_READ
 
