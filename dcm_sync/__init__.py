@@ -19,6 +19,7 @@ from .errors import (
     DCMError,
     MessageTooLargeError,
     RequestFailedError,
+    ResumeRefusedError,
     UnknownConnectionError,
     UnknownServerError,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "AuthenticationError",
     "UnknownServerError",
     "RequestFailedError",
+    "ResumeRefusedError",
     "BackendError",
     "BackendUnavailableError",
     "BackendAuthenticationError",

@@ -14,7 +14,8 @@ from collections.abc import Callable, Hashable, Iterable
 
 from .errors import DCMError
 from .history import Position
-from .local import LocalConnection, LocalConnectionManager
+from .local import Held, LocalConnection, LocalConnectionManager
+from .protocol import direct_frame, room_frame
 
 __all__ = ["Delivery", "SLOW_CONSUMER_CODE"]
 
@@ -49,23 +50,58 @@ class Delivery:
     def to_room(self, room_id: str, text: str, exclude: Iterable[str] = (),
                 position: Position | None = None) -> None:
         """``text`` to every local member of the room, less ``exclude``; ``position``: where
-        it stands in the room's history, if the room keeps one."""
+        it stands in the room's history, if the room keeps one (recoverable connections get
+        it in their frame)."""
         members = self._local.members(room_id, exclude)
         if len(members) < 2:
             for conn in members:
-                self.send(conn, text)
+                if conn.secret is None:
+                    self.send(conn, text)
+                else:
+                    self.framed(conn, room_id, position, room_frame(room_id, text, position))
             return
         # encoded once for every member whose socket encodes alike, not once per socket
-        shared: dict[Hashable, bytes] = {}
+        shared: dict[tuple[Hashable, bool], bytes] = {}
+        frame = None
         for conn in members:
+            wrapped = conn.secret is not None
+            if wrapped and frame is None:
+                frame = room_frame(room_id, text, position)
+            out = frame if wrapped and frame is not None else text
             key = conn.encoding
-            if key is None:
-                self.send(conn, text)
-                continue
-            encoded = shared.get(key)
-            if encoded is None:
-                encoded = shared[key] = conn.encode(text)
-            self.send(conn, text, encoded)
+            encoded = None
+            if key is not None and conn.hold is None:
+                encoded = shared.get((key, wrapped))
+                if encoded is None:
+                    encoded = shared[(key, wrapped)] = conn.encode(out)
+            if wrapped:
+                self.framed(conn, room_id, position, out, encoded)
+            else:
+                self.send(conn, out, encoded)
+
+    def direct(self, conn: LocalConnection, text: str, number: int | None = None) -> bool:
+        """A direct message to one socket (numbered when its mailbox keeps it)."""
+        if conn.secret is None:
+            return self.send(conn, text)
+        return self.framed(conn, "", None if number is None else Position("", number),
+                           direct_frame(text, number))
+
+    def framed(self, conn: LocalConnection, key: str, position: Position | None, frame: str,
+               encoded: bytes | None = None) -> bool:
+        """A protocol frame to a recoverable socket: kept back while it replays (see `Hold`),
+        never sent twice (a numbered frame not past what it got is a repeat: dropped)."""
+        pos = None if position is None else (position.epoch, position.offset)
+        hold = conn.hold
+        if hold is not None and hold.offer((key, pos, frame)):
+            return True
+        return self.unique(conn, (key, pos, frame), encoded)
+
+    def unique(self, conn: LocalConnection, held: Held, encoded: bytes | None = None) -> bool:
+        """Send a protocol frame unless it is a repeat (see `LocalConnection.advance`)."""
+        key, pos, frame = held
+        if pos is not None and not conn.advance(key, pos):
+            return True
+        return self.send(conn, frame, encoded)
 
     def write_failed(self, connection_id: str, exc: BaseException) -> None:
         """A write to the socket failed (also called from a socket's writer): remove it."""

@@ -88,8 +88,8 @@ class Dispatcher:
             body = received.body
             if isinstance(body, RoomMessage) and channel != f"room:{body.room}":
                 raise EnvelopeError(f"room envelope for {body.room!r} arrived on {channel!r}")
-            if position is not None and not isinstance(body, RoomMessage):
-                raise EnvelopeError(f"a history position in front of a {body.KIND} envelope")
+            if position is not None and not isinstance(body, (RoomMessage, DirectMessage)):
+                raise EnvelopeError(f"a position in front of a {body.KIND} envelope")
         except EnvelopeError as exc:
             self._counters["envelopes_dropped"] += 1
             if isinstance(exc, SignatureError):
@@ -98,6 +98,8 @@ class Dispatcher:
             return
         if isinstance(body, RoomMessage):
             self._room(received.origin, body, position)
+        elif isinstance(body, DirectMessage):
+            self._direct(received.origin, body, position)
         else:
             self.table[type(body)](received.origin, body)
 
@@ -106,16 +108,16 @@ class Dispatcher:
         if origin != self._server_id or position is not None:  # see __call__
             self._delivery.to_room(body.room, body.text, body.exclude, position)
 
-    def _direct(self, origin: str, body: DirectMessage) -> None:
+    def _direct(self, origin: str, body: DirectMessage, position: Position | None = None) -> None:
         conn = self._local.get(body.connection)
-        if conn is not None:
-            self._delivery.send(conn, body.text)
+        if conn is not None:  # numbered (position) when its mailbox keeps it
+            self._delivery.direct(conn, body.text, None if position is None else position.offset)
 
     def _directs(self, origin: str, body: DirectMessages) -> None:
         for connection_id in body.connections:
             conn = self._local.get(connection_id)
             if conn is not None:
-                self._delivery.send(conn, body.text)
+                self._delivery.direct(conn, body.text)
 
     def _disconnect(self, origin: str, body: Disconnect) -> None:
         for connection_id in body.connections:

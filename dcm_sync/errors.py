@@ -10,6 +10,7 @@ Every error the library raises on purpose derives from `DCMError`::
      ├── AuthenticationError                    Config.authenticate refused a token
      ├── UnknownServerError                     request(): no such live server
      ├── RequestFailedError                     request(): the other server answered with an error
+     ├── ResumeRefusedError                     resume_connection(): a token not (or no longer) valid
      └── BackendError                           the coordinator (Redis) failed
           └── BackendUnavailableError           it could not be reached in time
                └── BackendAuthenticationError   it refused the credentials (Redis ACL / password)
@@ -72,6 +73,11 @@ class RequestFailedError(DCMError):
     """The server asked answered with an error instead of a reply: its request handler raised
     (the message names the error), it has no handler, or its reply could not be sent (not
     JSON-serializable, or over ``max_message_bytes``)."""
+
+
+class ResumeRefusedError(DCMError):
+    """A resume token that is malformed, unknown, used already or not the user's, or recovery
+    is off (``recovery_window`` 0): register the socket as a new connection instead."""
 
 
 class BackendError(DCMError):

@@ -54,13 +54,14 @@ class HistoryEntry:
 
 def split_position(data: bytes) -> tuple[Position | None, bytes]:
     """``(position, envelope)`` of a bus message: the position of a history room's message
-    (marked ``\\x1e epoch:offset \\x1e``), None for any other. `EnvelopeError` if the mark is
+    (marked ``\\x1e epoch:offset \\x1e``) or the number of a message kept in a mailbox (no
+    epoch: ``\\x1e :number \\x1e``), None for any other. `EnvelopeError` if the mark is
     broken."""
     if data[:1] != POSITION_MARK:
         return None, data
     end = data.find(POSITION_MARK, 1)
     epoch, colon, offset = data[1:max(end, 1)].partition(b":")
-    if end < 0 or not colon or not epoch or not offset.isdigit():
+    if end < 0 or not colon or not offset.isdigit():
         raise EnvelopeError("broken history position in front of an envelope")
     return Position(epoch.decode("ascii", "replace"), int(offset)), data[end + 1:]
 
@@ -98,16 +99,21 @@ class RoomHistory:
             return []
         return self._entries(room_id, page.epoch, page.entries)
 
-    def since(self, room_id: str, known: Position) -> tuple[bool, Iterator[list[HistoryEntry]]]:
+    def position(self, room_id: str) -> Position:
+        """The room's epoch and last offset (an empty history is started if it has none)."""
+        return Position(*self._backend.history_position(room_id, self._ttl))
+
+    def since(self, room_id: str,
+              known: Position) -> tuple[bool, Iterator[list[HistoryEntry]] | None]:
         """What the room said after ``known``: ``(complete, pages)``. ``complete`` is False
-        when the history cannot fill the gap (another epoch: it was lost; or trimmed past
-        ``known``): the pages then hold what is left of the current epoch after ``known``
-        (nothing, for another epoch). Pages are read lazily, `PAGE` entries at a time."""
+        when the history cannot fill the gap: trimmed past ``known`` (the pages then hold
+        what is left after it), or of another epoch (it was lost: pages is None). Pages are
+        read lazily, `PAGE` entries at a time."""
         first = self._backend.read_history(room_id, known.offset, PAGE)
         if first.epoch is None:  # expired with nothing new since (history_ttl >= the window)
             return True, iter(())
         if first.epoch != known.epoch:
-            return False, iter(())
+            return False, None
         complete = first.last <= known.offset or (
             bool(first.entries) and first.entries[0][0] == known.offset + 1)
         return complete, self._pages(room_id, first.epoch, first.entries)

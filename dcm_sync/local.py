@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import ConnectionLimitError
 from .outbox import KeepaliveSocket, Outbox, OutboxSocket, SendPolicy
 
-__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike"]
+__all__ = ["LocalConnectionManager", "LocalConnection", "WebSocketLike", "Hold"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,39 @@ class WebSocketLike(Protocol):
     def send(self, message: str) -> object: ...
 
     def close(self) -> object: ...
+
+
+#: (key, position, frame): key a room, or "" for direct messages; position (epoch, number)
+Held = tuple[str, "tuple[str, int] | None", str]
+
+
+class Hold:
+    """Frames kept back from a socket while what it missed is replayed (a resume), then sent
+    in order after the replay."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frames: list[Held] = []
+        self._open = True
+
+    def offer(self, frame: Held) -> bool:
+        """Keep ``frame`` back; False once released (the caller sends it)."""
+        with self._lock:
+            if self._open:
+                self._frames.append(frame)
+            return self._open
+
+    def release(self, send: Callable[[Held], object]) -> None:
+        """Send what was kept, in order; frames offered meanwhile follow, and from then on
+        `offer` declines."""
+        while True:
+            with self._lock:
+                frames, self._frames = self._frames, []
+                if not frames:
+                    self._open = False
+                    return
+            for frame in frames:
+                send(frame)
 
 
 @dataclass(eq=False)
@@ -41,6 +74,23 @@ class LocalConnection:
     rooms: set[str] = field(default_factory=set)
     send_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     policy: SendPolicy = field(default_factory=SendPolicy, repr=False)
+    #: a recoverable connection's resume secret: its messages go out as protocol frames
+    #: (`dcm_sync.protocol`); None for a plain one
+    secret: str | None = field(default=None, repr=False)
+    #: frames kept back during a resume's replay
+    hold: Hold | None = field(default=None, repr=False)
+    #: key (room, or "" for direct messages) -> (epoch, number) of the last numbered frame
+    #: sent: one that is not past it is a repeat (see `advance`)
+    marks: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+
+    def advance(self, key: str, position: tuple[str, int]) -> bool:
+        """Record ``position`` as sent for ``key``; False (a repeat: not to send) if a frame
+        of the same epoch at or past it was sent already."""
+        mark = self.marks.get(key)
+        if mark is not None and mark[0] == position[0] and position[1] <= mark[1]:
+            return False
+        self.marks[key] = position
+        return True
 
     def __post_init__(self) -> None:
         ws = self.ws
@@ -115,9 +165,11 @@ class LocalConnectionManager:
         return connection_id in self._conns
 
     def add(self, connection_id: str, ws: WebSocketLike, user_id: str,
-            policy: SendPolicy | None = None) -> LocalConnection:
+            policy: SendPolicy | None = None, secret: str | None = None,
+            hold: Hold | None = None) -> LocalConnection:
         """Hold a new socket; [`ConnectionLimitError`][] when full, ``ValueError`` if the id is
-        taken. ``policy``: its outbox's limits and hooks (default: its `send_policy`)."""
+        taken. ``policy``: its outbox's limits and hooks (default: its `send_policy`);
+        ``secret``, ``hold``: see `LocalConnection`."""
         with self._lock:
             if len(self._conns) >= self.max_connections:
                 raise ConnectionLimitError(
@@ -126,7 +178,8 @@ class LocalConnectionManager:
                 )
             if connection_id in self._conns:
                 raise ValueError(f"connection {connection_id!r} is already registered")
-            conn = LocalConnection(connection_id, ws, user_id, policy=policy or self.send_policy)
+            conn = LocalConnection(connection_id, ws, user_id, policy=policy or self.send_policy,
+                                   secret=secret, hold=hold)
             self._conns[connection_id] = conn
             return conn
 

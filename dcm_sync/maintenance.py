@@ -21,6 +21,7 @@ from .listener import Listener
 from .local import LocalConnectionManager
 from .messages import validate_id
 from .models import ServerInfo
+from .recovery import MARGIN, Recovery
 
 __all__ = ["Maintenance", "CLEANUP_BATCH", "IDLE_CLOSE_SECONDS"]
 
@@ -34,7 +35,7 @@ class Maintenance:
     def __init__(self, server_id: str, config: Config, local: LocalConnectionManager,
                  backend: Backend, listener: Listener, departures: Departures,
                  envelope: EnvelopeWriter, stop: StopFlag, counters: Counter[str],
-                 server_info: Callable[[], ServerInfo]) -> None:
+                 server_info: Callable[[], ServerInfo], recovery: Recovery) -> None:
         self._server_id = server_id
         self._config = config
         self._local = local
@@ -45,13 +46,15 @@ class Maintenance:
         self._stop = stop
         self._counters = counters
         self._server_info = server_info
+        self._recovery = recovery
         self._restored_at = 0.0
 
     def handle_server_failure(self, server_id: str) -> int:
         """Clean up a dead server's connections and tell their rooms (reason ``server-failure``).
         Idempotent and safe when several servers call it at once: a short lock in the backend
-        lets one do the work, and each connection is removed exactly once. Returns how many
-        connections this call removed."""
+        lets one do the work, and each connection is removed exactly once. With recovery on,
+        its recoverable connections are suspended instead (this server removes those not
+        resumed when their window ends). Returns how many connections this call removed."""
         validate_id(server_id, "server_id")
         if server_id == self._server_id:
             raise ValueError("a server cannot handle its own failure")
@@ -59,10 +62,16 @@ class Maintenance:
         if not self._backend.claim_cleanup(server_id, self._server_id, cfg.heartbeat_ttl):
             return 0
         count = 0
-        while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH):
-            count += len(batch)
+        recovery = self._recovery
+        adopter = self._server_id if recovery.on else None
+        until, ttl = time.time() + recovery.window, recovery.window + MARGIN
+        while batch := self._backend.pop_server_connections(server_id, CLEANUP_BATCH, adopter,
+                                                            until, ttl):
+            removed = [r for r in batch if not r.suspended_until]
+            recovery.adopt([r for r in batch if r.suspended_until])
+            count += len(removed)
             departures = self._departures  # (notices() is empty when departures are not told)
-            departures.publish_quietly(departures.notices(batch, "server-failure"))
+            departures.publish_quietly(departures.notices(removed, "server-failure"))
         self._backend.forget_server(server_id)
         self._counters["connections_cleaned"] += count
         if count:
@@ -156,6 +165,8 @@ class Maintenance:
                 if now - conn.pinged_at > timeout:
                     logger.info("%s did not answer a ping within %.1fs: dropping it",
                                 conn.connection_id, timeout)
+                    if self._recovery.suspend(conn.connection_id):
+                        continue  # a network loss: it may come back
                     if self._departures.remove_local(conn.connection_id, "stale"):
                         self._counters["stale_removed"] += 1
             elif now - activity >= interval:
@@ -166,8 +177,8 @@ class Maintenance:
         declared dead while paused)."""
         cfg = self._config
         self._backend.register_server(self._server_info(), cfg.heartbeat_ttl)
-        records = [ConnectionRecord(c.connection_id, c.user_id, c.connected_at, tuple(c.rooms))
-                   for c in self._local.connections()]
+        records = [ConnectionRecord(c.connection_id, c.user_id, c.connected_at, tuple(c.rooms),
+                                    c.secret) for c in self._local.connections()]
         self._backend.restore_connections(self._server_id, records, cfg.connection_ttl)
         self._counters["restores"] += 1
         self._restored_at = time.monotonic()  # pending departures wait a heartbeat (see above)

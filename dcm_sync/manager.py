@@ -34,16 +34,23 @@ from .delivery import Delivery
 from .departures import Departures, close_socket
 from .dispatch import Dispatcher, ServerMessageHandler
 from .envelopes import DirectMessage, EnvelopeWriter, RoomMessage, ServerMessage, Touch
-from .errors import AuthenticationError, BackendError, DCMError, UnknownConnectionError
-from .history import HistoryEntry, RoomHistory
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    ConfigError,
+    DCMError,
+    UnknownConnectionError,
+)
+from .history import HistoryEntry, Position, RoomHistory
 from .listener import Listener
-from .local import LocalConnectionManager, WebSocketLike
+from .local import LocalConnection, LocalConnectionManager, WebSocketLike
 from .maintenance import Maintenance
 from .membership import Membership
 from .messages import encode_message, exclusions, validate_id
 from .models import DistributedStats, ServerInfo
 from .outbox import SendPolicy
 from .presence import Presence, PresenceMethods, ServerHere, rooms_page
+from .recovery import MARGIN, Recovery
 from .requests import RequestHandler, Requests, check_timeout
 
 __all__ = ["DistributedConnectionManager", "ServerMessageHandler"]
@@ -92,6 +99,12 @@ class DistributedConnectionManager(PresenceMethods):
                                                 timeout=config.redis_timeout,
                                                 ca_file=config.redis_ca_file)
         self._backend.count_users = config.room_notices == "users"
+        if config.recovery_window > 0:
+            if not self._backend.supports_recovery:
+                raise ConfigError("recovery_window: connection-state recovery is not "
+                                  "available on Redis Cluster (use one Redis or Sentinel)")
+            self._backend.mailbox_size = config.mailbox_size
+            self._backend.mailbox_ttl = config.recovery_window + MARGIN
         notices = config.room_notices != "off"
         self._driver: Driver = get_driver()
         self._stop: StopFlag = self._driver.event()
@@ -113,13 +126,11 @@ class DistributedConnectionManager(PresenceMethods):
                                       self._delivery, self._envelope,
                                       notices and config.notify_on_disconnect,
                                       config.max_message_bytes)
-        self._maintenance = Maintenance(self.server_id, config, local, self._backend,
-                                        self._listener, self._departures, self._envelope,
-                                        self._stop, self._counters, self._server_info)
         self._membership = Membership(self.server_id, local, self._backend, self._listener,
                                       self._envelope, self._delivery,
                                       config.max_rooms_per_connection,
-                                      config.subscribe_timeout, notices, config.max_message_bytes)
+                                      config.subscribe_timeout, notices, config.max_message_bytes,
+                                      joined=lambda cid, room: self._recovery.joined(cid, room))
         self._requests = Requests(self.server_id, self._backend, self._envelope, self._driver,
                                   config.max_message_bytes)
         self._dispatch = Dispatcher(self.server_id, self._envelope.signer, self._counters, local,
@@ -127,8 +138,17 @@ class DistributedConnectionManager(PresenceMethods):
                                     self._membership.change_here, self._requests)
         self._history = RoomHistory(self._backend, config.history_rooms, config.history_size,
                                     config.history_ttl, self._envelope.signer)
+        self._recovery = Recovery(self.server_id, config.recovery_window, config.connection_ttl,
+                                  config.subscribe_timeout, local, self._backend,
+                                  self._listener, self._delivery, self._departures,
+                                  self._history, self._envelope, self._stop,
+                                  lambda: self._send_policy)
+        self._maintenance = Maintenance(self.server_id, config, local, self._backend,
+                                        self._listener, self._departures, self._envelope,
+                                        self._stop, self._counters, self._server_info,
+                                        self._recovery)
         here = ServerHere(self.server_id, local, self._delivery, self._departures,
-                          self._membership)
+                          self._membership, self._send_local)
         self._presence = Presence(self._backend, self._envelope, config.max_message_bytes,
                                   lambda removed, reason: self._departures.notices(removed, reason),
                                   here)
@@ -153,6 +173,8 @@ class DistributedConnectionManager(PresenceMethods):
                          self._driver.spawn("dcm-cleanup", loops.cleanup_loop)]
         if self.config.probe_interval > 0:
             self._workers.append(self._driver.spawn("dcm-probe", loops.probe_loop))
+        if self._recovery.on:
+            self._workers.append(self._driver.spawn("dcm-recovery", self._recovery.expire_loop))
 
 
     def is_ready(self) -> bool:
@@ -167,12 +189,21 @@ class DistributedConnectionManager(PresenceMethods):
         if not self._halt():
             return
         conns = [c for c in self.local.connections() if self.local.remove(c.connection_id)]
+        # with recovery on, recoverable connections are suspended, not removed: their clients
+        # resume on another server; the others' cleanup removes those that do not
+        kept = [c for c in conns if c.secret is not None] if self._recovery.on else []
+        gone = [c for c in conns if c.secret is None] if kept else conns
         try:
             if self._started:
-                removed = self._backend.remove_connections([c.connection_id for c in conns])
+                until = time.time() + self.config.recovery_window
+                for c in kept:
+                    self._backend.suspend_connection(c.connection_id, self.server_id, until,
+                                                     self.config.recovery_window + MARGIN)
+                removed = self._backend.remove_connections([c.connection_id for c in gone])
                 self._backend.publish_many(self._departures.notices(
                     [r for r in removed if r], "shutdown", local=False))
-                self._backend.deregister_server(self.server_id)
+                self._backend.deregister_server(self.server_id, keep_index=bool(
+                    kept or self._recovery.suspended()))
         except BackendError as exc:
             logger.warning("shutdown could not update shared state: %s", exc)
         for conn in conns:
@@ -224,10 +255,16 @@ class DistributedConnectionManager(PresenceMethods):
 
     # ----------------------------------------------------------------- connections
     def register_connection(self, ws: WebSocketLike, user_id: str,
-                            auth_token: str | None = None) -> str:
+                            auth_token: str | None = None, recoverable: bool = False) -> str:
         """Hold ``ws`` for ``user_id`` and return its cluster-wide connection id.
         [`ConnectionLimitError`][] past ``max_connections`` here, or past
-        ``max_connections_per_user`` connections of the user on all servers together."""
+        ``max_connections_per_user`` connections of the user on all servers together.
+
+        ``recoverable``: the socket speaks the recovery protocol (``docs/protocol.md``): its
+        first frame is a hello with the connection id and its resume token, and every
+        message goes out wrapped with what resuming needs. With ``recovery_window`` on, its
+        drop can be [`suspended`][dcm_sync.DistributedConnectionManager.release_connection]
+        and [`resumed`][dcm_sync.DistributedConnectionManager.resume_connection]."""
         self._check_open()
         validate_id(user_id, "user_id")
         if not (callable(getattr(ws, "send", None)) and callable(getattr(ws, "close", None))):
@@ -238,6 +275,10 @@ class DistributedConnectionManager(PresenceMethods):
         for _ in range(ID_ATTEMPTS):  # a random id is taken once in ~10**18 draws: try again
             cid = self._backend.new_connection_id(self.server_id)
             if cid in self.local:
+                continue
+            if recoverable:
+                if self._recovery.register(self._add_record, cid, ws, user_id):
+                    return cid
                 continue
             conn = self.local.add(cid, ws, user_id, policy=self._send_policy)
             record = ConnectionRecord(cid, user_id, conn.connected_at)
@@ -252,6 +293,46 @@ class DistributedConnectionManager(PresenceMethods):
                 return cid
             self.local.remove(cid)
         raise DCMError(f"no free connection id after {ID_ATTEMPTS} random draws")
+
+    def _add_record(self, record: ConnectionRecord) -> bool:
+        return self._backend.add_connection(self.server_id, record, self.config.connection_ttl,
+                                            self.config.max_connections_per_user)
+
+    def resume_connection(self, ws: WebSocketLike, user_id: str, token: str,
+                          rooms: Mapping[str, tuple[str, int]] | None = None,
+                          directs: int = 0) -> tuple[str, bool]:
+        """Take a suspended (or still open) recoverable connection back for ``ws``, on any
+        server: ``(connection id, recovered)``. ``token`` is the resume token its last hello
+        gave (each works once); ``rooms`` what the client last got of each room
+        (``room -> (epoch, offset)``) and ``directs`` the number of the last direct message.
+        The socket gets a hello (``recovered``), then every room message and direct message
+        it missed, in order and once each, then what is new. ``recovered`` is False when a gap
+        could not be filled (a room without history, a history lost or trimmed, an overflowed
+        mailbox). [`ResumeRefusedError`][dcm_sync.ResumeRefusedError] if the token is not
+        valid for ``user_id`` (or recovery is off): register the socket anew then."""
+        self._check_open()
+        validate_id(user_id, "user_id")
+        if not isinstance(token, str):
+            raise TypeError("token must be str")
+        seen = {room: Position(str(epoch), int(offset))
+                for room, (epoch, offset) in (rooms or {}).items()}
+        if isinstance(directs, bool) or not isinstance(directs, int) or directs < 0:
+            raise ValueError(f"directs must be an int >= 0, got {directs!r}")
+        return self._recovery.resume(ws, user_id, token, seen, directs)
+
+    def release_connection(self, connection_id: str, ws: WebSocketLike | None = None,
+                           suspend: bool = True) -> None:
+        """The socket of one of this server's connections ended (the peer left, or the network
+        dropped it): with ``suspend`` and recovery on, a recoverable connection is suspended
+        for ``recovery_window`` (its rooms are told only if it does not come back); any
+        other is removed (its rooms are told). Nothing happens if this server no longer
+        holds it with ``ws`` (it was removed, or resumed on another socket)."""
+        conn = self.local.get(connection_id)
+        if conn is None or (ws is not None and conn.ws is not ws):
+            return
+        if suspend and self._recovery.suspend(connection_id):
+            return
+        self._departures.remove_local(connection_id, "removed")
 
     def join_room(self, connection_id: str, room_id: str) -> None:
         """Put a connection (on any server) in a room. [`ConnectionLimitError`][] if it is
@@ -346,9 +427,16 @@ class DistributedConnectionManager(PresenceMethods):
         text = encode_message(message, self.config.max_message_bytes)
         conn = self.local.get(connection_id)
         if conn is not None:
-            return self._delivery.send(conn, text)
+            return self._send_local(conn, text)
         data = self._envelope(DirectMessage(connection_id, text))
         return self._backend.route(connection_id, self.server_id, data) is not None
+
+    def _send_local(self, conn: LocalConnection, text: str) -> bool:
+        if conn.secret is None or not self._recovery.on:
+            return self._delivery.direct(conn, text)
+        # numbered and kept in its mailbox by the backend, then delivered from the bus
+        data = self._envelope(DirectMessage(conn.connection_id, text))
+        return self._backend.route(conn.connection_id, "", data) is not None
 
     def send_to_server(self, server_id: str, message: Any) -> bool:
         """Send a control message to a live server's [`on_server_message`][] handlers.

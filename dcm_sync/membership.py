@@ -4,6 +4,8 @@ the ``user-joined`` / ``user-left`` notices to the room's other members."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .backends import Backend
 from .delivery import Delivery
 from .envelopes import EnvelopeWriter, JoinRoom, LeaveRoom, RoomMessage
@@ -19,7 +21,8 @@ class Membership:
     def __init__(self, server_id: str, local: LocalConnectionManager, backend: Backend,
                  listener: Listener, envelope: EnvelopeWriter, delivery: Delivery,
                  max_rooms: int, subscribe_timeout: float, notices: bool,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int,
+                 joined: Callable[[str, str], None] | None = None) -> None:
         self._server_id = server_id
         self._delivery = delivery
         self._notices = notices
@@ -30,6 +33,7 @@ class Membership:
         self._envelope = envelope
         self._max_rooms = max_rooms
         self._subscribe_timeout = subscribe_timeout
+        self._joined = joined  # (connection, room): a local connection joined, here and shared
 
     def change(self, connection_id: str, room_id: str, join: bool) -> None:
         """Join or leave a room for a connection on any server (ids already checked);
@@ -72,3 +76,5 @@ class Membership:
         changed = (self._local.join if join else self._local.leave)(connection_id, room_id)
         if changed:
             self._listener.sync_rooms([room_id], wait=wait)
+        if join and changed is not None and self._joined is not None:
+            self._joined(connection_id, room_id)

@@ -35,12 +35,15 @@ class DistributedStats:
 class RemovedConnection:
     """What the shared state held about a connection at the moment it was removed.
 
-    ``rooms_left`` are its rooms that still have members (who are to be told)."""
+    ``rooms_left`` are its rooms that still have members (who are to be told). A failure
+    cleanup with recovery on does not remove a recoverable connection: it suspends it (until
+    ``suspended_until``, epoch seconds; 0 for a removal) and ``server_id`` is the adopter."""
 
     connection_id: str
     user_id: str
     server_id: str
     rooms_left: tuple[str, ...]
+    suspended_until: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from .backends import Backend
 from .delivery import Delivery
 from .departures import Departures, Publication
-from .envelopes import DirectMessages, Disconnect, EnvelopeWriter, LeaveRoom
-from .local import LocalConnectionManager
+from .envelopes import DirectMessage, DirectMessages, Disconnect, EnvelopeWriter, LeaveRoom
+from .local import LocalConnection, LocalConnectionManager
 from .membership import Membership
 from .messages import encode_message, sendable_close_code, utf8_length, validate_id
 from .models import RemovedConnection, RoomMember
@@ -60,16 +60,18 @@ class ServerHere:
     """`Here` for a server: its sockets, its rooms and its departures."""
 
     def __init__(self, server_id: str, local: LocalConnectionManager, delivery: Delivery,
-                 departures: Departures, membership: Membership) -> None:
+                 departures: Departures, membership: Membership,
+                 send: Callable[[LocalConnection, str], bool]) -> None:
         self.server_id = server_id
         self._local = local
         self._delivery = delivery
         self._departures = departures
         self._membership = membership
+        self._send = send  # the manager's send to a local connection
 
     def send(self, connection_id: str, text: str) -> bool | None:
         conn = self._local.get(connection_id)
-        return None if conn is None else self._delivery.send(conn, text)
+        return None if conn is None else self._send(conn, text)
 
     def disconnect(self, connection_id: str, code: int, reason: str) -> bool:
         return self._departures.remove_local(connection_id, "removed", code, reason)
@@ -107,9 +109,14 @@ class Presence:
         text = encode_message(message, self._max)
         reached = 0
         remote: dict[str, list[str]] = defaultdict(list)  # owner -> its connections of the user
+        mailboxes = self._backend.mailbox_size > 0
         for m in self._backend.user_connections(user_id):
             if self._here is not None and self._is_here(m):
                 reached += bool(self._here.send(m.connection_id, text))
+            elif mailboxes:  # each through the route that keeps it for a recoverable one
+                reached += self._backend.route(m.connection_id, self._envelope.origin,
+                                               self._envelope(DirectMessage(m.connection_id,
+                                                                            text))) is not None
             else:
                 remote[m.server_id].append(m.connection_id)
         if remote:  # one message per owning server, not one per connection

@@ -26,12 +26,16 @@ class WebSocketConnection:
     """
 
     def __init__(self, manager: DistributedConnectionManager, connection_id: str, user_id: str,
-                 transport: Transport) -> None:
+                 transport: Transport, recovered: bool | None = None) -> None:
         self._manager = manager
         self.id = connection_id
         """The cluster-wide connection id (what ``send_to_connection`` takes)."""
         self.user_id = user_id
         """The user id ``@sockets.authenticate`` returned (or ``anonymous-<random>``)."""
+        self.recovered = recovered
+        """On a ``recovery=True`` route: True if this socket resumed a connection and got all
+        it missed, False if it asked to resume and could not be given everything (or the
+        resume was refused: then it is a new connection), None if it did not ask."""
         self._transport = transport
         self._refused = False
 

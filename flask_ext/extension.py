@@ -18,8 +18,8 @@ from dcm_sync import (
     DistributedConnectionManager,
     DistributedStats,
     HistoryEntry,
+    ResumeRefusedError,
     RoomMember,
-    UnknownConnectionError,
 )
 from dcm_sync.requests import RequestHandler
 
@@ -28,6 +28,7 @@ from .connection import WebSocketConnection
 from .gate import REFUSE_ORIGIN, REFUSE_TOKEN, extract_token, origin_allowed
 from .handshake import HandshakeError
 from .limits import CLOSE_TOO_MANY, InboundLimits
+from .resume import ResumeRequest, resume_request
 from .state import AppState
 from .transports import Transport, open_transport
 
@@ -83,7 +84,10 @@ class DistributedWebSockets:
 
     def route(self, rule: str, **options: Any) -> Callable[[View], View]:
         """Decorator for a WebSocket view ``view(conn, **url_args)`` that runs while the socket lives.
-        ``binary=True`` accepts binary messages (otherwise they close the socket with 1003)."""
+        ``binary=True`` accepts binary messages (otherwise they close the socket with 1003).
+        ``recovery=True`` speaks the recovery protocol (``docs/protocol.md``): the client gets
+        a resume token and positions with each message, and with ``DCM_RECOVERY_WINDOW`` on
+        a dropped socket is suspended and can be resumed on any server (``conn.recovered``)."""
         def decorator(view: View) -> View:
             endpoint = options.pop("endpoint", view.__name__)
             self._routes.append((rule, endpoint, view, options))
@@ -96,9 +100,10 @@ class DistributedWebSockets:
                    options: dict[str, Any]) -> None:
         options = dict(options)
         limits = state.limits.for_route(options.pop("binary", False))
+        recovery = bool(options.pop("recovery", False))
 
         def websocket_view(**url_args: Any) -> Response:
-            return self._serve(view, url_args, limits)
+            return self._serve(view, url_args, limits, recovery)
 
         websocket_view.__name__ = endpoint
         app.add_url_rule(rule, endpoint, websocket_view, websocket=True, **options)
@@ -257,7 +262,8 @@ class DistributedWebSockets:
                 return Response(status=204, headers={PRECHECK_HEADER: "pass"})
         return None
 
-    def _serve(self, view: View, url_args: dict[str, Any], limits: InboundLimits) -> Response:
+    def _serve(self, view: View, url_args: dict[str, Any], limits: InboundLimits,
+               recovery: bool = False) -> Response:
         state = self._state()
         environ = request.environ
         user_id, refusal = environ.get(_VERDICT_KEY) or self._judge(state, environ)
@@ -274,17 +280,29 @@ class DistributedWebSockets:
             code, reason = (refusal or REFUSE_TOKEN)[1:]
             transport.close(code, reason)
             return _finished(transport)
-        self._run(state, view, url_args, transport, user_id)
+        resume = resume_request(request.args) if recovery else None
+        self._run(state, view, url_args, transport, user_id, recovery, resume)
         return _finished(transport)
 
     def _run(self, state: AppState, view: View, url_args: dict[str, Any], transport: Transport,
-             user_id: str) -> None:
-        self._run_registered(state.manager(), view, url_args, transport, user_id)
+             user_id: str, recovery: bool = False, resume: ResumeRequest | None = None) -> None:
+        self._run_registered(state.manager(), view, url_args, transport, user_id, recovery,
+                             resume)
 
     def _run_registered(self, mgr: DistributedConnectionManager, view: View, url_args: dict[str, Any],
-                        transport: Transport, user_id: str) -> None:
+                        transport: Transport, user_id: str, recovery: bool = False,
+                        resume: ResumeRequest | None = None) -> None:
+        recovered: bool | None = None
         try:
-            conn_id = mgr.register_connection(transport, user_id)
+            conn_id = None
+            if resume is not None:
+                try:
+                    conn_id, recovered = mgr.resume_connection(transport, user_id, *resume)
+                except ResumeRefusedError as exc:
+                    logger.info("resume refused for user %r: %s", user_id, exc)
+                    recovered = False
+            if conn_id is None:
+                conn_id = mgr.register_connection(transport, user_id, recoverable=recovery)
         except ConnectionLimitError:
             if len(mgr.local) < mgr.config.max_connections:  # the user's cap, on all servers
                 transport.close(*CLOSE_TOO_MANY)
@@ -295,7 +313,7 @@ class DistributedWebSockets:
             transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])
             return
         try:
-            view(WebSocketConnection(mgr, conn_id, user_id, transport), **url_args)
+            view(WebSocketConnection(mgr, conn_id, user_id, transport, recovered), **url_args)
         except Exception:
             logger.exception("WebSocket view %s failed", getattr(view, "__name__", view))
             # through its outbox (never mid-frame), unless it is no longer held here
@@ -303,9 +321,10 @@ class DistributedWebSockets:
                 transport.close(1011, "internal error")
         finally:
             try:
-                mgr.remove_connection(conn_id)
-            except UnknownConnectionError:
-                pass  # already removed: stale, evicted by another server, or the send failed
+                # a client that closed with 1000 or 1001 left; any other end may be a network
+                # loss: a recoverable connection is suspended (recovery on)
+                left = transport.peer_close_code in (1000, 1001)
+                mgr.release_connection(conn_id, transport, suspend=recovery and not left)
             except DCMError as exc:
                 if mgr.is_ready():  # after shutdown() the connection is gone already
                     logger.warning("could not remove connection %s: %s", conn_id, exc)

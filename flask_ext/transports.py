@@ -64,6 +64,11 @@ class Transport(Protocol):
         """Messages dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
         ...
 
+    @property
+    def peer_close_code(self) -> int | None:
+        """The code the client closed with; None if it sent no close frame."""
+        ...
+
 
 class SocketClosed(OSError):
     """A write to a socket that was closed here, or whose peer is gone."""
@@ -126,6 +131,11 @@ class SocketTransport:
     def dropped(self) -> int:
         """Data frames and pings dropped over the rate limit (``DCM_RATE_LIMIT_ACTION = "drop"``)."""
         return self._inbound.dropped
+
+    @property
+    def peer_close_code(self) -> int | None:
+        """The code the client closed with (as answered); None if it sent no close frame."""
+        return None if self._answer is None else self._answer.code
 
     # -- reading (the view's thread or greenlet)
     def receive(self, timeout: float | None = None) -> str | bytes | None:

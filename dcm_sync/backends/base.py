@@ -19,7 +19,7 @@ from ..errors import ConnectionLimitError
 from ..models import RemovedConnection, RoomMember, ServerInfo
 
 __all__ = ["Backend", "Subscription", "ConnectionRecord", "Confirmation", "RoomChange", "rooms_full",
-           "user_full", "HistoryPage", "POSITION_MARK"]
+           "user_full", "HistoryPage", "Resumed", "POSITION_MARK"]
 
 #: A history room's message arrives on the bus as ``MARK epoch:offset MARK envelope``.
 POSITION_MARK = b"\x1e"
@@ -45,6 +45,8 @@ class ConnectionRecord:
     user_id: str
     connected_at: float
     rooms: tuple[str, ...] = ()
+    #: the resume secret of a recoverable connection (None: not recoverable)
+    secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,17 @@ class HistoryPage:
     epoch: str | None
     last: int
     entries: list[tuple[int, bytes]]
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A suspended (or still open) recoverable connection taken over by a server: who held it,
+    whether it was suspended, its rooms, and the number of the last message put in its mailbox."""
+
+    owner: str
+    suspended: bool
+    rooms: tuple[str, ...]
+    last_direct: int
 
 
 class Confirmation(Protocol):
@@ -101,6 +114,12 @@ class Backend(Protocol):
     #: Count each room's members by user (notices per user: ``room_notices="users"``); the
     #: same on every server and Emitter of a deployment. Set once, before any other call.
     count_users: bool
+    #: Messages kept per recoverable connection (0: none; recovery off) and for how long
+    #: (seconds); the same on every server and Emitter. Set once, before any other call.
+    mailbox_size: int
+    mailbox_ttl: float
+    #: Whether this backend can suspend and resume connections (Redis Cluster cannot yet).
+    supports_recovery: bool
 
     # servers
     def register_server(self, info: ServerInfo, ttl: float) -> None: ...
@@ -109,7 +128,10 @@ class Backend(Protocol):
         """Refresh the server's record; False if it was gone (expired, cleaned or Redis emptied)."""
         ...
 
-    def deregister_server(self, server_id: str) -> None: ...
+    def deregister_server(self, server_id: str, keep_index: bool = False) -> None:
+        """Delete the server's record; with ``keep_index`` the server stays indexed, so that
+        another server's cleanup takes what it leaves (its suspended connections)."""
+        ...
 
     def dead_servers(self) -> list[str]:
         """Servers still indexed whose record has expired."""
@@ -123,9 +145,13 @@ class Backend(Protocol):
         """Take the short cleanup lock for a dead server; False if another server holds it."""
         ...
 
-    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+    def pop_server_connections(self, server_id: str, count: int, adopter: str | None = None,
+                               until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
         """Atomically remove up to ``count`` of the server's connections; [] when none is left
-        or when the server is alive again (its record is back: it writes its own state)."""
+        or when the server is alive again (its record is back: it writes its own state). With
+        an ``adopter`` (recovery on), recoverable connections are not removed but suspended
+        until ``until`` (epoch seconds; those suspended already keep theirs) and held by the
+        adopter, their records kept ``ttl`` seconds: their rows have ``suspended_until``."""
         ...
 
     def forget_server(self, server_id: str) -> None:
@@ -211,6 +237,31 @@ class Backend(Protocol):
         """Publish to a live server's channel in one step; False (nothing sent) if it is not live."""
         ...
 
+    # recovery
+    def suspend_connection(self, connection_id: str, server_id: str, until: float,
+                           ttl: float) -> bool:
+        """Mark a recoverable connection of ``server_id`` suspended until ``until`` (epoch
+        seconds), its record kept ``ttl`` seconds; False (nothing changed) if it is gone, held
+        by another server or not recoverable."""
+        ...
+
+    def remove_suspended(self, connection_id: str, server_id: str) -> RemovedConnection | None:
+        """Remove a connection still suspended on ``server_id`` (as `remove_connections`);
+        None if it was resumed, moved or is gone."""
+        ...
+
+    def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
+                          new_secret: str, ttl: float) -> Resumed | None:
+        """Take a recoverable connection over for ``server_id`` if ``secret`` and ``user_id``
+        are its own: no longer suspended, its secret replaced by ``new_secret``; None (nothing
+        changed) otherwise."""
+        ...
+
+    def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:
+        """Up to ``limit`` messages of a recoverable connection's mailbox numbered after
+        ``after``, oldest first, and the last number given (``last``); None if it is gone."""
+        ...
+
     # history
     def publish_history(self, room_id: str, data: bytes, size: int,
                         ttl: float) -> tuple[str, int]:
@@ -220,9 +271,14 @@ class Backend(Protocol):
         each epoch; a history that expired or was lost starts again under a new epoch."""
         ...
 
+    def history_position(self, room_id: str, ttl: float) -> tuple[str, int]:
+        """The room's ``(epoch, last offset)``, starting an empty history (offset 0 of a new
+        epoch, kept ``ttl`` seconds unless a message comes) if it has none."""
+        ...
+
     def read_history(self, room_id: str, after: int | None, limit: int) -> HistoryPage:
         """Up to ``limit`` entries of the room's history: those after offset ``after``, oldest
-        first, or (``after`` None) the latest ones."""
+        first, or (``after`` None) the latest ones; ``limit`` 0 for the epoch and last offset."""
         ...
 
     # reading

@@ -18,7 +18,15 @@ from urllib.parse import urlsplit
 
 from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
-from .base import POSITION_MARK, ConnectionRecord, HistoryPage, RoomChange, rooms_full, user_full
+from .base import (
+    POSITION_MARK,
+    ConnectionRecord,
+    HistoryPage,
+    Resumed,
+    RoomChange,
+    rooms_full,
+    user_full,
+)
 
 __all__ = ["MemoryBackend", "reset_memory_backends"]
 
@@ -30,6 +38,10 @@ class _Conn:
     connected_at: float
     expires: float
     rooms: list[str] = field(default_factory=list)
+    secret: str | None = None  # recoverable: its resume secret
+    suspended_until: float = 0.0  # epoch seconds; 0: not suspended
+    directs: int = 0  # the number of the last message put in its mailbox
+    mailbox: deque[tuple[int, bytes]] = field(default_factory=deque)
 
 
 @dataclass
@@ -128,6 +140,9 @@ class _MemorySubscription:
 
 class MemoryBackend:
     count_users = False
+    mailbox_size = 0
+    mailbox_ttl = 0.0
+    supports_recovery = True
 
     def __init__(self, url: str, key_prefix: str) -> None:
         parts = urlsplit(url)
@@ -157,10 +172,12 @@ class MemoryBackend:
             s.server_index.add(server_id)  # back in the index if a cleaner dropped it meanwhile
             return True
 
-    def deregister_server(self, server_id: str) -> None:
+    def deregister_server(self, server_id: str, keep_index: bool = False) -> None:
         s = self._s
         with s.lock:
             s.servers.pop(server_id, None)
+            if keep_index:
+                return
             s.server_index.discard(server_id)
             if not s.server_conns.get(server_id):
                 s.server_conns.pop(server_id, None)
@@ -191,14 +208,33 @@ class MemoryBackend:
             s.locks[server_id] = now + ttl
             return True
 
-    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+    def pop_server_connections(self, server_id: str, count: int, adopter: str | None = None,
+                               until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
         s = self._s
         with s.lock:
             if s.live_server(server_id) is not None:
                 return []  # alive again: it writes its own state back
             ids = s.server_conns.get(server_id, set())
-            batch = [ids.pop() for _ in range(min(count, len(ids)))]
-            return [r for r in (self._remove(cid) for cid in batch) if r is not None]
+            out = []
+            for cid in [ids.pop() for _ in range(min(count, len(ids)))]:
+                conn = s.live_conn(cid)
+                if conn is not None and conn.server_id != server_id:
+                    continue  # held by another server now (resumed there)
+                if conn is not None and conn.secret is not None and adopter:
+                    conn.suspended_until = conn.suspended_until or until
+                    self._move(cid, conn, adopter)
+                    conn.expires = time.monotonic() + ttl
+                    out.append(RemovedConnection(cid, conn.user_id, adopter, (),
+                                                 conn.suspended_until))
+                elif (removed := self._remove(cid)) is not None:
+                    out.append(removed)
+            return out
+
+    def _move(self, cid: str, conn: _Conn, server_id: str) -> None:
+        s = self._s
+        s.server_conns.get(conn.server_id, set()).discard(cid)
+        s.server_conns.setdefault(server_id, set()).add(cid)
+        conn.server_id = server_id
 
     def forget_server(self, server_id: str) -> None:
         s = self._s
@@ -230,7 +266,8 @@ class MemoryBackend:
         with s.lock:
             for rec in records:
                 s.conns[rec.connection_id] = _Conn(rec.user_id, server_id, rec.connected_at,
-                                                   time.monotonic() + ttl, list(rec.rooms))
+                                                   time.monotonic() + ttl, list(rec.rooms),
+                                                   rec.secret)
                 s.server_conns.setdefault(server_id, set()).add(rec.connection_id)
                 s.users.setdefault(rec.user_id, set()).add(rec.connection_id)
                 for room in rec.rooms:
@@ -301,7 +338,15 @@ class MemoryBackend:
             conn = s.live_conn(connection_id)
             if conn is None:
                 return None
-            self._route_to(conn.server_id, caller, data)
+            if conn.secret is not None and self.mailbox_size > 0:
+                conn.directs += 1
+                conn.mailbox.append((conn.directs, data))
+                while len(conn.mailbox) > self.mailbox_size:
+                    conn.mailbox.popleft()
+                self.publish(f"server:{conn.server_id}",
+                             b"%s:%d%s%s" % (POSITION_MARK, conn.directs, POSITION_MARK, data))
+            else:
+                self._route_to(conn.server_id, caller, data)
             return conn.server_id
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:
@@ -389,15 +434,53 @@ class MemoryBackend:
     def retry_delay(self, failures: int) -> float:
         return min(1.0, 0.05 * failures)
 
+    # recovery
+    def suspend_connection(self, connection_id: str, server_id: str, until: float,
+                           ttl: float) -> bool:
+        with self._s.lock:
+            conn = self._s.live_conn(connection_id)
+            if conn is None or conn.server_id != server_id or conn.secret is None:
+                return False
+            conn.suspended_until = until
+            conn.expires = time.monotonic() + ttl
+            return True
+
+    def remove_suspended(self, connection_id: str, server_id: str) -> RemovedConnection | None:
+        with self._s.lock:
+            conn = self._s.live_conn(connection_id)
+            if conn is None or conn.server_id != server_id or not conn.suspended_until:
+                return None
+            return self._remove(connection_id)
+
+    def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
+                          new_secret: str, ttl: float) -> Resumed | None:
+        with self._s.lock:
+            conn = self._s.live_conn(connection_id)
+            if (conn is None or conn.secret is None or conn.secret != secret
+                    or conn.user_id != user_id):
+                return None
+            found = Resumed(conn.server_id, bool(conn.suspended_until), tuple(conn.rooms),
+                            conn.directs)
+            self._move(connection_id, conn, server_id)
+            conn.suspended_until, conn.secret = 0.0, new_secret
+            conn.expires = time.monotonic() + ttl
+            return found
+
+    def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:
+        with self._s.lock:
+            conn = self._s.live_conn(connection_id)
+            if conn is None:
+                return None
+            return HistoryPage("", conn.directs,
+                               [row for row in conn.mailbox if row[0] > after][:limit])
+
     # history
     def publish_history(self, room_id: str, data: bytes, size: int,
                         ttl: float) -> tuple[str, int]:
         s = self._s
         channel = f"room:{room_id}"
         with s.lock:  # delivered under the lock: the bus sees the offsets in order
-            entry = s.live_history(room_id)
-            if entry is None:
-                entry = s.history[room_id] = _History(f"{time.time_ns() // 1000:x}", 0.0)
+            entry = self._history_entry(room_id)
             entry.last += 1
             entry.entries.append((entry.last, data))
             while len(entry.entries) > size:
@@ -408,6 +491,19 @@ class MemoryBackend:
             for sub in s.subscribers:
                 if channel in sub.channels:
                     sub.deliver(channel, marked)
+            return entry.epoch, entry.last
+
+    def _history_entry(self, room_id: str) -> _History:
+        entry = self._s.live_history(room_id)
+        if entry is None:
+            entry = self._s.history[room_id] = _History(f"{time.time_ns() // 1000:x}", 0.0)
+        return entry
+
+    def history_position(self, room_id: str, ttl: float) -> tuple[str, int]:
+        with self._s.lock:
+            entry = self._history_entry(room_id)
+            if entry.last == 0:
+                entry.expires = time.monotonic() + ttl
             return entry.epoch, entry.last
 
     def read_history(self, room_id: str, after: int | None, limit: int) -> HistoryPage:

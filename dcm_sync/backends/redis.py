@@ -8,6 +8,7 @@ are in `.redis_keys` (the same as in Cluster), the connection settings in
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ import redis
 from ..concurrency import HandOffLock
 from ..errors import BackendUnavailableError
 from ..models import RemovedConnection, RoomMember
-from .base import ConnectionRecord, RoomChange, rooms_full, user_full
+from .base import ConnectionRecord, HistoryPage, Resumed, RoomChange, rooms_full, user_full
 from .redis_base import (
     CHUNK,
     RedisBase,
@@ -27,7 +28,7 @@ from .redis_base import (
     removed_row,
     translate_errors,
 )
-from .redis_keys import room_bucket
+from .redis_keys import room_bucket, server_tag
 from .redis_pubsub import RedisSubscription
 from .redis_typed import close, redis_client
 from .redis_urls import master_pools
@@ -55,7 +56,8 @@ class RedisBackend(RedisBase):
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
                                "heartbeat", "to_live_server", "forget", "room_members",
                                "user_connections", "clear_room", "room_add", "server_count",
-                               "history_append", "history_read")
+                               "history_append", "history_read", "history_start", "suspend",
+                               "remove_suspended", "resume", "mailbox_read")
 
     @contextlib.contextmanager
     def _hot(self, what: str) -> Iterator[redis.Redis]:
@@ -86,12 +88,57 @@ class RedisBackend(RedisBase):
             return bool(self._script("to_live_server", [self._keys.server(server_id)],
                                      [self._keys.channel(f"server:{server_id}"), data], hot))
 
-    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+    def pop_server_connections(self, server_id: str, count: int, adopter: str | None = None,
+                               until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connection_sets(server_id)[0],
                                                self._keys.server(server_id)],
-                                [self.key_prefix, count, 1, self._counted])
+                                [self.key_prefix, count, 1, self._counted, server_id,
+                                 adopter or "", server_tag(adopter) if adopter else "",
+                                 int(until * 1000), max(1, int(ttl * 1000))])
         return [r for r in map(removed_row, rows) if r is not None]
+
+    # recovery
+    def suspend_connection(self, connection_id: str, server_id: str, until: float,
+                           ttl: float) -> bool:
+        with translate_errors("suspending a connection"):
+            return bool(self._script("suspend", [self._keys.connection(connection_id)],
+                                     [server_id, int(until * 1000), max(1, int(ttl * 1000))]))
+
+    def remove_suspended(self, connection_id: str, server_id: str) -> RemovedConnection | None:
+        with translate_errors("removing a suspended connection"):
+            return removed_row(self._script("remove_suspended", [],
+                                            [self.key_prefix, self._counted, server_id,
+                                             connection_id]))
+
+    def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
+                          new_secret: str, ttl: float) -> Resumed | None:
+        k = self._keys
+        with translate_errors("resuming a connection"):
+            row = self._script("resume", [k.connection(connection_id),
+                                          k.server_connections(server_id, connection_id)],
+                               [self.key_prefix, connection_id, secret, user_id, server_id,
+                                server_tag(server_id), new_secret, max(1, int(ttl * 1000))])
+        if not row:
+            return None
+        owner, suspended, rooms, last = row
+        try:
+            names = json.loads(rooms)
+        except ValueError:
+            names = []
+        return Resumed(as_str(owner), bool(suspended),
+                       tuple(r for r in names if isinstance(r, str)), int(last))
+
+    def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:
+        k = self._keys
+        with translate_errors("reading a mailbox"):
+            flat = self._script("mailbox_read", [k.connection(connection_id),
+                                                 k.mailbox(connection_id)], [after, limit])
+        if not flat:
+            return None
+        rest = flat[1:]
+        return HistoryPage("", int(flat[0]),
+                           [(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)])
 
     def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
                        max_per_user: int = 0) -> bool:
@@ -142,7 +189,7 @@ class RedisBackend(RedisBase):
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         with self._hot("routing to a connection's server") as hot:
             owner = self._script("route", [self._keys.connection(connection_id)],
-                                 [self.key_prefix, connection_id, caller, data], hot)
+                                 self._route_args(connection_id, caller, data), hot)
         return None if owner is None else as_str(owner)
 
     def remove_connections(self, connection_ids: Sequence[str]) -> list[RemovedConnection | None]:

@@ -23,7 +23,7 @@ from ..errors import BackendAuthenticationError, BackendError, BackendUnavailabl
 from ..models import RemovedConnection, RoomMember, ServerInfo
 from . import ids
 from .base import ConnectionRecord, HistoryPage
-from .redis_keys import KeyLayout, room_bucket
+from .redis_keys import KeyLayout, room_bucket, server_tag
 from .redis_scripts import Scripts
 from .redis_typed import equal_jitter_backoff
 
@@ -80,9 +80,10 @@ def removed_row(row: Any) -> RemovedConnection | None:
     """A script's ``{cid, user, server, {rooms}}`` (or false) as a RemovedConnection."""
     if not row:
         return None
-    cid, user, sid, rooms = row
+    cid, user, sid, rooms = row[:4]
+    until = int(row[4]) / 1000 if len(row) > 4 else 0.0  # adopted, suspended until (ms)
     return RemovedConnection(as_str(cid), as_str(user), as_str(sid),
-                             tuple(as_str(r) for r in rooms or ()))
+                             tuple(as_str(r) for r in rooms or ()), until)
 
 
 def history_page(flat: Sequence[Any]) -> HistoryPage:
@@ -119,6 +120,9 @@ class RedisBase:
     _r: Any
     PUBLISH = "PUBLISH"  # the bus command (and what the scripts call): SPUBLISH in Cluster
     count_users = False
+    mailbox_size = 0
+    mailbox_ttl = 0.0
+    supports_recovery = True
 
     @property
     def _counted(self) -> str:
@@ -210,12 +214,11 @@ class RedisBase:
         ago dropped it."""
         self._r.sadd(self._keys.servers_index, server_id)
 
-    def deregister_server(self, server_id: str) -> None:
+    def deregister_server(self, server_id: str, keep_index: bool = False) -> None:
         with translate_errors("server deregistration"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.delete(self._keys.server(server_id))
-            pipe.srem(self._keys.servers_index, server_id)
-            pipe.execute()
+            self._r.delete(self._keys.server(server_id))
+            if not keep_index:
+                self._r.srem(self._keys.servers_index, server_id)
 
     def dead_servers(self) -> list[str]:
         with translate_errors("failure detection"):
@@ -259,7 +262,7 @@ class RedisBase:
         if with_user:
             keys.append(k.user(record.user_id))
         return int(self._script("add", keys, [cid, record.user_id, server_id, int(ttl * 1000),
-                                              self.key_prefix, max_per_user]))
+                                              self.key_prefix, max_per_user, record.secret or ""]))
 
     def restore_connections(
         self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
@@ -270,8 +273,13 @@ class RedisBase:
                 pipe = self._r.pipeline(transaction=False)
                 for rec in records[start:start + CHUNK]:
                     key = k.connection(rec.connection_id)
-                    pipe.hset(key, mapping={"u": rec.user_id, "s": server_id,
-                                            "r": json.dumps(list(rec.rooms))})
+                    fields = {"u": rec.user_id, "s": server_id, "r": json.dumps(list(rec.rooms))}
+                    if rec.secret is not None:
+                        fields["k"] = rec.secret
+                    tag = server_tag(server_id)
+                    if tag != rec.connection_id[:4]:  # it moved here (resumed, or adopted)
+                        fields["t"] = tag
+                    pipe.hset(key, mapping=fields)
                     pipe.pexpire(key, int(ttl * 1000))
                     pipe.sadd(k.server_connections(server_id, rec.connection_id), rec.connection_id)
                     pipe.sadd(k.user(rec.user_id), rec.connection_id)
@@ -330,6 +338,15 @@ class RedisBase:
             flat = self._script("history_read", self._history_keys(room_id),
                                 [-1 if after is None else after, limit])
         return history_page(flat)
+
+    def _route_args(self, connection_id: str, caller: str, data: bytes) -> list[Any]:
+        return [self.key_prefix, connection_id, caller, data, self.mailbox_size,
+                max(1, int(self.mailbox_ttl * 1000))]
+
+    def history_position(self, room_id: str, ttl: float) -> tuple[str, int]:
+        with translate_errors("reading a room's history"):
+            return position(self._script("history_start", self._history_keys(room_id),
+                                         [max(1, int(ttl * 1000))]))
 
     def _history_keys(self, room: str) -> list[str]:
         return [self._keys.history_meta(room), self._keys.history(room)]

@@ -41,7 +41,7 @@ from ..concurrency import HandOffLock
 from ..config import redact_url
 from ..errors import BackendError
 from ..models import RemovedConnection, RoomMember
-from .base import ConnectionRecord, RoomChange, rooms_full, user_full
+from .base import ConnectionRecord, HistoryPage, Resumed, RoomChange, rooms_full, user_full
 from .redis_base import (
     CHUNK,
     TRANSIENT_ERRORS,
@@ -61,6 +61,10 @@ __all__ = ["RedisClusterBackend"]
 logger = logging.getLogger(__name__)
 
 
+def _no_recovery() -> BackendError:
+    return BackendError("connection-state recovery is not available on Redis Cluster")
+
+
 def _noted(cid: bytes, note: bytes) -> RemovedConnection:
     """A ``removing:{T}`` note (``[user, server, the connection's JSON room list]``)."""
     try:
@@ -76,6 +80,8 @@ def _noted(cid: bytes, note: bytes) -> RemovedConnection:
 
 class RedisClusterBackend(RedisBase):
     PUBLISH = "SPUBLISH"  # sharded pub/sub: a message costs the channel's shard only
+    #: a resumed connection's records would span its old and new server's slots
+    supports_recovery = False
 
     def __init__(self, url: str, key_prefix: str, timeout: float = 2.0,
                  ca_file: str | None = None) -> None:
@@ -86,7 +92,7 @@ class RedisClusterBackend(RedisBase):
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
                                "room_add", "room_del", "conn_room", "conn_remove", "forget",
                                "user_add", "room_clear", "conn_leave", "server_count",
-                               "history_append", "history_read")
+                               "history_append", "history_read", "history_start")
         self._subscribed_before = False
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
@@ -183,14 +189,16 @@ class RedisClusterBackend(RedisBase):
         logger.warning("finished %d interrupted connection removal(s) (tag %s)", len(done), tag)
         return done
 
-    def pop_server_connections(self, server_id: str, count: int) -> list[RemovedConnection]:
+    def pop_server_connections(self, server_id: str, count: int, adopter: str | None = None,
+                               until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
         # a cleaner that stopped between the two steps left notes: finish them first, and
         # announce the dead server's own ones with this batch
         done = [r for r in self.finish_removals(server_tag(server_id)) if r.server_id == server_id]
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connection_sets(server_id)[0],
                                                self._keys.server(server_id)],
-                                [self.key_prefix, count, 0, self._counted])
+                                [self.key_prefix, count, 0, self._counted, server_id,
+                                 "", "", 0, 1])
             return done + self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
 
     def _empty_rooms(self, removed: list[RemovedConnection]) -> list[RemovedConnection]:
@@ -347,7 +355,7 @@ class RedisClusterBackend(RedisBase):
 
     def route(self, connection_id: str, caller: str, data: bytes) -> str | None:
         key = self._keys.connection(connection_id)
-        args: list[Any] = [self.key_prefix, connection_id, caller, data]
+        args = self._route_args(connection_id, caller, data)
         sha = self._scripts["route"].sha
         with translate_errors("routing to a connection's server"):
             owner = self._on_master(key, lambda c: evalsha(c, sha, [key], args),
@@ -380,6 +388,21 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("SPUBLISH"):
             self._on_master(name, lambda c: c.spublish(name, data),
                             lambda: self._r.spublish(name, data))
+
+    # recovery: refused (supports_recovery; the manager refuses recovery_window here)
+    def suspend_connection(self, connection_id: str, server_id: str, until: float,
+                           ttl: float) -> bool:
+        raise _no_recovery()
+
+    def remove_suspended(self, connection_id: str, server_id: str) -> RemovedConnection | None:
+        raise _no_recovery()
+
+    def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
+                          new_secret: str, ttl: float) -> Resumed | None:
+        raise _no_recovery()
+
+    def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:
+        raise _no_recovery()
 
     def publish_history(self, room_id: str, data: bytes, size: int,
                         ttl: float) -> tuple[str, int]:

@@ -11,7 +11,13 @@ what one atomic script touches lives in one slot:
                                              small enough to stay intsets: 8 bytes an id
         P lock:cleanup:{T}<sid>        str   who cleans the dead server
         P connections:{T}<rest>        hash  each of the server's connections (id = T + rest):
-                                             u: user id, s: server id, r: rooms (JSON array)
+                                             u: user id, s: server id, r: rooms (JSON array);
+                                             a recoverable one: k: its resume secret, n: the
+                                             last message number given, x: suspended until
+                                             (ms), t: its server's tag once it moved to a
+                                             server of another tag (one Redis only)
+        P mailbox:{T}<rest>            stream a recoverable connection's last messages:
+                                             entry id <n>-0, field d: the envelope
         channel P server:{T}<sid>            the server's bus channel
       -> registering a connection, routing a direct message or a join/leave notice to the
          owner, a liveness-checked message to a server and a dead server's cleanup batch are
@@ -89,6 +95,9 @@ class KeyLayout:
 
     def connection(self, cid: str) -> str:
         return f"{self.prefix}connections:{{{cid[:4]}}}{cid[4:]}"
+
+    def mailbox(self, cid: str) -> str:
+        return f"{self.prefix}mailbox:{{{cid[:4]}}}{cid[4:]}"
 
     def room(self, room: str) -> str:
         return f"{self.prefix}rooms:{{{room_bucket(room)}}}{room}"

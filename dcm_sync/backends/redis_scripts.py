@@ -20,10 +20,14 @@ local function ckey(prefix, cid)
   return prefix .. 'connections:{' .. string.sub(cid, 1, 4) .. '}' .. string.sub(cid, 5)
 end
 -- the one of a server's 256 sets of connection ids that holds cid (sets of a few hundred ids
--- stay intsets: 8 bytes an id)
-local function sckey(prefix, sid, cid)
-  return prefix .. 'server-connections:{' .. string.sub(cid, 1, 4) .. '}' .. sid .. ':'
+-- stay intsets: 8 bytes an id). tag: the server's tag, when it is not the id's own (field t
+-- of a connection that moved to another server: resumed there, or adopted by a cleaner)
+local function sckey(prefix, sid, cid, tag)
+  return prefix .. 'server-connections:{' .. (tag or string.sub(cid, 1, 4)) .. '}' .. sid .. ':'
     .. string.format('%02x', tonumber(string.sub(cid, 5)) % 256)
+end
+local function mailbox_key(prefix, cid)
+  return prefix .. 'mailbox:{' .. string.sub(cid, 1, 4) .. '}' .. string.sub(cid, 5)
 end
 local function bucket(room) return 'r' .. string.sub(redis.sha1hex(room), 1, 2) end
 local function rkey(prefix, room) return prefix .. 'rooms:{' .. bucket(room) .. '}' .. room end
@@ -94,9 +98,12 @@ local function tell_room(prefix, room, tell, notice)
     redis.call('%PUBLISH%', prefix .. 'room:{' .. bucket(room) .. '}' .. room, notice)
   end
 end
-local function notify(prefix, owner, caller, data, cid)
+local function server_channel(prefix, owner, cid, tag)
+  return prefix .. 'server:{' .. (tag or string.sub(cid, 1, 4)) .. '}' .. owner
+end
+local function notify(prefix, owner, caller, data, cid, tag)
   if owner ~= caller then
-    redis.call('%PUBLISH%', prefix .. 'server:{' .. string.sub(cid, 1, 4) .. '}' .. owner, data)
+    redis.call('%PUBLISH%', server_channel(prefix, owner, cid, tag), data)
   end
 end
 -- {cid, user, server, {every room}} or nil; the room sets are left to the caller. With
@@ -105,15 +112,15 @@ end
 -- later finishes the removal.
 local function conn_remove(prefix, cid, journal)
   local ck = ckey(prefix, cid)
-  local f = redis.call('HMGET', ck, 'u', 's', 'r')
+  local f = redis.call('HMGET', ck, 'u', 's', 'r', 't')
   if not f[2] then return nil end
   local rooms = rooms_of(ck)
   local tag = string.sub(cid, 1, 4)
   if journal and #rooms > 0 then
     redis.call('HSET', prefix .. 'removing:{' .. tag .. '}', cid, cjson.encode({f[1] or '', f[2], f[3]}))
   end
-  redis.call('DEL', ck)
-  redis.call('SREM', sckey(prefix, f[2], cid), cid)
+  redis.call('DEL', ck, mailbox_key(prefix, cid))
+  redis.call('SREM', sckey(prefix, f[2], cid, f[4]), cid)
   if not journal and f[1] then redis.call('SREM', ukey(prefix, f[1]), cid) end
   return {cid, f[1] or '', f[2], rooms}
 end
@@ -131,26 +138,31 @@ local function user_has_room(uk, max, prefix, prune)
 end
 """
 
-_HEAD = _KEYS + _ROOM + _CONN
+# One Redis: a connection and its memberships, both slots at once -> {cid, user, server,
+# {rooms whose members are to be told}} or nil
+_REMOVE_ALL = """
+local function remove_all(prefix, cid, counted)
+  local r = conn_remove(prefix, cid, false)
+  if not r then return nil end
+  local left = {}
+  for _, room in ipairs(r[4]) do
+    if room_del(rkey(prefix, room), ikey(prefix, room), r[1], room, uckey(prefix, room, counted),
+                r[2]) == 1 then
+      left[#left + 1] = room
+    end
+  end
+  r[4] = left
+  return r
+end
+"""
+
+_HEAD = _KEYS + _ROOM + _CONN + _REMOVE_ALL
 
 # ---------------------------------------------------------------- single Redis: one script each
 # ARGV: prefix, '1' to count users, cid... -> per id {cid, user, server, {rooms to tell}} or false
 REMOVE = _HEAD + """
 local out = {}
-for i = 3, #ARGV do
-  local r = conn_remove(ARGV[1], ARGV[i], false)
-  if r then
-    local left = {}
-    for _, room in ipairs(r[4]) do
-      if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), r[1], room,
-                  uckey(ARGV[1], room, ARGV[2]), r[2]) == 1 then
-        left[#left + 1] = room
-      end
-    end
-    r[4] = left
-  end
-  out[#out + 1] = r or false
-end
+for i = 3, #ARGV do out[#out + 1] = remove_all(ARGV[1], ARGV[i], ARGV[2]) or false end
 return out
 """
 
@@ -160,7 +172,7 @@ return out
 # false if the connection is unknown; 0 (nothing changed) if it is not in the room and in max
 # rooms already
 JOIN = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 's', 'u')
+local f = redis.call('HMGET', KEYS[1], 's', 'u', 't')
 if not f[1] then return false end
 local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
@@ -170,21 +182,21 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
   end
   list_edit(KEYS[1], ARGV[5], true)
 end
-notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2], f[3])
 tell_room(ARGV[1], ARGV[5], tell, ARGV[8])
 return {f[1], f[2] or '', tell}
 """
 
 # ARGV: prefix, cid, caller, route, room, (unused), '1' to count users, notice -> as JOIN
 LEAVE = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 's', 'u')
+local f = redis.call('HMGET', KEYS[1], 's', 'u', 't')
 if not f[1] then return false end
 local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
   tell = room_del(KEYS[2], KEYS[3], ARGV[2], ARGV[5], uckey(ARGV[1], ARGV[5], ARGV[7]), f[2])
   list_edit(KEYS[1], ARGV[5], false)
 end
-notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2], f[3])
 tell_room(ARGV[1], ARGV[5], tell, ARGV[8])
 return {f[1], f[2] or '', tell}
 """
@@ -281,11 +293,11 @@ return {f[1] or '', f[2]}
 # (0: no limit) -> {owner, user}; false if unknown; 0 (nothing changed) if a join would pass
 # max rooms
 CONN_ROOM = _HEAD + """
-local f = redis.call('HMGET', KEYS[1], 's', 'u')
+local f = redis.call('HMGET', KEYS[1], 's', 'u', 't')
 if not f[1] then return false end
 if ARGV[6] == '1' and not in_list(KEYS[1], ARGV[5]) and full(KEYS[1], ARGV[7]) then return 0 end
 list_edit(KEYS[1], ARGV[5], ARGV[6] == '1')
-notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2])
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2], f[3])
 return {f[1], f[2] or ''}
 """
 
@@ -298,10 +310,14 @@ return out
 
 # ---------------------------------------------------------------- both
 # KEYS: server-connections:<sid>:00 (the first of the server's 256 sets: the others are named
-# like it), servers:<sid>. ARGV: prefix, count, 1 to also empty the room
-# sets (single Redis; 0 in Cluster: the rows are noted in removing:{T}), '1' to count users
-# -> rows {cid, user, server, {rooms to tell (single) or every room (Cluster)}}; none once the
-# server is back (it writes its own state: nothing is removed under it)
+# like it), servers:<sid>. ARGV: prefix, count, 1 to also empty the room sets (single Redis;
+# 0 in Cluster: the rows are noted in removing:{T}), '1' to count users, the server's id, the
+# adopter ('' for none), its tag, until ms, ttl ms -> rows {cid, user, server, {rooms to tell
+# (single) or every room (Cluster)}}; none once the server is back (it writes its own state:
+# nothing is removed under it). With an adopter (recovery on), a recoverable connection (one
+# with a resume secret) is not removed but suspended until `until` (or when it was already)
+# and moved to the adopter: its row is {cid, user, adopter, {}, until}. An id whose connection
+# moved to another server (resumed there) is only dropped from the set.
 POP_SERVER = _HEAD + """
 local out = {}
 if redis.call('EXISTS', KEYS[2]) == 1 then return out end
@@ -314,40 +330,58 @@ for b = 0, 255 do
   end
 end
 for _, cid in ipairs(ids) do
-  local r = conn_remove(ARGV[1], cid, ARGV[3] == '0')
-  if r then
-    if ARGV[3] == '1' then
-      local left = {}
-      for _, room in ipairs(r[4]) do
-        if room_del(rkey(ARGV[1], room), ikey(ARGV[1], room), cid, room,
-                    uckey(ARGV[1], room, ARGV[4]), r[2]) == 1 then
-          left[#left + 1] = room
-        end
-      end
-      r[4] = left
-    end
-    out[#out + 1] = r
+  local ck = ckey(ARGV[1], cid)
+  local f = redis.call('HMGET', ck, 's', 'k', 'x', 'u')
+  if f[1] and f[1] ~= ARGV[5] then
+    -- held by another server now
+  elseif f[1] and f[2] and ARGV[6] ~= '' then
+    local untill = f[3] or ARGV[8]
+    redis.call('HSET', ck, 's', ARGV[6], 'x', untill)
+    if ARGV[7] == string.sub(cid, 1, 4) then redis.call('HDEL', ck, 't')
+    else redis.call('HSET', ck, 't', ARGV[7]) end
+    redis.call('SADD', sckey(ARGV[1], ARGV[6], cid, ARGV[7]), cid)
+    redis.call('PEXPIRE', ck, ARGV[9])
+    out[#out + 1] = {cid, f[4] or '', ARGV[6], {}, tonumber(untill)}
+  elseif ARGV[3] == '1' then
+    local r = remove_all(ARGV[1], cid, ARGV[4])
+    if r then out[#out + 1] = r end
+  else
+    local r = conn_remove(ARGV[1], cid, true)
+    if r then out[#out + 1] = r end
   end
 end
 return out
 """
 
-# KEYS: connections:<cid>. ARGV: prefix, cid, caller, data -> owner or false
+# KEYS: connections:<cid>. ARGV: prefix, cid, caller, data, mailbox size (0: none kept), its
+# ttl ms -> owner or false. A recoverable connection's message (it has a resume secret, k) is
+# numbered (n), kept in its mailbox (the last `size`) and published to its owner even when
+# that is the caller, marked "\30:<n>\30": the owner delivers in that order
 ROUTE = _HEAD + """
-local owner = redis.call('HGET', KEYS[1], 's')
-if not owner then return false end
-notify(ARGV[1], owner, ARGV[3], ARGV[4], ARGV[2])
-return owner
+local f = redis.call('HMGET', KEYS[1], 's', 't', 'k')
+if not f[1] then return false end
+if f[3] and tonumber(ARGV[5]) > 0 then
+  local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+  local mk = mailbox_key(ARGV[1], ARGV[2])
+  redis.call('XADD', mk, 'MAXLEN', ARGV[5], n .. '-0', 'd', ARGV[4])
+  redis.call('PEXPIRE', mk, ARGV[6])
+  redis.call('%PUBLISH%', server_channel(ARGV[1], f[1], ARGV[2], f[2]),
+             '\\30:' .. n .. '\\30' .. ARGV[4])
+  return f[1]
+end
+notify(ARGV[1], f[1], ARGV[3], ARGV[4], ARGV[2], f[2])
+return f[1]
 """
 
 # KEYS: connections:<cid>, its server's set of ids that holds it (Cluster: the user's set is
 # the second step, USER_ADD), and on a single Redis users:<user>. ARGV: cid, user, sid, ttl ms,
 # prefix, max connections per user (0: no limit) -> 1 added, 0 the id is taken, -1 the user
-# is at the cap (nothing written either way)
+# is at the cap (nothing written either way). ARGV[7]: its resume secret ('' for none)
 ADD = _HEAD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if KEYS[3] and not user_has_room(KEYS[3], ARGV[6], ARGV[5], true) then return -1 end
 redis.call('HSET', KEYS[1], 'u', ARGV[2], 's', ARGV[3], 'r', '[]')
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[7]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
@@ -391,20 +425,34 @@ return 1
 # size, ttl ms -> {epoch, offset}: the envelope kept as entry <offset>-0 (the last `size`
 # kept) and published as "\30<epoch>:<offset>\30<envelope>". A history that expired (or was
 # lost) starts again at offset 1 under a new epoch.
-HISTORY_APPEND = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+_EPOCH = """
+local function epoch_of(meta, stream)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    local t = redis.call('TIME')
+    epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch, 's', 0)
+  end
+  return epoch
 end
+"""
+HISTORY_APPEND = _EPOCH + """
+local epoch = epoch_of(KEYS[1], KEYS[2])
 local offset = redis.call('HINCRBY', KEYS[1], 's', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('%PUBLISH%', ARGV[1], '\\30' .. epoch .. ':' .. offset .. '\\30' .. ARGV[2])
 return {epoch, offset}
+"""
+
+# KEYS: history-meta:<room>, history:<room>. ARGV: ttl ms -> {epoch, last offset}, starting
+# an empty history (offset 0 of a new epoch) if the room has none
+HISTORY_START = _EPOCH + """
+local epoch = epoch_of(KEYS[1], KEYS[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {epoch, tonumber(redis.call('HGET', KEYS[1], 's'))}
 """
 
 # KEYS: history-meta:<room>, history:<room>. ARGV: after (an offset; -1 for the latest
@@ -414,8 +462,10 @@ HISTORY_READ = """
 local m = redis.call('HMGET', KEYS[1], 'e', 's')
 if not m[1] then return {} end
 local out = {m[1], tonumber(m[2])}
-local rows
-if tonumber(ARGV[1]) < 0 then
+local rows = {}
+if tonumber(ARGV[2]) <= 0 then
+  -- the epoch and last offset only
+elseif tonumber(ARGV[1]) < 0 then
   local latest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
   rows = {}
   for i = #latest, 1, -1 do rows[#rows + 1] = latest[i] end
@@ -423,6 +473,58 @@ else
   rows = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
 end
 for _, row in ipairs(rows) do
+  out[#out + 1] = tonumber(string.match(row[1], '^(%d+)'))
+  out[#out + 1] = row[2][2]
+end
+return out
+"""
+
+
+# ---------------------------------------------------------------- recovery (one Redis)
+# KEYS: connections:<cid>. ARGV: server, until ms, ttl ms -> 1 suspended; 0 not (gone, held by
+# another server, or not recoverable)
+SUSPEND = """
+local f = redis.call('HMGET', KEYS[1], 's', 'k')
+if f[1] ~= ARGV[1] or not f[2] then return 0 end
+redis.call('HSET', KEYS[1], 'x', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# ARGV: prefix, '1' to count users, server, cid -> the removal's row (as REMOVE's), or false
+# if the connection is not suspended on that server (resumed, moved, or gone)
+REMOVE_SUSPENDED = _HEAD + """
+local f = redis.call('HMGET', ckey(ARGV[1], ARGV[4]), 's', 'x')
+if f[1] ~= ARGV[3] or not f[2] then return false end
+return remove_all(ARGV[1], ARGV[4], ARGV[2]) or false
+"""
+
+# KEYS: connections:<cid>, the new owner's set of ids that is to hold it. ARGV: prefix, cid,
+# secret, user, server, its tag, new secret, ttl ms -> {old owner, 1 if it was suspended, its
+# rooms (JSON), the last message number given}; false (nothing changed) if the connection is
+# unknown or not recoverable, or the secret or the user is not its own
+RESUME = _HEAD + """
+local f = redis.call('HMGET', KEYS[1], 'u', 's', 'k', 'x', 'n', 't', 'r')
+if not f[2] or not f[3] or f[3] ~= ARGV[3] or f[1] ~= ARGV[4] then return false end
+if f[2] ~= ARGV[5] or (f[6] or string.sub(ARGV[2], 1, 4)) ~= ARGV[6] then
+  redis.call('SREM', sckey(ARGV[1], f[2], ARGV[2], f[6]), ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('HSET', KEYS[1], 's', ARGV[5])
+  if ARGV[6] == string.sub(ARGV[2], 1, 4) then redis.call('HDEL', KEYS[1], 't')
+  else redis.call('HSET', KEYS[1], 't', ARGV[6]) end
+end
+redis.call('HDEL', KEYS[1], 'x')
+redis.call('HSET', KEYS[1], 'k', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+return {f[2], f[4] and 1 or 0, f[7] or '[]', tonumber(f[5] or '0')}
+"""
+
+# KEYS: connections:<cid>, mailbox:<cid>. ARGV: after, count -> {last number given, number,
+# message, ...} (those after `after`, oldest first); {} if the connection is gone
+MAILBOX_READ = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local out = {tonumber(redis.call('HGET', KEYS[1], 'n') or '0')}
+for _, row in ipairs(redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])) do
   out[#out + 1] = tonumber(string.match(row[1], '^(%d+)'))
   out[#out + 1] = row[2][2]
 end
@@ -448,4 +550,7 @@ class Scripts:
         self.user_add, self.conn_leave = fill(USER_ADD), fill(CONN_LEAVE)
         self.server_count = SERVER_COUNT
         self.history_append, self.history_read = fill(HISTORY_APPEND), HISTORY_READ
+        self.history_start = HISTORY_START
+        self.suspend, self.remove_suspended = SUSPEND, fill(REMOVE_SUSPENDED)
+        self.resume, self.mailbox_read = fill(RESUME), MAILBOX_READ
 
