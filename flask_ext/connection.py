@@ -26,7 +26,8 @@ class WebSocketConnection:
     """
 
     def __init__(self, manager: DistributedConnectionManager, connection_id: str, user_id: str,
-                 transport: Transport, recovered: bool | None = None) -> None:
+                 transport: Transport, recovered: bool | None = None,
+                 resumed: bool = False) -> None:
         self._manager = manager
         self.id = connection_id
         """The cluster-wide connection id (what ``send_to_connection`` takes)."""
@@ -36,6 +37,9 @@ class WebSocketConnection:
         """On a ``recovery=True`` route: True if this socket resumed a connection and got all
         it missed, False if it asked to resume and could not be given everything (or the
         resume was refused: then it is a new connection), None if it did not ask."""
+        self.resumed = resumed
+        """True if this socket took an existing connection over (its id and rooms): the
+        view need not join its rooms again; False for a new connection."""
         self._transport = transport
         self._refused = False
 

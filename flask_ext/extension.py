@@ -301,6 +301,7 @@ class DistributedWebSockets:
                 except ResumeRefusedError as exc:
                     logger.info("resume refused for user %r: %s", user_id, exc)
                     recovered = False
+            resumed = conn_id is not None
             if conn_id is None:
                 conn_id = mgr.register_connection(transport, user_id, recoverable=recovery)
         except ConnectionLimitError:
@@ -313,7 +314,8 @@ class DistributedWebSockets:
             transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])
             return
         try:
-            view(WebSocketConnection(mgr, conn_id, user_id, transport, recovered), **url_args)
+            view(WebSocketConnection(mgr, conn_id, user_id, transport, recovered, resumed),
+                 **url_args)
         except Exception:
             logger.exception("WebSocket view %s failed", getattr(view, "__name__", view))
             # through its outbox (never mid-frame), unless it is no longer held here

@@ -44,6 +44,10 @@ app.config["DCM_ALLOWED_ORIGINS"] = os.environ.get("DCM_ALLOWED_ORIGINS")  # Non
 # The page lists the people in the room: a user's first tab in a room is a "user-joined", their
 # last one out a "user-left" or "user-disconnected" (every server of the app must agree)
 app.config["DCM_ROOM_NOTICES"] = os.environ.get("DCM_ROOM_NOTICES", "users")
+# Every room keeps its last 100 messages, and a page whose socket drops (a deploy, a network
+# loss, its server killed) has two minutes to come back, to any server, and get what it missed
+app.config["DCM_HISTORY_ROOMS"] = os.environ.get("DCM_HISTORY_ROOMS", "*")
+app.config["DCM_RECOVERY_WINDOW"] = os.environ.get("DCM_RECOVERY_WINDOW", "120")
 sockets = DistributedWebSockets(app)
 app.register_blueprint(sockets.health_blueprint, url_prefix="/dcm")
 app.register_blueprint(sockets.client_blueprint, url_prefix="/dcm")  # /dcm/client.js
@@ -65,10 +69,15 @@ def notify(conn_id: str) -> dict[str, bool]:
     return {"sent": sockets.send_to_connection(conn_id, {"type": "notification", "text": "ping"})}
 
 
-@sockets.route("/ws")
+# The page's route: the recovery protocol (the browser client resumes across drops). /ws is the
+# same chat for clients that do not speak that protocol (wscat, scripts): plain JSON messages.
+@sockets.route("/ws/resumable", recovery=True)
+@sockets.route("/ws", endpoint="chat_plain")
 def chat(conn: WebSocketConnection) -> None:
+    # resumed: the same connection, still in its rooms (the page does not join again)
     conn.send({"type": "welcome", "connectionId": conn.id, "user": conn.user_id,
-               "serverId": sockets.manager.server_id, "port": os.environ.get("PORT", "5000")})
+               "serverId": sockets.manager.server_id, "port": os.environ.get("PORT", "5000"),
+               "resumed": conn.resumed})
     while (text := conn.receive()) is not None:
         try:
             data = json.loads(text)
