@@ -29,14 +29,16 @@ def extract_token(environ: Mapping[str, Any]) -> str | None:
     return values[0] if values and values[0] else None
 
 
-_TOKEN_PARAM = re.compile(r"(^|[?&;])([^=&;?\s]*token[^=&;?\s]*=)[^&;\s]*", re.IGNORECASE)
+_TOKEN_PARAM = re.compile(r"(^|[?&;])((?:[^=&;?\s]*token[^=&;?\s]*|resume)=)[^&;\s]*",
+                          re.IGNORECASE)
 
 
 def redact_tokens(text: str) -> str:
     """``text`` (a request line, a URL, a query string) with the value of every query
-    parameter whose name contains ``token`` (``token``, ``access_token``) replaced by
-    ``[redacted]``: what may go to an access log."""
-    return _TOKEN_PARAM.sub(r"\1\2[redacted]", text) if "token" in text.lower() else text
+    parameter whose name contains ``token`` (``token``, ``access_token``), and of ``resume``
+    (a resume token), replaced by ``[redacted]``: what may go to an access log."""
+    low = text.lower()
+    return _TOKEN_PARAM.sub(r"\1\2[redacted]", text) if "token" in low or "resume" in low else text
 
 
 def parse_origins(value: str | Iterable[str] | None) -> tuple[str, ...] | None:

@@ -12,7 +12,8 @@ checks origin and token without registering anything and answers ``204`` with
     pywsgi.WSGIServer(("127.0.0.1", 8000), app, handler_class=DCMWebSocketHandler).serve_forever()
 
 Its access and error log lines never show a token: the value of any ``token`` (or
-``access_token``, ...) query parameter is replaced by ``[redacted]``, whatever the answer.
+``access_token``, ...) or ``resume`` query parameter is replaced by ``[redacted]``, whatever
+the answer.
 
 It also gives each request ``DCM_HANDSHAKE_TIMEOUT`` seconds (the app's config; default 10; 0 for
 none) to send its request line and headers, then drops the connection: a client that opens TCP

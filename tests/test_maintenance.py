@@ -103,8 +103,9 @@ def test_server_back_during_its_cleanup_keeps_its_state(make_manager: Make,
     pop = a._backend.pop_server_connections
     batches: list[list[str]] = []
 
-    def pop_then_b_returns(server_id: str, count: int) -> list[RemovedConnection]:
-        out = pop(server_id, count)
+    def pop_then_b_returns(server_id: str, count: int, adopter: str | None = None,
+                           until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
+        out = pop(server_id, count, adopter, until, ttl)
         batches.append([r.connection_id for r in out])
         if len(batches) == 1:
             b._restore()  # what b's heartbeat does when it finds its record gone

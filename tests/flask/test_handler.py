@@ -96,10 +96,12 @@ def test_no_token_reaches_the_access_or_error_log(dcm: Server) -> None:
         # no such route, and a plain request to a WebSocket route
         request(f"GET /nowhere?token={secret} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
         request(f"GET /ws?token={secret} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        # a resume token is a credential too
+        request(f"GET /ws?since=x&resume={secret} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
         # a malformed request line quotes itself in the error log
         request(f"BREW /ws?token={secret} HTTP/9.9\r\nHost: {host}\r\n\r\n"),
     ]
-    assert [a.split(b" ", 2)[1] for a in answers] == [b"403", b"401", b"404", b"400", b"400"]
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"403", b"401", b"404", b"400", b"400", b"400"]
     raw(dcm, secret).close()  # accepted: 101
-    wait_until(lambda: dcm.log().count("[redacted]") >= 5)  # the lines were written
+    wait_until(lambda: dcm.log().count("[redacted]") >= 6)  # the lines were written
     assert secret not in dcm.log()
