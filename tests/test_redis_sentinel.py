@@ -6,8 +6,10 @@ unknown CA fail at start, at once, saying which; the passwords never show."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,6 +98,38 @@ def test_an_unreachable_sentinel_listed_first_is_skipped(
     a = managers_on(sentinel_url.replace("://", f"://{dead},", 1))()
     a.register_connection(RecordingSocket(), "alice")
     assert a.get_distributed_stats().total_connections == 1
+
+
+def _connections_to(ports: set[int]) -> int:
+    """This process's open IPv4 TCP connections to ``ports`` (from /proc: sockets it holds)."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            held.add(target[8:-1])
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for r in rows
+               if r[9] in held and r[3] == "01" and int(r[2].rsplit(":", 1)[1], 16) in ports)
+
+
+def test_a_shut_down_manager_and_emitter_leave_no_connection_to_the_sentinels(
+        redis_sentinel: SentinelTopology, sentinel_url: str, prefix: str,
+        managers_on: Callable[..., Managers]) -> None:
+    ports = set(redis_sentinel.sentinel_ports)
+    gc.collect()
+    before = _connections_to(ports)
+    a = managers_on(sentinel_url)()
+    a.join_room(a.register_connection(RecordingSocket(), "alice"), "lobby")
+    a.broadcast_to_room("lobby", "hi")
+    with Emitter(sentinel_url, key_prefix=prefix) as emitter:
+        emitter.broadcast_to_room("lobby", "hi")
+        assert _connections_to(ports) > before  # they asked the Sentinels for the master
+    a.shutdown()
+    assert _connections_to(ports) == before  # closed, not left for the garbage collector
 
 
 def test_secured_sentinel_master_killed_delivery_recovers(

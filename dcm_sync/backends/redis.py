@@ -49,7 +49,7 @@ class RedisBackend(RedisBase):
         # a pool checkout polls the socket first, which costs more than the command itself
         # under gevent. Connected on first use.
         self._hot_pool, self._hot_held = pools.hot, pools.hot_held
-        self._new_sub_pool = pools.subscriber
+        self._new_sub_pool, self._close_shared = pools.subscriber, pools.close_shared
         self._hot_client: redis.Redis | None = None
         self._hot_lock = HandOffLock()  # fair under gevent: see HandOffLock
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
@@ -229,3 +229,7 @@ class RedisBackend(RedisBase):
                 client.connection_pool.disconnect()
             except (redis.RedisError, OSError) as exc:
                 logger.debug("closing Redis client: %s", exc)
+        try:
+            self._close_shared()
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("closing the connections to the Sentinels: %s", exc)

@@ -105,6 +105,8 @@ class MasterPools:
     #: whether the per-message connection may be held by one client for good; not under
     #: Sentinel, where only a pool checkout asks the sentinels for the current master
     hot_held: bool = True
+    #: closes the connections the pools share (to the sentinels), once the pools are closed
+    close_shared: Callable[[], None] = lambda: None
 
 
 def master_pools(url: str, timeout: float, ca_file: str | None) -> MasterPools:
@@ -209,9 +211,13 @@ def _sentinel_pools(url: str, timeout: float, ca_file: str | None) -> MasterPool
     def pool(policy: Retry, **extra: Any) -> redis.ConnectionPool:
         return sentinel_pool(service, sentinel, db=db, retry=policy, **creds, **common, **extra)
 
+    def close_sentinels() -> None:
+        for client in sentinel.sentinels:
+            client.connection_pool.disconnect()
+
     return MasterPools(pool(_retry()), pool(_retry(), max_connections=1),
                        lambda: pool(_no_retry(), max_connections=1), redact_url(url),
-                       hot_held=False)
+                       hot_held=False, close_shared=close_sentinels)
 
 
 def cluster_clients(url: str, timeout: float, ca_file: str | None) -> tuple[Any, Any, Any]:
