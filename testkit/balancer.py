@@ -16,21 +16,13 @@ import threading
 import time
 from collections.abc import Sequence
 
+from testkit.tcp import JOIN_SECONDS, Closeable, Listener, close_socket, join_all, prepare, receive, send_all
+
 __all__ = ["RoundRobinProxy"]
 
-CHUNK = 64 * 1024
-TICK = 0.05  # how often blocked threads look at the flags
 CONNECT_SECONDS = 1.0
-JOIN_SECONDS = 2.0
 
 Address = tuple[str, int]
-
-
-def _close(sock: socket.socket) -> None:
-    """Shut down (sending a FIN, waking any thread blocked on it), then close."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
 
 
 class _Link:
@@ -48,38 +40,26 @@ class _Link:
             self.closed.set()
             self.balancer._links.discard(self)
         for sock in self.sockets:
-            _close(sock)
+            close_socket(sock)
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):  # reset, or closed by the other direction
-            while not self.closed.is_set():
-                try:
-                    data = src.recv(CHUNK)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                view = memoryview(data)
-                while view and not self.closed.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        view = view[dst.send(view):]
+            for data in receive(src, self.closed):
+                send_all(data, dst, self.closed)
         self.close()
 
 
-class RoundRobinProxy:
+class RoundRobinProxy(Closeable):
     """Spread the connections to 127.0.0.1:<free port> over ``targets``, in turn."""
 
     def __init__(self, targets: Sequence[Address]) -> None:
         self._targets, self._next = list(targets), 0
         self._counts: dict[Address, int] = {}
-        self._lock, self._closed = threading.Lock(), threading.Event()
+        self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(TICK)
-        self._port: int = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, name="balancer-accept", daemon=True)
-        self._acceptor.start()
+        self._listener = Listener(self._serve, name="balancer-accept")
+        self._port = self._listener.port
 
     @property
     def port(self) -> int:
@@ -106,21 +86,12 @@ class RoundRobinProxy:
     def close(self) -> None:
         """Stop accepting, close every connection, join every thread (2 s in all); idempotent."""
         deadline = time.monotonic() + JOIN_SECONDS
-        self._closed.set()
-        self._acceptor.join(max(0.0, deadline - time.monotonic()))
-        self._listener.close()
+        self._listener.close(deadline)
         with self._lock:
             links, threads = list(self._links), list(self._threads)
         for link in links:
             link.close()
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-    def __enter__(self) -> RoundRobinProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        join_all(threads, deadline)
 
     def _connect(self) -> socket.socket | None:
         """A connection to the next target that takes one, counted; None if none does."""
@@ -140,27 +111,20 @@ class RoundRobinProxy:
             return upstream
         return None
 
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # the listening socket was closed
-            upstream = self._connect()
-            if upstream is None:
-                _close(client)
-                continue
-            for sock in (client, upstream):
-                sock.settimeout(TICK)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            link = _Link(self, client, upstream)
-            with self._lock:  # registered and started under the lock, so that close() sees it whole
-                if not self._closed.is_set():
-                    self._links.add(link)
-                    self._threads = [t for t in self._threads if t.is_alive()] + link.threads
-                    for t in link.threads:
-                        t.start()
-                    continue
-            link.close()  # closed meanwhile
+    def _serve(self, client: socket.socket) -> None:
+        """Called by the listener's thread with each client accepted."""
+        upstream = self._connect()
+        if upstream is None:
+            close_socket(client)
+            return
+        prepare(client)
+        prepare(upstream)
+        link = _Link(self, client, upstream)
+        with self._lock:  # registered and started under the lock, so that close() sees it whole
+            if not self._listener.closed.is_set():
+                self._links.add(link)
+                self._threads = [t for t in self._threads if t.is_alive()] + link.threads
+                for t in link.threads:
+                    t.start()
+                return
+        link.close()  # closed meanwhile

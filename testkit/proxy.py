@@ -20,32 +20,31 @@ proxy are dropped.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import re
 import socket
 import threading
 import time
 
+from testkit.tcp import (
+    JOIN_SECONDS,
+    TICK,
+    Closeable,
+    Listener,
+    close_socket,
+    join_all,
+    prepare,
+    receive,
+    send_all,
+)
+
 __all__ = ["TcpProxy"]
 
-CHUNK = 64 * 1024
 QUEUE_CHUNKS = 64  # per direction: at most 4 MiB read ahead, then the sender is held back
-TICK = 0.05  # how often blocked threads look at the flags
-JOIN_SECONDS = 2.0
 
 # A RESP array whose first element is one of the subscribing commands.
 _SUBSCRIBE_RE = re.compile(rb"\*\d+\r\n\$\d+\r\n[SP]?SUBSCRIBE\r\n", re.IGNORECASE)
 _TAIL = 64  # bytes kept from the previous chunk, for a command split between two chunks
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), waking any thread blocked on it."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
 
 
 class _Link:
@@ -74,8 +73,8 @@ class _Link:
         if self.closed.is_set():
             return
         self.closed.set()
-        _reset(self.client)
-        _reset(self.upstream)
+        close_socket(self.client, reset=True)
+        close_socket(self.upstream, reset=True)
         self.proxy._forget(self)
 
     def _pump_in(self, src: socket.socket, chunks: queue.Queue[tuple[float, bytes]],
@@ -98,13 +97,7 @@ class _Link:
 
     def _read(self, src: socket.socket, chunks: queue.Queue[tuple[float, bytes]], from_client: bool) -> None:
         tail = b""
-        while not self.closed.is_set():
-            try:
-                data = src.recv(CHUNK)
-            except TimeoutError:
-                continue
-            if not data:
-                return
+        for data in receive(src, self.closed):
             if from_client and not self.subscriber:
                 if _SUBSCRIBE_RE.search(tail + data):
                     self.subscriber = True
@@ -129,15 +122,10 @@ class _Link:
             if to_client and self.deaf:
                 proxy._count_dropped(len(data))
                 continue
-            view = memoryview(data)
-            while view and not self.closed.is_set():
-                try:
-                    view = view[dst.send(view):]
-                except TimeoutError:
-                    continue
+            send_all(data, dst, self.closed)
 
 
-class TcpProxy:
+class TcpProxy(Closeable):
     """Forward 127.0.0.1:<free port> to ``target``; see the module docstring for the controls."""
 
     def __init__(self, target: tuple[str, int], max_connections: int = 256) -> None:
@@ -146,17 +134,13 @@ class TcpProxy:
         self._latency = 0.0
         self._stalled = False
         self._cut = False
-        self._closed = threading.Event()
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._threads: list[threading.Thread] = []
         self.dropped_bytes = 0  # what deaf connections did not get
         self.accepted = 0  # connections accepted since start (reset ones included)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(TICK)
-        self.port: int = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True)
-        self._acceptor.start()
+        self._listener = Listener(self._serve, name="proxy-accept")
+        self.port: int = self._listener.port
 
     @property
     def url(self) -> str:
@@ -201,27 +185,17 @@ class TcpProxy:
 
     def close(self) -> None:
         """Stop accepting, reset every connection and join every thread (bounded)."""
-        self._closed.set()
         self._cut = True
-        self._acceptor.join(JOIN_SECONDS)
         self._listener.close()
         for link in self._snapshot():
             link.close()
-        deadline = time.monotonic() + JOIN_SECONDS
-        for t in self.threads():
-            t.join(max(0.0, deadline - time.monotonic()))
+        join_all(self.threads(), time.monotonic() + JOIN_SECONDS)
 
     def threads(self) -> list[threading.Thread]:
         """The proxy's threads still alive."""
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
-            return [t for t in (self._acceptor, *self._threads) if t.is_alive()]
-
-    def __enter__(self) -> TcpProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            return [t for t in (self._listener.thread, *self._threads) if t.is_alive()]
 
     # ------------------------------------------------------------------ internals
     def _snapshot(self) -> list[_Link]:
@@ -236,32 +210,25 @@ class TcpProxy:
         with self._lock:
             self.dropped_bytes += n
 
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # the listening socket was closed
-            self.accepted += 1
-            if self._cut or self.connections >= self.max_connections:
-                _reset(client)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=2.0)
-            except OSError:
-                _reset(client)
-                continue
-            for s in (client, upstream):
-                s.settimeout(TICK)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            link = _Link(self, client, upstream)
-            with self._lock:  # registered before it starts, so that cut() and close() see it
-                if self._cut:
-                    _reset(client)
-                    _reset(upstream)
-                    continue
-                self._links.add(link)
-                self._threads.extend(link.threads)
-            link.start()
+    def _serve(self, client: socket.socket) -> None:
+        """Called by the listener's thread with each client accepted."""
+        self.accepted += 1
+        if self._cut or self.connections >= self.max_connections:
+            close_socket(client, reset=True)
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=2.0)
+        except OSError:
+            close_socket(client, reset=True)
+            return
+        prepare(client)
+        prepare(upstream)
+        link = _Link(self, client, upstream)
+        with self._lock:  # registered before it starts, so that cut() and close() see it
+            if self._cut:
+                close_socket(client, reset=True)
+                close_socket(upstream, reset=True)
+                return
+            self._links.add(link)
+            self._threads.extend(link.threads)
+        link.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 
@@ -13,10 +12,10 @@ import pytest
 
 from testkit.balancer import RoundRobinProxy
 from testkit.polling import wait_until
+from testkit.tcp import Listener, prepare, receive, shutdown
 
 pytestmark = pytest.mark.timeout(30)
 
-TICK = 0.05
 TIMEOUT = 5.0
 
 
@@ -25,42 +24,27 @@ class EchoServer:
 
     def __init__(self, name: str) -> None:
         self.prefix = name.encode() + b":"
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(TICK)
-        self.address: tuple[str, int] = ("127.0.0.1", self.listener.getsockname()[1])
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.conns: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
         self.open = 0  # connections not closed yet
-        self.threads = [threading.Thread(target=self._accept, name=f"echo-{name}-accept", daemon=True)]
-        self.threads[0].start()
+        self.listener = Listener(self._accept, name=f"echo-{name}-accept")
+        self.address = self.listener.address
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(TICK)
-            thread = threading.Thread(target=self._echo, args=(conn,), name="echo-conn", daemon=True)
-            with self.lock:
-                self.conns.append(conn)
-                self.threads.append(thread)
-                self.open += 1
-            thread.start()
+    def _accept(self, conn: socket.socket) -> None:
+        prepare(conn)
+        thread = threading.Thread(target=self._echo, args=(conn,), name="echo-conn", daemon=True)
+        with self.lock:
+            self.conns.append(conn)
+            self.threads.append(thread)
+            self.open += 1
+        thread.start()
 
     def _echo(self, conn: socket.socket) -> None:
         try:
             with contextlib.suppress(OSError), conn:
-                while not self.stop.is_set():
-                    try:
-                        data = conn.recv(4096)
-                    except TimeoutError:
-                        continue
-                    if not data:
-                        return
+                for data in receive(conn, self.stop):
                     conn.sendall(self.prefix + data)
         finally:
             with self.lock:
@@ -71,17 +55,16 @@ class EchoServer:
         with self.lock:
             conns = list(self.conns)
         for conn in conns:
-            with contextlib.suppress(OSError):
-                if reset:
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.shutdown(socket.SHUT_RDWR)  # the echo thread sees EOF and closes it
+            shutdown(conn, reset)  # the echo thread sees EOF and closes it
 
     def close(self) -> None:
+        self.listener.close()
         self.stop.set()
         self.drop()
-        for thread in list(self.threads):
+        with self.lock:
+            threads = list(self.threads)
+        for thread in threads:
             thread.join(TIMEOUT)
-        self.listener.close()
 
 
 @pytest.fixture
