@@ -194,6 +194,27 @@ def test_the_mailbox_is_bounded_and_an_overflow_is_told(make: Managers) -> None:
     wait_until(lambda: app_messages(ws3) == ["d4"])
 
 
+def test_a_long_gap_is_replayed_in_pages_even_before_anything_was_received(
+        make: Managers) -> None:
+    # more than one page (200) of room messages and of direct messages, missed by a client
+    # that dropped before it got any message: its only positions are those of its joins
+    a, b = make(history_size=1000, mailbox_size=500), make(history_size=1000, mailbox_size=500)
+    cid, ws = joined(a, "alice", "chat-1")
+    wait_until(lambda: positions(ws))
+    token, seen = hello(ws)["token"], positions(ws)
+    assert app_messages(ws) == [] and seen["chat-1"][1] == 0
+    a.release_connection(cid, ws)
+    for n in range(450):
+        (a, b)[n % 2].broadcast_to_room("chat-1", f"r{n}")
+    for n in range(250):
+        b.send_to_connection(cid, f"d{n}")
+    ws2 = RecordingSocket()
+    assert b.resume_connection(ws2, "alice", token, seen, 0) == (cid, True)
+    expected = [f"r{n}" for n in range(450)] + [f"d{n}" for n in range(250)]
+    wait_until(lambda: len(app_messages(ws2)) >= len(expected), timeout=20)
+    assert app_messages(ws2) == expected  # rooms first, then the mailbox; in order, once each
+
+
 def test_a_room_without_history_cannot_be_recovered(make: Managers) -> None:
     a, b = make(), make()
     cid, ws = joined(a, "alice", "plain")
