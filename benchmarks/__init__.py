@@ -12,6 +12,8 @@
   clients' messages costs a server, and what hostile clients cost it.
 - ``python -m benchmarks.topology_throughput``: what Redis Cluster costs against a single Redis.
 - ``python -m benchmarks.bus_read``: a subscriber's bounded read against a blocking one.
+- ``python -m benchmarks.history``: what a room history costs a broadcast against a plain room,
+  and what a history holds in Redis.
 
 ``redis_stats.py`` reads Redis's memory and keys for capacity, soak and the memory scenario.
 """
