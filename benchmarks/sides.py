@@ -26,7 +26,6 @@ __all__ = ["SIDES", "SEQ_SPAN", "Side", "SideServers", "Phase", "groups", "join_
            "rate_and_latency", "best_of_windows", "measure_sides", "latency_ms", "completions"]
 
 SEQ_SPAN = 10_000_000  # each phase gets its own range of sequence numbers
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 BURST_NAP = 0.005  # seconds a receiving group sleeps between reads under a burst ...
 NAP_MIN_CLIENTS = 10  # ... if it holds at least this many clients (each read then finds several frames)
 
@@ -96,14 +95,24 @@ class SideServers:
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) the servers have used so far; None where /proc is missing."""
-        total = 0.0
+        each = self.cpu_each()
+        return None if each is None else sum(each)
+
+    def cpu_each(self) -> list[float] | None:
+        """Each server's CPU time so far, in server order, in seconds: the sum over its threads
+        of ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds on a CPU; finer than the 10 ms
+        ticks of ``/proc/<pid>/stat``); None where /proc does not have it."""
+        out: list[float] = []
         for s in self.servers:
+            total = 0
             try:
-                fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                for task in Path(f"/proc/{s.proc.pid}/task").iterdir():
+                    with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                        total += int((task / "schedstat").read_text().split()[0])
             except OSError:
                 return None
-            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
-        return total
+            out.append(total / 1e9)
+        return out
 
     def wait_bus(self, timeout: float = 15.0) -> None:
         """Wait until every server listens on the side's shared channels (the peer subscribes
@@ -146,6 +155,14 @@ class Phase:
     sent: SendReport
     records: list[Records]  # one per receiving group, in the order given
     server_cpu: float | None = None  # CPU seconds the servers used during the phase
+    server_cpus: list[float] | None = None  # the same, per server (in server order)
+
+    def delivery_cpu_us(self, frames: int, servers: Sequence[int]) -> dict[str, float]:
+        """``delivery_cpu_us``: the CPU time of the receiving ``servers`` per frame they
+        delivered (``frames`` in all), in µs; {} if it was not measured."""
+        if self.server_cpus is None or frames <= 0:
+            return {}
+        return {"delivery_cpu_us": sum(self.server_cpus[i] for i in servers) / frames * 1e6}
 
 
 def run_phase(receivers: Sequence[tuple[ClientGroup, int]], sender: ClientGroup,
@@ -161,15 +178,16 @@ def run_phase(receivers: Sequence[tuple[ClientGroup, int]], sender: ClientGroup,
     for g, expected in receivers:
         g.start_record(lo, hi, expected, limit, idle,
                        BURST_NAP if rate is None and g.size >= NAP_MIN_CLIENTS else 0.0)
-    cpu = servers.cpu_seconds() if servers is not None else None
+    cpu = servers.cpu_each() if servers is not None else None
     report = sender.send(items, rate, timeout=limit + 10, flow=flow)
     if report.errors:
         raise LoadError(f"sender: {report.errors[0]}")
     records = [g.finish_record() for g, _ in receivers]
-    if servers is not None and cpu is not None:
-        after = servers.cpu_seconds()
-        cpu = None if after is None else after - cpu
-    return Phase(report, records, cpu)
+    after = servers.cpu_each() if servers is not None and cpu is not None else None
+    if cpu is None or after is None:
+        return Phase(report, records)
+    used = [b - a for a, b in zip(cpu, after, strict=True)]
+    return Phase(report, records, sum(used), used)
 
 
 def latency_ms(records: Sequence[Records]) -> list[float]:
@@ -217,13 +235,15 @@ def best_of_windows(per_window: dict[int, dict[str, float]], rate_name: str) -> 
     """Combine bursts run at several windows (messages in flight): ``rate_name`` is the best
     rate (each side at its best window: "as fast as it can"), ``{rate_name}_w{W}`` each one;
     latency (``burst_p50_ms``/``burst_p99_ms``) is the smallest window's, the shortest queue;
-    ``burst_server_cpu_us`` the best window's; ``burst_complete_pct`` the lowest."""
+    ``burst_server_cpu_us`` and ``delivery_cpu_us`` the best window's; ``burst_complete_pct``
+    the lowest."""
     small = min(per_window)
     best = max(per_window, key=lambda w: per_window[w].get(rate_name, 0.0))
     out: dict[str, float] = {rate_name: per_window[best].get(rate_name, 0.0)}
     for w in sorted(per_window):
         out[f"{rate_name}_w{w}"] = per_window[w].get(rate_name, 0.0)
-    for key, source in (("burst_p50_ms", small), ("burst_p99_ms", small), ("burst_server_cpu_us", best)):
+    for key, source in (("burst_p50_ms", small), ("burst_p99_ms", small),
+                        ("burst_server_cpu_us", best), ("delivery_cpu_us", best)):
         if key in per_window[source]:
             out[key] = per_window[source][key]
     out["burst_complete_pct"] = min(f.get("burst_complete_pct", 0.0) for f in per_window.values())

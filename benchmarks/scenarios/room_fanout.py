@@ -8,7 +8,9 @@ on the window, and not alike: python-socketio handles each event in its own gree
 project and the ceiling handle one socket's messages in order).
 
 Headline: full broadcasts per second at server B, a broadcast counting once all of B's 50
-clients got it (from the first send to the last completion). Latency p50/p99 over every receipt
+clients got it (from the first send to the last completion). ``delivery_cpu_us``: server B's
+CPU time per frame it delivered in the bursts (B only receives: the figure does not depend on
+how much of the machine the load generator takes). Latency p50/p99 over every receipt
 at B: in the burst at the smallest window, and paced. A's 49 other clients receive too (they
 are read, not measured).
 """
@@ -64,7 +66,9 @@ def run(ctx: Context) -> Result:
             done = run_phase([(a, count * (n - 1)), (b, count * n)], sender,
                              [[(head, tail, lo + j) for j in range(count)]], rate, lo, lo + count,
                              limit, flow=([b], n, window), servers=cl if rate is None else None)
-            return rate_and_latency(done, done.records[1:], lambda _seq: n, count, prefix, rate_name)
+            figures = rate_and_latency(done, done.records[1:], lambda _seq: n, count, prefix,
+                                       rate_name)
+            return {**figures, **done.delivery_cpu_us(count * n, [1])}  # server B's
 
         figures = best_of_windows({w: phase(k, burst, None, w, "burst_", "broadcasts_per_s")
                                    for k, w in enumerate(WINDOWS)}, "broadcasts_per_s")
