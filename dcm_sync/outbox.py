@@ -12,6 +12,11 @@ When an outbox would hold more than ``max_messages`` messages or ``max_bytes`` b
 refuses the message (``put`` returns False): the caller cuts the client (``close`` with
 ``drop``).
 
+When several messages wait, the writer sends them in one write (one system call), joined, up
+to ``COALESCE_BYTES``: whole frames, in order, never cut or interleaved. Those being written
+still count towards the bounds until the write returns, so a slow consumer is cut at the same
+limits.
+
 Sockets that only have ``send(str)`` are written by the delivering thread, as they always were.
 """
 
@@ -27,6 +32,9 @@ from typing import Protocol, runtime_checkable
 __all__ = ["OutboxSocket", "KeepaliveSocket", "ControlSink", "SendPolicy", "Outbox"]
 
 logger = logging.getLogger(__name__)
+
+#: at most this many bytes of waiting messages go out in one write (a bigger message alone)
+COALESCE_BYTES = 64 * 1024
 
 
 class ControlSink(Protocol):
@@ -121,7 +129,7 @@ class SendPolicy:
 
 class Outbox:
     __slots__ = ("_ws", "_policy", "_cid", "_lock", "_pending", "_bytes", "_writing", "_closed",
-                 "_shared", "_idle", "_partial", "_pong")
+                 "_shared", "_idle", "_partial", "_pong", "_held", "_held_bytes")
 
     def __init__(self, ws: OutboxSocket, policy: SendPolicy, connection_id: str,
                  lock: threading.Lock) -> None:
@@ -136,13 +144,15 @@ class Outbox:
         self._idle: threading.Event | None = None  # made by wait_idle, set when the writer ends
         self._partial = False  # the first item waiting is the rest of a frame partly written
         self._pong: bytearray | None = None  # the one control frame waiting whole, if any
+        # messages (after the first) and their bytes in the write under way: they still count
+        self._held, self._held_bytes = 0, 0
         self._shared = ws.encoding is not None  # takes an encoding made for another socket
         ws.attach(self)  # the socket sends its control frames (pongs) through here
 
     @property
     def queued(self) -> tuple[int, int]:
-        """Messages and bytes waiting."""
-        return (len(self._pending) if self._pending else 0), self._bytes
+        """Messages and bytes waiting (a write under way holds those after its first)."""
+        return (len(self._pending) if self._pending else 0) + self._held, self._bytes + self._held_bytes
 
     def put(self, text: str, encoded: bytes | None = None) -> bool:
         """Write ``text`` now or queue it; False (nothing queued) if the outbox is full. After
@@ -191,8 +201,9 @@ class Outbox:
         pending = self._pending
         if pending is None:
             pending = self._pending = deque()
-        elif bounded and pending and (len(pending) >= self._policy.max_messages
-                                      or self._bytes + len(data) > self._policy.max_bytes):
+        elif bounded and (pending or self._held) and (
+                len(pending) + self._held >= self._policy.max_messages
+                or self._bytes + self._held_bytes + len(data) > self._policy.max_bytes):
             return False  # an empty outbox takes any one message, however big
         pending.append(data)
         self._bytes += len(data)
@@ -264,20 +275,43 @@ class Outbox:
                     self._writing = False
                     closed = self._closed
                     break
-                data = pending.popleft()
-                self._bytes -= len(data)
-                self._partial = False
-                if data is self._pong:
-                    self._pong = None
+                data = self._take(pending)
             try:
                 self._ws.write(data)
             except Exception as exc:
                 with self._lock:
                     self._pending, self._bytes, self._writing, self._pong = None, 0, False, None
+                    self._held, self._held_bytes = 0, 0
                     closed, self._closed = self._closed, True
                 if not closed:
                     self._policy.on_error(self._cid, exc)
                 self._ws.finish()
                 return
+            if self._held:
+                with self._lock:
+                    self._held, self._held_bytes = 0, 0
         if closed:
             self._ws.finish()
+
+    def _take(self, pending: deque[bytes | bytearray]) -> bytes | bytearray:
+        """With the lock held: the next write, the first item waiting and as many whole ones
+        after it as fit in ``COALESCE_BYTES``, joined; those after the first stay counted
+        (``_held``) until it is written."""
+        first = pending.popleft()
+        self._bytes -= len(first)
+        self._partial = False
+        if first is self._pong:
+            self._pong = None
+        size = len(first)
+        if not pending or size + len(pending[0]) > COALESCE_BYTES:
+            return first
+        parts = [first]
+        while pending and size + len(pending[0]) <= COALESCE_BYTES:
+            part = pending.popleft()
+            if part is self._pong:
+                self._pong = None
+            parts.append(part)
+            size += len(part)
+        self._held, self._held_bytes = len(parts) - 1, size - len(first)
+        self._bytes -= self._held_bytes
+        return b"".join(parts)

@@ -67,6 +67,32 @@ def _fill(conn: LocalConnection, size: int = 60_000) -> int:
     return sent
 
 
+def test_small_messages_that_wait_go_out_together_whole_and_in_order() -> None:
+    sock, conn = _stuck(max_messages=2000, max_bytes=1 << 20)
+    sent = 0
+    while conn.outbox is None or conn.outbox.queued[0] < 1000:  # the socket is full, then 1,000 wait
+        assert conn.send(f"{sent:06d}" + "m" * 94)
+        sent += 1
+        assert sent < 100_000
+    frames = sock.read_frames(timeout=2.0)  # the client reads at last
+    assert [int(p[:6]) for op, p in frames] == list(range(sent))
+    assert all(len(p) == 100 for _, p in frames)
+    # ~100 KB waited: written in a few writes of up to 64 KiB, not in one per message
+    assert 1 <= sock.writes <= 5
+
+
+def test_messages_in_a_write_under_way_still_count_towards_the_bounds() -> None:
+    sock, conn = _stuck(max_messages=50, max_bytes=1 << 20)
+    sent = 0
+    while conn.send("q" * 100):  # the socket is full, then the outbox
+        sent += 1
+        assert sent < 100_000
+    assert conn.outbox is not None and conn.outbox.queued[0] == 50  # refused at the bound
+    assert not conn.send("q" * 100)  # and still, while the writer holds a joined write
+    frames = sock.read_frames(timeout=2.0)
+    assert len(frames) == sent
+
+
 def test_a_cut_client_that_takes_nothing_is_dropped_after_the_grace_period() -> None:
     sock, conn = _stuck(max_messages=1000, max_bytes=200_000, grace=0.3)
     _fill(conn)

@@ -23,6 +23,7 @@ class PairSocket:
         self._frame, self._close_frame = text_frame, close_frame
         self.aborted: tuple[int, str] | None = None
         self.reset = False  # abort() was called: the connection was dropped
+        self.writes = 0  # blocking writes (the outbox's writer): one system call each
         self._buf = b""
 
     # WebSocketLike
@@ -48,6 +49,7 @@ class PairSocket:
             return 0
 
     def write(self, data: bytes) -> None:
+        self.writes += 1
         self.server.sendall(data)
 
     def closing(self, code: int, reason: str) -> bytes:
