@@ -26,13 +26,6 @@ __all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the listener waits in one read before it reads again. A read is bounded because
-#: redis-py before 8.0 ends a read that was to wait for ever after the connection's
-#: ``socket_timeout`` (``redis_timeout``/2), as if the connection were lost: the listener
-#: would rebuild its subscription every idle second and lose what was published meanwhile.
-#: A bounded read costs the same per message (``python -m benchmarks.bus_read``).
-LISTEN_WAIT = 5.0
-
 
 class Listener:
     def __init__(
@@ -128,7 +121,9 @@ class Listener:
             if sub is None:
                 return
             try:
-                item = sub.get_message(LISTEN_WAIT)  # close() wakes it sooner
+                # until a message arrives or close(); in bounded reads where it must be (see
+                # redis_pubsub.BLOCKING_READS)
+                item = sub.get_message(None)
             except BackendError as exc:
                 if self._stop.is_set():
                     return

@@ -100,7 +100,8 @@ class Subscription(Protocol):
 
     def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
         """The next ``(channel, data)``, or None after ``timeout`` seconds (``None``: wait
-        until a message arrives or `close` is called) or for a non-message event."""
+        until a message arrives or `close` is called; some subscriptions return None now
+        and then meanwhile) or for a non-message event."""
         ...
 
     def close(self) -> None:
