@@ -21,10 +21,14 @@ from collections.abc import Callable, Iterable, Sequence
 from .backends.base import Backend, Confirmation, Subscription
 from .concurrency import Driver, StopFlag, Worker
 from .errors import BackendError
+from .outbox import Cork
 
 __all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
+
+#: bus messages delivered at most before the sockets' held-back frames are written
+BATCH_MESSAGES = 64
 
 
 class Listener:
@@ -116,6 +120,17 @@ class Listener:
 
     def _run(self) -> None:
         self._ident = self._driver.current_id()
+        # the room messages of one read from Redis are delivered as one batch: each socket
+        # gets the batch's frames in one write (see Cork), written before the listener waits
+        cork = Cork(self._ident)
+        cork.install()
+        try:
+            self._read_loop(cork)
+        finally:
+            cork.uninstall()
+
+    def _read_loop(self, cork: Cork) -> None:
+        batch = 0
         while not self._stop.is_set():
             sub = self._sub
             if sub is None:
@@ -125,18 +140,28 @@ class Listener:
                 # redis_pubsub.BLOCKING_READS)
                 item = sub.get_message(None)
             except BackendError as exc:
+                cork.flush()
                 if self._stop.is_set():
                     return
                 logger.warning("bus connection lost (%s); reconnecting", exc)
                 self._reconnect()
                 continue
             if item is None:
+                cork.flush()
+                batch = 0
                 continue
             self._received += 1
+            # another message was read with this one: hold this one's room frames back, to
+            # write them with the next one's; the last of a batch writes them all
+            batch += 1
+            cork.active = batch < BATCH_MESSAGES and sub.ready()
             try:
                 self._on_message(*item)
             except Exception:
                 logger.exception("error while handling a bus message on %s", item[0])
+            if not cork.active:
+                cork.flush()
+                batch = 0
 
     def probe(self, send: Callable[[int], None], timeout: float) -> bool | None:
         """Send probe number N with ``send(N)`` and wait for `probe_returned` (N). On

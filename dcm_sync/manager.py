@@ -155,6 +155,7 @@ class DistributedConnectionManager(PresenceMethods):
         #: the outboxes' limits and hooks, for the sockets this manager registers
         self._send_policy = SendPolicy(config.send_queue_max_messages, config.send_queue_max_bytes,
                                        spawn=self._driver.spawn,
+                                       current=self._driver.current_id,
                                        on_error=self._delivery.write_failed)
 
     # ----------------------------------------------------------------- lifecycle

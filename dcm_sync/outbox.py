@@ -17,6 +17,12 @@ to ``COALESCE_BYTES``: whole frames, in order, never cut or interleaved. Those b
 still count towards the bounds until the write returns, so a slow consumer is cut at the same
 limits.
 
+A thread (or greenlet) that delivers a batch of messages, as the bus listener does with what
+it read from Redis at once, can hold its room deliveries back with a `Cork`: each socket gets
+the batch's frames in one write when the cork is flushed (or when what it holds reaches
+``COALESCE_BYTES``), instead of one write per frame. Only frames encoded once for several
+sockets (a room's) start a hold; a message to a socket that holds frames joins them, in order.
+
 Sockets that only have ``send(str)`` are written by the delivering thread, as they always were.
 """
 
@@ -29,12 +35,43 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["OutboxSocket", "KeepaliveSocket", "ControlSink", "SendPolicy", "Outbox"]
+__all__ = ["OutboxSocket", "KeepaliveSocket", "ControlSink", "SendPolicy", "Outbox", "Cork"]
 
 logger = logging.getLogger(__name__)
 
 #: at most this many bytes of waiting messages go out in one write (a bigger message alone)
 COALESCE_BYTES = 64 * 1024
+
+#: the installed corks, by the thread or greenlet that installed them (``SendPolicy.current``)
+_corks: dict[object, Cork] = {}
+
+
+class Cork:
+    """Writes held back while one thread (or greenlet) delivers a batch: `install` it there,
+    and `flush` it at the end of each batch. While it is installed, a message it sends to a
+    socket that is not writing already is kept in the socket's outbox (whole frames, in
+    order: any other thread's message to that socket is kept behind it) until the flush.
+    ``owner``: the installing thread's or greenlet's id, as ``SendPolicy.current`` gives it."""
+
+    __slots__ = ("held", "owner", "active")
+
+    def __init__(self, owner: object) -> None:
+        self.held: list[Outbox] = []
+        self.owner = owner
+        self.active = True  # False: messages go out at once (those held keep their turn)
+
+    def install(self) -> None:
+        _corks[self.owner] = self
+
+    def uninstall(self) -> None:
+        self.flush()
+        _corks.pop(self.owner, None)
+
+    def flush(self) -> None:
+        """Write what each socket holds, one write each (what does not fit waits as usual)."""
+        held, self.held = self.held, []
+        for outbox in held:
+            outbox.uncork()
 
 
 class ControlSink(Protocol):
@@ -123,13 +160,15 @@ class SendPolicy:
     #: how long a cut client's writer may still try to hand over the close frame
     abort_grace: float = 5.0
     spawn: Callable[[str, Callable[[], None]], object] = field(default=_thread_spawn, repr=False)
+    #: the id of the calling thread or greenlet (the driver's ``current_id``): whose `Cork`
+    current: Callable[[], object] = field(default=threading.get_ident, repr=False)
     #: called (from the writer) when a queued write failed: the peer is gone
     on_error: Callable[[str, BaseException], None] = field(default=_log_error, repr=False)
 
 
 class Outbox:
     __slots__ = ("_ws", "_policy", "_cid", "_lock", "_pending", "_bytes", "_writing", "_closed",
-                 "_shared", "_idle", "_partial", "_pong", "_held", "_held_bytes")
+                 "_shared", "_idle", "_partial", "_pong", "_held", "_held_bytes", "_corked")
 
     def __init__(self, ws: OutboxSocket, policy: SendPolicy, connection_id: str,
                  lock: threading.Lock) -> None:
@@ -146,6 +185,7 @@ class Outbox:
         self._pong: bytearray | None = None  # the one control frame waiting whole, if any
         # messages (after the first) and their bytes in the write under way: they still count
         self._held, self._held_bytes = 0, 0
+        self._corked: bytearray | None = None  # frames a Cork holds back, in order
         self._shared = ws.encoding is not None  # takes an encoding made for another socket
         ws.attach(self)  # the socket sends its control frames (pongs) through here
 
@@ -165,7 +205,45 @@ class Outbox:
             if self._closed:
                 return True
             data = encoded if encoded is not None and self._shared else self._ws.encode_text(text)
-            return self._push(data, bounded=True)
+            corked = self._corked
+            # only a room's frames (encoded once for several sockets) start being held back
+            if corked is None and encoded is not None and not self._writing and _corks:
+                cork = _corks.get(self._policy.current())
+                if cork is not None and cork.active:
+                    corked = self._corked = bytearray()
+                    cork.held.append(self)
+            if corked is None:
+                return self._push(data, bounded=True)
+            corked += data
+            if len(corked) >= COALESCE_BYTES:
+                self._release()
+            return True
+
+    def uncork(self) -> None:
+        """Write what a `Cork` held back (called by its flush)."""
+        try:
+            with self._lock:
+                self._release()
+        except Exception as exc:  # the socket is gone: as when a writer's write fails
+            with self._lock:
+                closed, self._closed = self._closed, True
+            if not closed:
+                self._policy.on_error(self._cid, exc)
+            self._ws.finish()
+
+    def _release(self, quiet: bool = False) -> None:
+        """With the lock held: write (or queue) the frames a cork held, if any. ``quiet``: a
+        failed write is only logged (the socket is closing, or a pong is on its way: the
+        next message, or the reader, finds the socket gone)."""
+        corked, self._corked = self._corked, None
+        if not corked:
+            return
+        try:
+            self._push(bytes(corked), bounded=False)
+        except Exception as exc:
+            if not quiet:
+                raise
+            logger.debug("held-back frames to %s not written: %s", self._cid, exc)
 
     def put_control(self, frame: bytes) -> None:
         """A control frame (a pong): in order with the messages, never inside one; dropped once
@@ -176,6 +254,7 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return
+            self._release(quiet=True)  # after the messages held back, never inside one
             if self._pong is not None:  # one waits, whole: this one replaces it
                 self._bytes += len(frame) - len(self._pong)
                 self._pong[:] = frame
@@ -217,6 +296,10 @@ class Outbox:
             if self._closed:
                 return
             self._closed = True
+            if drop:  # a slow consumer: what a cork held goes with what waits
+                self._corked = None
+            else:
+                self._release(quiet=True)
             if drop:  # but never the rest of a frame already begun: the stream stays whole
                 rest = self._pending[0] if self._partial and self._pending else None
                 self._pending = deque([rest]) if rest is not None else None

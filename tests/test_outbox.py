@@ -4,11 +4,12 @@ that a client that takes nothing cannot hold its connection or grow the outbox."
 
 from __future__ import annotations
 
+import threading
 import time
 
 from dcm_sync import LocalConnectionManager
 from dcm_sync.local import LocalConnection
-from dcm_sync.outbox import SendPolicy
+from dcm_sync.outbox import Cork, SendPolicy
 from flask_ext.wire import pong_frame
 from testkit.polling import wait_until
 from tests.helpers.pair_socket import PairSocket
@@ -151,3 +152,63 @@ def test_closing_an_idle_outbox_leaves_nothing_to_wait_for() -> None:
     conn.close(1000, "bye")
     assert conn.outbox is not None and conn.outbox.wait_idle(0.0)
     assert [op for op, _ in sock.read_frames(timeout=1.0)] == [1, 8]
+
+
+def _room_socket() -> tuple[PairSocket, LocalConnection]:
+    """A connection whose client reads, for the cork's tests (the test's thread is the one
+    that holds frames back: the policy's default ``current`` is the thread's id)."""
+    sock = PairSocket()
+    conn = LocalConnectionManager().add("c", sock, "u")
+    return sock, conn
+
+
+def _room_message(sock: PairSocket, text: str) -> bytes:
+    return sock.encode_text(text)  # what a room delivery passes: encoded once for all
+
+
+def test_a_cork_writes_a_batch_of_room_frames_in_one_write_in_order() -> None:
+    sock, conn = _room_socket()
+    cork = Cork(threading.get_ident())
+    cork.install()
+    try:
+        for n in range(10):
+            assert conn.send(f"room {n}", _room_message(sock, f"room {n}"))
+        conn.send("direct")  # a direct message joins what is held, in its turn
+        assert sock.sends == 0  # held back until the batch ends
+        cork.flush()
+        assert sock.sends == 1
+        cork.active = False  # between batches: room frames go out at once
+        conn.send("room 10", _room_message(sock, "room 10"))
+        assert sock.sends == 2
+    finally:
+        cork.uninstall()
+    conn.close(1000, "bye")
+    frames = sock.read_frames(timeout=2.0)
+    assert [p.decode() for op, p in frames if op == 1] == [
+        *(f"room {n}" for n in range(10)), "direct", "room 10"]
+
+
+def test_held_frames_go_before_a_close_and_are_dropped_with_a_slow_consumer() -> None:
+    for slow in (False, True):
+        sock, conn = _room_socket()
+        cork = Cork(threading.get_ident())
+        cork.install()
+        try:
+            conn.send("held", _room_message(sock, "held"))
+            conn.close(1013 if slow else 1000, "x", slow=slow)
+        finally:
+            cork.uninstall()
+        frames = sock.read_frames(timeout=2.0)
+        assert [p for op, p in frames if op == 1] == ([] if slow else [b"held"])
+        assert frames[-1][0] == 8
+
+
+def test_another_threads_cork_holds_nothing_back() -> None:
+    sock, conn = _room_socket()
+    cork = Cork(object())  # installed by someone else
+    cork.install()
+    try:
+        conn.send("room", _room_message(sock, "room"))
+        assert sock.sends == 1
+    finally:
+        cork.uninstall()

@@ -108,6 +108,12 @@ class Subscription(Protocol):
         """Drop the connection; a ``get_message`` blocked in another thread returns or raises."""
         ...
 
+    def ready(self) -> bool:
+        """Whether ``get_message`` has something to return at once (read already, or waiting
+        on the connection); False when unsure. The listener holds its sockets' writes back
+        while it is True (see `dcm_sync.outbox.Cork`)."""
+        ...
+
 
 class Backend(Protocol):
     url: str

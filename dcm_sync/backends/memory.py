@@ -130,6 +130,9 @@ class _MemorySubscription:
         except queue.Empty:
             return None
 
+    def ready(self) -> bool:
+        return not self._queue.empty()
+
     def close(self) -> None:
         with self._state.lock:
             if self in self._state.subscribers:

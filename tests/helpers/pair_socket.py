@@ -24,6 +24,7 @@ class PairSocket:
         self.aborted: tuple[int, str] | None = None
         self.reset = False  # abort() was called: the connection was dropped
         self.writes = 0  # blocking writes (the outbox's writer): one system call each
+        self.sends = 0  # non-blocking writes: one system call each
         self._buf = b""
 
     # WebSocketLike
@@ -43,6 +44,7 @@ class PairSocket:
     def write_nowait(self, data: bytes) -> int:
         import socket as _socket
 
+        self.sends += 1
         try:
             return self.server.send(data, _socket.MSG_DONTWAIT)
         except BlockingIOError:
