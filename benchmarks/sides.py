@@ -93,11 +93,6 @@ class SideServers:
             out.append(answer)
         return out
 
-    def cpu_seconds(self) -> float | None:
-        """CPU time (user + system) the servers have used so far; None where /proc is missing."""
-        each = self.cpu_each()
-        return None if each is None else sum(each)
-
     def cpu_each(self) -> list[float] | None:
         """Each server's CPU time so far, in server order, in seconds: the sum over its threads
         of ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds on a CPU; finer than the 10 ms
@@ -154,8 +149,12 @@ def join_all(pairs: Sequence[tuple[ClientGroup, Sequence[Sequence[str]]]], timeo
 class Phase:
     sent: SendReport
     records: list[Records]  # one per receiving group, in the order given
-    server_cpu: float | None = None  # CPU seconds the servers used during the phase
-    server_cpus: list[float] | None = None  # the same, per server (in server order)
+    server_cpus: list[float] | None = None  # CPU seconds each server used during the phase
+
+    @property
+    def server_cpu(self) -> float | None:
+        """CPU seconds the servers used during the phase, together."""
+        return None if self.server_cpus is None else sum(self.server_cpus)
 
     def delivery_cpu_us(self, frames: int, servers: Sequence[int]) -> dict[str, float]:
         """``delivery_cpu_us``: the CPU time of the receiving ``servers`` per frame they
@@ -186,8 +185,7 @@ def run_phase(receivers: Sequence[tuple[ClientGroup, int]], sender: ClientGroup,
     after = servers.cpu_each() if servers is not None and cpu is not None else None
     if cpu is None or after is None:
         return Phase(report, records)
-    used = [b - a for a, b in zip(cpu, after, strict=True)]
-    return Phase(report, records, sum(used), used)
+    return Phase(report, records, [b - a for a, b in zip(cpu, after, strict=True)])
 
 
 def latency_ms(records: Sequence[Records]) -> list[float]:

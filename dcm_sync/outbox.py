@@ -168,7 +168,7 @@ class SendPolicy:
 
 class Outbox:
     __slots__ = ("_ws", "_policy", "_cid", "_lock", "_pending", "_bytes", "_writing", "_closed",
-                 "_shared", "_idle", "_partial", "_pong", "_held", "_held_bytes", "_corked")
+                 "_shared", "_idle", "_partial", "_pong", "_in_flight", "_in_flight_bytes", "_corked")
 
     def __init__(self, ws: OutboxSocket, policy: SendPolicy, connection_id: str,
                  lock: threading.Lock) -> None:
@@ -184,7 +184,7 @@ class Outbox:
         self._partial = False  # the first item waiting is the rest of a frame partly written
         self._pong: bytearray | None = None  # the one control frame waiting whole, if any
         # messages (after the first) and their bytes in the write under way: they still count
-        self._held, self._held_bytes = 0, 0
+        self._in_flight, self._in_flight_bytes = 0, 0
         self._corked: bytearray | None = None  # frames a Cork holds back, in order
         self._shared = ws.encoding is not None  # takes an encoding made for another socket
         ws.attach(self)  # the socket sends its control frames (pongs) through here
@@ -192,7 +192,8 @@ class Outbox:
     @property
     def queued(self) -> tuple[int, int]:
         """Messages and bytes waiting (a write under way holds those after its first)."""
-        return (len(self._pending) if self._pending else 0) + self._held, self._bytes + self._held_bytes
+        return ((len(self._pending) if self._pending else 0) + self._in_flight,
+                self._bytes + self._in_flight_bytes)
 
     def put(self, text: str, encoded: bytes | None = None) -> bool:
         """Write ``text`` now or queue it; False (nothing queued) if the outbox is full. After
@@ -224,12 +225,18 @@ class Outbox:
         try:
             with self._lock:
                 self._release()
-        except Exception as exc:  # the socket is gone: as when a writer's write fails
-            with self._lock:
-                closed, self._closed = self._closed, True
-            if not closed:
-                self._policy.on_error(self._cid, exc)
-            self._ws.finish()
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A write failed (the peer is gone): drop what waits, report it once, shut down."""
+        with self._lock:
+            self._pending, self._bytes, self._writing, self._pong = None, 0, False, None
+            self._in_flight, self._in_flight_bytes, self._corked = 0, 0, None
+            closed, self._closed = self._closed, True
+        if not closed:
+            self._policy.on_error(self._cid, exc)
+        self._ws.finish()
 
     def _release(self, quiet: bool = False) -> None:
         """With the lock held: write (or queue) the frames a cork held, if any. ``quiet``: a
@@ -280,9 +287,9 @@ class Outbox:
         pending = self._pending
         if pending is None:
             pending = self._pending = deque()
-        elif bounded and (pending or self._held) and (
-                len(pending) + self._held >= self._policy.max_messages
-                or self._bytes + self._held_bytes + len(data) > self._policy.max_bytes):
+        elif bounded and (pending or self._in_flight) and (
+                len(pending) + self._in_flight >= self._policy.max_messages
+                or self._bytes + self._in_flight_bytes + len(data) > self._policy.max_bytes):
             return False  # an empty outbox takes any one message, however big
         pending.append(data)
         self._bytes += len(data)
@@ -296,11 +303,11 @@ class Outbox:
             if self._closed:
                 return
             self._closed = True
-            if drop:  # a slow consumer: what a cork held goes with what waits
+            if not drop:
+                self._release(quiet=True)  # what a cork held goes before the close frame
+            else:  # a slow consumer: what waits and what a cork held are dropped, but never
+                # the rest of a frame already begun: the stream stays whole
                 self._corked = None
-            else:
-                self._release(quiet=True)
-            if drop:  # but never the rest of a frame already begun: the stream stays whole
                 rest = self._pending[0] if self._partial and self._pending else None
                 self._pending = deque([rest]) if rest is not None else None
                 self._bytes = len(rest) if rest is not None else 0
@@ -362,39 +369,26 @@ class Outbox:
             try:
                 self._ws.write(data)
             except Exception as exc:
-                with self._lock:
-                    self._pending, self._bytes, self._writing, self._pong = None, 0, False, None
-                    self._held, self._held_bytes = 0, 0
-                    closed, self._closed = self._closed, True
-                if not closed:
-                    self._policy.on_error(self._cid, exc)
-                self._ws.finish()
+                self._failed(exc)
                 return
-            if self._held:
+            if self._in_flight:
                 with self._lock:
-                    self._held, self._held_bytes = 0, 0
+                    self._in_flight, self._in_flight_bytes = 0, 0
         if closed:
             self._ws.finish()
 
     def _take(self, pending: deque[bytes | bytearray]) -> bytes | bytearray:
         """With the lock held: the next write, the first item waiting and as many whole ones
         after it as fit in ``COALESCE_BYTES``, joined; those after the first stay counted
-        (``_held``) until it is written."""
-        first = pending.popleft()
-        self._bytes -= len(first)
-        self._partial = False
-        if first is self._pong:
-            self._pong = None
-        size = len(first)
-        if not pending or size + len(pending[0]) > COALESCE_BYTES:
-            return first
-        parts = [first]
+        (``_in_flight``) until it is written."""
+        parts = [pending.popleft()]
+        size = len(parts[0])
         while pending and size + len(pending[0]) <= COALESCE_BYTES:
-            part = pending.popleft()
-            if part is self._pong:
-                self._pong = None
-            parts.append(part)
-            size += len(part)
-        self._held, self._held_bytes = len(parts) - 1, size - len(first)
-        self._bytes -= self._held_bytes
-        return b"".join(parts)
+            parts.append(pending.popleft())
+            size += len(parts[-1])
+        if self._pong is not None and any(part is self._pong for part in parts):
+            self._pong = None  # taken whole: a newer pong now waits on its own
+        self._partial = False
+        self._in_flight, self._in_flight_bytes = len(parts) - 1, size - len(parts[0])
+        self._bytes -= size
+        return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -56,6 +56,8 @@ class RedisSubscription:
         self._sub = self._pubsub.ssubscribe if sharded else self._pubsub.subscribe
         self._unsub = self._pubsub.sunsubscribe if sharded else self._pubsub.unsubscribe
         self._sharded = sharded
+        # not a sharded one: its shard's channels may all go (redis-py cannot wait for ever then)
+        self._can_block = BLOCKING_READS and not sharded
         self._pending: dict[str, list[threading.Event]] = {}
         self._leaving: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -93,9 +95,7 @@ class RedisSubscription:
     def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
         if self._closed:
             raise BackendUnavailableError("the subscription is closed")
-        # not a sharded one: its shard's channels may all go (redis-py cannot wait for ever then)
-        if timeout is None and not (BLOCKING_READS and not self._sharded
-                                    and getattr(self._pubsub, "subscribed", False)):
+        if timeout is None and not (self._can_block and getattr(self._pubsub, "subscribed", False)):
             timeout = BOUNDED_WAIT
         try:
             with translate_errors("listen"):
