@@ -32,12 +32,13 @@ from .resume import ResumeRequest, resume_request
 from .state import AppState
 from .transports import Transport, open_transport
 
-__all__ = ["DistributedWebSockets", "PRECHECK_HEADER", "PRECHECK_KEY"]
+__all__ = ["DistributedWebSockets", "PRECHECK_HEADER", "PRECHECK_KEY", "COMPRESSION_HEADER"]
 
 logger = logging.getLogger(__name__)
 
 PRECHECK_KEY = "dcm.precheck"          # environ flag set by the project's handler before the handshake
 PRECHECK_HEADER = "X-DCM-Precheck"     # "accepted" (ours, allowed) or "pass" (not a dcm route)
+COMPRESSION_HEADER = "X-DCM-Compression"  # on an accepted precheck: DCM_COMPRESSION is on
 _VERDICT_KEY = "dcm.verdict"
 
 View = Callable[..., Any]
@@ -271,9 +272,12 @@ class DistributedWebSockets:
             environ[_VERDICT_KEY] = (user_id, refusal)
             if refusal is not None:
                 return Response(refusal[2] + "\n", status=refusal[0], mimetype="text/plain")
-            return Response(status=204, headers={PRECHECK_HEADER: "accepted"})
+            headers = {PRECHECK_HEADER: "accepted"}
+            if state.compression:
+                headers[COMPRESSION_HEADER] = "permessage-deflate"
+            return Response(status=204, headers=headers)
         try:
-            transport = open_transport(environ, limits)
+            transport = open_transport(environ, limits, state.compression)
         except HandshakeError as exc:  # nothing was sent: the server answers this
             return Response(f"{exc}\n", status=400, mimetype="text/plain")
         if refusal is not None or user_id is None:

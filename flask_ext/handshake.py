@@ -17,6 +17,8 @@ from wsproto.events import AcceptConnection, Request
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import ProtocolError
 
+from .deflate import Agreement, negotiate
+
 __all__ = ["HandshakeError", "accept", "server_socket"]
 
 logger = logging.getLogger(__name__)
@@ -58,10 +60,12 @@ def _valid_key(key: str) -> bool:
         return False
 
 
-def accept(environ: Mapping[str, Any], sock: socket.socket) -> None:
+def accept(environ: Mapping[str, Any], sock: socket.socket,
+           compression: bool = False) -> Agreement | None:
     """Answer the upgrade in ``environ`` with ``101 Switching Protocols`` on ``sock`` (no
-    subprotocol, no extension: frames go out as plain RFC 6455 text); `HandshakeError`,
-    with nothing sent, if it is not a valid one."""
+    subprotocol; permessage-deflate when ``compression`` is on and the client offers it: the
+    agreement is returned, None for plain RFC 6455 frames); `HandshakeError`, with nothing
+    sent, if it is not a valid one."""
     if not _valid_key(str(environ.get("HTTP_SEC_WEBSOCKET_KEY", ""))):
         raise HandshakeError("not a valid WebSocket upgrade: Sec-WebSocket-Key is not 16 bytes "
                              "in base64")
@@ -70,8 +74,10 @@ def accept(environ: Mapping[str, Any], sock: socket.socket) -> None:
         handshake.receive_data(_request_head(environ))
         for event in handshake.events():
             if isinstance(event, Request):
-                sock.sendall(handshake.send(AcceptConnection()))
-                return
+                agreed = negotiate(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")) if compression else None
+                extra = [] if agreed is None else [(b"Sec-WebSocket-Extensions", agreed.header.encode())]
+                sock.sendall(handshake.send(AcceptConnection(extra_headers=extra)))
+                return agreed
     except (ProtocolError, UnicodeEncodeError) as exc:
         raise HandshakeError(f"not a valid WebSocket upgrade: {exc}") from exc
     raise HandshakeError("not a valid WebSocket upgrade")

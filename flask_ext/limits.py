@@ -18,7 +18,7 @@ from typing import Any
 from dcm_sync import ConfigError
 
 __all__ = ["InboundLimits", "InboundGuard", "Violation", "setdefault_limits",
-           "CLOSE_PROTOCOL", "CLOSE_BINARY", "CLOSE_INVALID_UTF8", "CLOSE_POLICY_RATE",
+           "CLOSE_PROTOCOL", "CLOSE_BINARY", "CLOSE_INVALID_UTF8", "CLOSE_BAD_DEFLATE", "CLOSE_POLICY_RATE",
            "CLOSE_TOO_BIG", "CLOSE_TOO_MANY", "CLOSE_INCOMPLETE"]
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 CLOSE_PROTOCOL = (1002, "protocol error")
 CLOSE_BINARY = (1003, "binary messages not accepted")
 CLOSE_INVALID_UTF8 = (1007, "invalid UTF-8")
+CLOSE_BAD_DEFLATE = (1007, "invalid compressed data")
 CLOSE_POLICY_RATE = (1008, "rate limit")
 CLOSE_TOO_MANY = (1008, "too many connections")
 CLOSE_INCOMPLETE = (1008, "message not completed in time")

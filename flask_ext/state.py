@@ -25,7 +25,7 @@ from dcm_sync.config import field_names
 from .gate import parse_origins
 from .limits import InboundLimits, handshake_timeout, setdefault_limits
 
-__all__ = ["AppState", "build_config", "health_details", "FLASK_ONLY_KEYS"]
+__all__ = ["AppState", "build_config", "health_details", "compression", "FLASK_ONLY_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +34,13 @@ SIGTERM_YIELD = 0.1
 
 #: DCM_* keys that belong to the extension, not to dcm_sync.Config.
 FLASK_ONLY_KEYS = frozenset({"allowed_origins", "rate_limit", "rate_burst", "rate_limit_action",
-                             "handshake_timeout", "health_details"})
+                             "handshake_timeout", "health_details", "compression"})
 
 
-def health_details(app: Flask) -> bool:
-    """``DCM_HEALTH_DETAILS`` (the app's config, else the environment; default off): whether
-    the health route shows this server's id and the cluster's stats (every server's host, port
-    and pid) or readiness alone. ``ConfigError`` if it is not a yes/no value."""
-    raw = app.config.get("DCM_HEALTH_DETAILS", os.environ.get("DCM_HEALTH_DETAILS", False))
+def _switch(app: Flask, key: str) -> bool:
+    """A yes/no setting: the app's config, else the environment; default off. ``ConfigError``
+    if it is not a yes/no value."""
+    raw = app.config.get(key, os.environ.get(key, False))
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -49,7 +48,19 @@ def health_details(app: Flask) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"DCM_HEALTH_DETAILS must be true or false, got {raw!r}")
+    raise ConfigError(f"{key} must be true or false, got {raw!r}")
+
+
+def health_details(app: Flask) -> bool:
+    """``DCM_HEALTH_DETAILS`` (default off): whether the health route shows this server's id and
+    the cluster's stats (every server's host, port and pid) or readiness alone."""
+    return _switch(app, "DCM_HEALTH_DETAILS")
+
+
+def compression(app: Flask) -> bool:
+    """``DCM_COMPRESSION`` (default off): whether the handshake agrees on permessage-deflate
+    when a client offers it (`flask_ext.deflate`)."""
+    return _switch(app, "DCM_COMPRESSION")
 
 
 def build_config(app: Flask) -> Config:
@@ -72,6 +83,7 @@ class AppState:
         self.limits = InboundLimits.from_config(app.config, self.config.max_message_bytes)
         handshake_timeout(app.config)  # checked here, read by flask_ext.handler
         self.health_details = health_details(app)
+        self.compression = compression(app)
         self.endpoints: set[str] = set()
         self._manager: DistributedConnectionManager | None = None
         self._pid = 0

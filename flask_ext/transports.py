@@ -25,13 +25,24 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Hashable
 from typing import Any, Protocol
 
 from dcm_sync.outbox import ControlSink
 
+from .deflate import ENVIRON_KEY, Agreement
 from .handshake import accept, server_socket
 from .limits import CLOSE_INCOMPLETE, InboundLimits, Violation
-from .wire import ENCODING, Closed, Inbound, Message, close_frame, ping_frame, text_frame
+from .wire import (
+    ENCODING,
+    Closed,
+    Inbound,
+    Message,
+    close_frame,
+    deflated_text_frame,
+    ping_frame,
+    text_frame,
+)
 
 __all__ = ["Transport", "open_transport", "SocketTransport", "GeventTransport", "ThreadedTransport",
            "SocketClosed"]
@@ -112,12 +123,17 @@ class SocketTransport:
     connection's send lock); ``receive`` runs in the view's own thread or greenlet."""
 
     mode = ""
-    #: no compression: every such socket makes the same frame of a text (one per room delivery)
-    encoding = ENCODING
+    #: sockets with equal encodings make the same frame of a text (one per room delivery): all
+    #: those without compression, and those that agreed on the same deflate window
+    encoding: Hashable = ENCODING
 
-    def __init__(self, io: _Socket, limits: InboundLimits | None = None) -> None:
+    def __init__(self, io: _Socket, limits: InboundLimits | None = None,
+                 deflate: Agreement | None = None) -> None:
         self._io = io
-        self._inbound = Inbound(limits or InboundLimits())
+        self._inbound = Inbound(limits or InboundLimits(), deflate is not None)
+        self.deflate = deflate
+        if deflate is not None:
+            self.encoding = deflate.encoding
         self._outbox: ControlSink | None = None
         self._lock = threading.Lock()
         self._close_made = False   # our close frame is made: receive() returns None from now on
@@ -189,7 +205,9 @@ class SocketTransport:
     # -- dcm_sync.outbox.OutboxSocket: the manager's bounded outbox writes through these;
     #    callers serialize them per socket (the connection's send lock)
     def encode_text(self, text: str) -> bytes:
-        return text_frame(text)
+        if self.deflate is None:
+            return text_frame(text)
+        return deflated_text_frame(text, self.deflate)
 
     def attach(self, control: ControlSink) -> None:
         self._outbox = control
@@ -239,7 +257,7 @@ class SocketTransport:
 
     # -- the rest of Transport
     def send(self, message: str) -> None:
-        self.write(text_frame(message))
+        self.write(self.encode_text(message))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Write the close frame now (a socket no outbox writes to); writes fail afterwards.
@@ -308,13 +326,15 @@ class GeventTransport(SocketTransport):
     mode = "gevent-websocket"
 
     def __init__(self, ws: Any, limits: InboundLimits | None = None) -> None:
+        # what the handler agreed on in its answer (flask_ext.handler.DCMWebSocketHandler)
+        deflate = ws.environ.get(ENVIRON_KEY)
         # gevent-websocket hands the connection over here: its WebSocket's ``handler`` (the
         # pywsgi handler that did the handshake) holds the socket and the read buffer, which
         # may already hold the client's first frames. From now on this transport reads and
         # writes them; the WebSocket is marked closed so that gevent-websocket writes nothing
         # more (its handler would send a close frame of its own after the view).
         handler = ws.handler
-        super().__init__(_GeventSocket(handler.socket, handler.rfile), limits)
+        super().__init__(_GeventSocket(handler.socket, handler.rfile), limits, deflate)
         ws.closed = True
 
 
@@ -342,14 +362,19 @@ class ThreadedTransport(SocketTransport):
     (`flask_ext.handshake.accept`); `HandshakeError` if the
     request is not a valid upgrade."""
 
-    def __init__(self, environ: dict[str, Any], limits: InboundLimits | None = None) -> None:
+    def __init__(self, environ: dict[str, Any], limits: InboundLimits | None = None,
+                 compression: bool = False) -> None:
         sock, self.mode = server_socket(environ)
-        accept(environ, sock)
-        super().__init__(_ThreadSocket(sock), limits)
+        deflate = accept(environ, sock, compression)
+        super().__init__(_ThreadSocket(sock), limits, deflate)
 
 
-def open_transport(environ: dict[str, Any], limits: InboundLimits | None = None) -> Transport:
+def open_transport(environ: dict[str, Any], limits: InboundLimits | None = None,
+                   compression: bool = False) -> Transport:
+    """The transport of the upgrade in ``environ``. ``compression``: agree on permessage-deflate
+    when the client offers it (the threaded servers' handshake; gevent-websocket's is done
+    by `flask_ext.handler.DCMWebSocketHandler`, which asked the app first)."""
     ws = environ.get("wsgi.websocket")
     if ws is not None:
         return GeventTransport(ws, limits)
-    return ThreadedTransport(environ, limits)
+    return ThreadedTransport(environ, limits, compression)

@@ -11,16 +11,20 @@ of `flask_ext.limits` from each frame's header, before any of its payload:
 - a binary frame on a text-only route is refused (1003);
 - each data frame and each ping costs a token of the rate limit: over it, 1008, or with the
   ``drop`` action the whole message is dropped and the ping left unanswered (both counted);
-- unmasked frames, reserved bits (no extension is ever agreed), unknown opcodes, long or
-  fragmented control frames, and fragments out of order are refused (1002).
+- unmasked frames, reserved bits (RSV1 is allowed on the first frame of a data message when
+  permessage-deflate was agreed, `flask_ext.deflate`), unknown opcodes, long or fragmented
+  control frames, and fragments out of order are refused (1002);
+- a compressed message is inflated as it comes, never past ``max_message_bytes`` (1009), and
+  refused when it is not deflate (1007).
 
 Text is checked with the C UTF-8 decoder as its bytes come, in a first fragment too (1007).
 A client's close frame is answered as RFC 6455 says (`close_reply`). Our close frames
 carry our reasons.
 
-Encoding is by hand, one ``struct.pack`` per frame: `text_frame` runs once per room
-delivery for every socket of the room (the outbox's shared ``encoding``), `close_frame`
-and `pong_frame` for the rest.
+Encoding is by hand, one ``struct.pack`` per frame: `text_frame` (`deflated_text_frame` on
+sockets that agreed on compression) runs once per room delivery for every socket of the room
+with the same encoding (the outbox's shared ``encoding``), `close_frame` and `pong_frame`
+for the rest.
 
 The frames are read by hand, not with wsproto's decoder: with it (its ``Connection``, the
 limits in an extension's hooks) a chat server took in 8-14% fewer messages per second
@@ -33,12 +37,15 @@ import codecs
 import enum
 import logging
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from dcm_sync.messages import sendable_close_code
 
+from .deflate import MIN_BYTES, Agreement, Inflater, TooBig, deflate
 from .limits import (
+    CLOSE_BAD_DEFLATE,
     CLOSE_INVALID_UTF8,
     CLOSE_PROTOCOL,
     CLOSE_TOO_BIG,
@@ -47,8 +54,8 @@ from .limits import (
     Violation,
 )
 
-__all__ = ["Inbound", "Message", "Reply", "Closed", "WireEvent", "text_frame", "close_frame", "ping_frame",
-           "pong_frame", "close_reply", "ENCODING"]
+__all__ = ["Inbound", "Message", "Reply", "Closed", "WireEvent", "text_frame", "deflated_text_frame",
+           "close_frame", "ping_frame", "pong_frame", "close_reply", "ENCODING"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +96,26 @@ WireEvent = Message | Reply | Closed
 
 def text_frame(text: str) -> bytes:
     """The frame a server sends for ``text``: one final, unmasked text frame."""
+    return _frame(0x81, text.encode("utf-8"))
+
+
+def deflated_text_frame(text: str, agreement: Agreement) -> bytes:
+    """The frame a server sends for ``text`` on a socket that agreed on permessage-deflate:
+    compressed (RSV1 set) unless it is shorter than `flask_ext.deflate.MIN_BYTES`."""
     payload = text.encode("utf-8")
+    if len(payload) < MIN_BYTES:
+        return _frame(0x81, payload)
+    return _frame(0xC1, deflate(payload, agreement.bits))
+
+
+def _frame(first: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
-        header = struct.pack("!BB", 0x81, n)
+        header = struct.pack("!BB", first, n)
     elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 126, n)
+        header = struct.pack("!BBH", first, 126, n)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
+        header = struct.pack("!BBQ", first, 127, n)
     return header + payload
 
 
@@ -169,8 +188,10 @@ class Inbound:
     piece by piece, and nothing waits for the rest of a long frame but its own bytes.
     """
 
-    def __init__(self, limits: InboundLimits) -> None:
+    def __init__(self, limits: InboundLimits, deflate: bool = False) -> None:
         self._guard = InboundGuard(limits)
+        self._deflate = deflate    # permessage-deflate agreed: RSV1 marks a compressed message
+        self._inflater: Inflater | None = None  # the message being read is compressed
         self._max = limits.max_message_bytes
         self._buf = b""            # bytes fed and not read yet: from _pos on
         self._pos = 0
@@ -231,8 +252,8 @@ class Inbound:
         if have < 2:
             return _MORE
         first, second = buf[pos], buf[pos + 1]
-        if first & 0x70:
-            raise Violation(CLOSE_PROTOCOL, "reserved bits set (no extension was agreed)")
+        if first & 0x70 and (first & 0x70 != 0x40 or not self._deflate):
+            raise Violation(CLOSE_PROTOCOL, "reserved bits set (no extension agreed on them)")
         if not second & 0x80:
             raise Violation(CLOSE_PROTOCOL, "client frames must be masked")
         fin, op, length, head = first & 0x80, first & 0x0F, second & 0x7F, 6
@@ -244,7 +265,10 @@ class Inbound:
             if have < 10:
                 return _MORE
             length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 14
+        compressed = first & 0x40
         if op >= 0x8:
+            if compressed:
+                raise Violation(CLOSE_PROTOCOL, "compressed control frame")
             if not fin or length > 125:
                 raise Violation(CLOSE_PROTOCOL, "control frames are short and unfragmented")
             if op not in (_CLOSE, _PING, _PONG):
@@ -258,6 +282,8 @@ class Inbound:
         if op == 0:
             if not self._op:
                 raise Violation(CLOSE_PROTOCOL, "continuation frame without a message")
+            if compressed:
+                raise Violation(CLOSE_PROTOCOL, "RSV1 on a continuation frame")
             size = self._size + head + length  # its header counts: empty fragments add up
         elif op in (_TEXT, _BINARY):
             if self._op:
@@ -272,6 +298,8 @@ class Inbound:
             return _MORE  # the masking key: what was checked above is checked again then
         if op:
             self._op = op
+            if compressed:
+                self._inflater = Inflater(self._max)
         self._size = size
         if not self._guard.admit():
             self._dropping = True  # the whole message goes, but its frames are still read
@@ -294,6 +322,8 @@ class Inbound:
             data = unmask(buf[pos:pos + take], key)
             if take & 3:
                 self._key = key[take & 3:] + key[:take & 3]
+            if self._inflater is not None:
+                data = self._inflate(data, ends)
             if self._op == _TEXT:
                 self._text(data, ends)
             else:
@@ -305,11 +335,23 @@ class Inbound:
             return None
         parts, op, dropped = self._parts, self._op, self._dropping
         self._parts, self._op, self._size, self._dropping, self._decoder = [], 0, 0, False, None
+        self._inflater = None
         if dropped:
             return None
         if op == _BINARY:
             return Message(parts[0] if len(parts) == 1 else b"".join(parts))
         return Message(parts[0] if len(parts) == 1 else "".join(parts))
+
+    def _inflate(self, data: bytes, ends: bool) -> bytes:
+        """A piece of a compressed message, inflated: 1009 past the message limit, 1007 when it
+        is not deflate."""
+        assert self._inflater is not None
+        try:
+            return self._inflater.feed(data, ends)
+        except TooBig:
+            raise Violation(CLOSE_TOO_BIG) from None
+        except zlib.error as exc:
+            raise Violation(CLOSE_BAD_DEFLATE, str(exc)) from None
 
     def _text(self, data: bytes, ends: bool) -> None:
         """Decode a piece of text: refused as soon as its bytes cannot be UTF-8."""

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-__all__ = ["masked", "parse"]
+__all__ = ["masked", "parse", "raw_frames", "split"]
 
 Frame = tuple[int, bytes]  # opcode, payload
 
@@ -25,6 +25,18 @@ def masked(opcode: int, payload: bytes, fin: bool = True, length: int | None = N
 def parse(buf: bytes | bytearray) -> tuple[list[Frame], int]:
     """The whole server frames at the start of ``buf``, ``(opcode, payload)`` each, and the
     number of bytes they take (the rest is a frame not yet whole)."""
+    frames, at = split(buf)
+    return [(first & 0x0F, payload) for first, payload in frames], at
+
+
+def raw_frames(buf: bytes | bytearray) -> list[Frame]:
+    """The whole server frames in ``buf``, ``(first byte, payload)`` each: the first byte
+    has FIN, the reserved bits (RSV1: compressed) and the opcode."""
+    return split(buf)[0]
+
+
+def split(buf: bytes | bytearray) -> tuple[list[Frame], int]:
+    """`parse`, with each frame's whole first byte for its opcode."""
     frames: list[Frame] = []
     at, end = 0, len(buf)
     while end - at >= 2:
@@ -35,6 +47,6 @@ def parse(buf: bytes | bytearray) -> tuple[list[Frame], int]:
             n, head = int.from_bytes(buf[at + 2:at + 10], "big"), 10
         if end - at < head + n:
             break
-        frames.append((buf[at] & 0x0F, bytes(buf[at + head:at + head + n])))
+        frames.append((buf[at], bytes(buf[at + head:at + head + n])))
         at += head + n
     return frames, at

@@ -50,14 +50,16 @@ class Servers:
         return self._start(f"{mode}-{port}", [sys.executable, "-m", "tests.flask.serve", mode, str(port)],
                            port, env)
 
-    def gunicorn(self, worker: str, workers: int = 2, *options: str) -> Server:
+    def gunicorn(self, worker: str, workers: int = 2, *options: str,
+                 env: dict[str, str] | None = None) -> Server:
         """gunicorn with ``workers`` workers of class ``worker`` serving the chat app, once ready;
-        ``options``: more of gunicorn's command line (``--threads 8``)."""
+        ``options``: more of gunicorn's command line (``--threads 8``); ``env``: more DCM_*
+        settings."""
         port = free_port()
         argv = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers), "-b",
                 f"127.0.0.1:{port}", *NO_CONTROL_SOCKET, "--graceful-timeout", "2", *options,
                 "examples.chat.app:app"]
-        return self._start(f"gunicorn-{port}", argv, port)
+        return self._start(f"gunicorn-{port}", argv, port, env)
 
     def _start(self, name: str, argv: list[str], port: int,
                env: dict[str, str] | None = None) -> Server:

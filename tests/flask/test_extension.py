@@ -102,6 +102,13 @@ def test_health_blueprint_says_ready_alone_unless_details_are_on(app: Flask) -> 
         DistributedWebSockets(bad)
 
 
+def test_compression_setting_must_be_yes_or_no() -> None:
+    bad = Flask("bad")
+    bad.config.update(DCM_REDIS_URL="memory://", DCM_COMPRESSION="gzip")
+    with pytest.raises(ConfigError, match="DCM_COMPRESSION must be true or false"):
+        DistributedWebSockets(bad)
+
+
 def test_passthroughs_without_app_context(app: Flask) -> None:
     sockets = DistributedWebSockets(app)
     assert sockets.send_to_connection("0" * 32, "x") is False

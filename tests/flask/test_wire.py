@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from typing import Any
 
 import pytest
 import websocket
 
+from flask_ext.deflate import MIN_BYTES, Agreement
 from flask_ext.limits import InboundLimits, Violation
 from flask_ext.wire import (
     Closed,
@@ -19,10 +21,11 @@ from flask_ext.wire import (
     WireEvent,
     close_frame,
     close_reply,
+    deflated_text_frame,
     pong_frame,
     text_frame,
 )
-from testkit.frames import masked, parse
+from testkit.frames import masked, parse, raw_frames
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -286,3 +289,86 @@ def test_text_frame_matches_rfc6455(text: str) -> None:
     # websocket-client's frame encoder, unmasked as a server sends it, is the reference
     expected = websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 0, text.encode()).format()
     assert text_frame(text) == expected
+
+
+# ---------------------------------------------------------------------------- permessage-deflate
+
+
+def client_deflate(payload: bytes) -> bytes:
+    """A message as a client compresses it (RFC 7692 7.2.1: the flush's tail taken off)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+RSV1 = 0x40
+
+
+def deflating(**limits: Any) -> Inbound:
+    return Inbound(InboundLimits(**limits), deflate=True)
+
+
+def test_compressed_messages_whole_fragmented_and_mixed_with_plain_ones() -> None:
+    text = "héllo wörld " * 300
+    data = client_deflate(text.encode())
+    third = len(data) // 3
+    stream = (masked(RSV1 | TEXT, data)
+              + masked(TEXT, b"plain")                                   # RSV1 clear: as it is
+              + masked(RSV1 | TEXT, data[:third], fin=False)
+              + masked(PING, b"p")                                       # between fragments
+              + masked(CONT, data[third:2 * third], fin=False)
+              + masked(CONT, b"", fin=False)
+              + masked(CONT, data[2 * third:])
+              + masked(RSV1 | BINARY, client_deflate(b"\x00\xff" * 500)))
+    for step in (None, 1, 5):
+        got = events(deflating(binary=True, rate_limit=0), stream, step)
+        assert got == [Message(text), Message("plain"), Reply(pong_frame(b"p")), Message(text),
+                       Message(b"\x00\xff" * 500)]
+
+
+@pytest.mark.parametrize(("data", "deflate", "code"), [
+    (masked(RSV1 | TEXT, client_deflate(b"hi")), False, 1002),     # not agreed
+    (masked(0x20 | TEXT, b"hi"), True, 1002),                      # RSV2 is never agreed
+    (masked(RSV1 | PING, b""), True, 1002),                        # control frames are not compressed
+    (masked(RSV1 | TEXT, b"", fin=False) + masked(RSV1 | CONT, b""), True, 1002),
+    (masked(RSV1 | TEXT, b"\xff\xff\xff not deflate"), True, 1007),
+    (masked(RSV1 | TEXT, client_deflate(b"\xff\xfe")), True, 1007),  # inflates to bad UTF-8
+])
+def test_compressed_frames_the_server_refuses(data: bytes, deflate: bool, code: int) -> None:
+    inbound = Inbound(InboundLimits(), deflate=deflate)
+    with pytest.raises(Violation) as err:
+        events(inbound, data)
+    assert err.value.code == code
+
+
+def test_a_compressed_message_never_inflates_past_the_limit() -> None:
+    bomb = client_deflate(b"a" * 5_000_000)
+    assert len(bomb) < 10_000
+    for step in (None, 100):
+        inbound = deflating(max_message_bytes=100_000)
+        with pytest.raises(Violation) as err:
+            events(inbound, masked(RSV1 | TEXT, bomb), step)
+        assert (err.value.code, err.value.reason) == (1009, "message too big")
+    # at the limit exactly it is read
+    exact = "a" * 100_000
+    assert events(deflating(max_message_bytes=100_000),
+                  masked(RSV1 | TEXT, client_deflate(exact.encode()))) == [Message(exact)]
+
+
+def test_a_dropped_compressed_message_leaves_the_stream_intact() -> None:
+    inbound = deflating(rate_limit=1, rate_burst=1, rate_limit_action="drop")
+    one = masked(RSV1 | TEXT, client_deflate(b"first " * 100))
+    two = masked(RSV1 | TEXT, client_deflate(b"second " * 100))
+    assert events(inbound, one + two) == [Message("first " * 100)]
+    assert inbound.dropped == 1
+
+
+def test_deflated_text_frames() -> None:
+    agreed = Agreement(15)
+    long_text = '{"type": "message", "text": "' + "hello " * 200 + '"}'
+    frame = deflated_text_frame(long_text, agreed)
+    (first, payload), = raw_frames(frame)
+    assert first == 0x80 | RSV1 | TEXT
+    assert len(payload) < len(long_text) // 4
+    assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff").decode() == long_text
+    short = "x" * (MIN_BYTES - 1)  # not worth compressing: a plain text frame
+    assert deflated_text_frame(short, agreed) == text_frame(short)
