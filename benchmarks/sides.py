@@ -19,7 +19,7 @@ from typing import Any
 from testkit.processes import ServerProcess
 from testkit.redis_server import RedisServer
 
-from .harness import Context, Result, summarize
+from .harness import Context, Result, process_cpu, summarize
 from .loadgen import PLAIN, SIO, ClientGroup, LoadError, Records, SendReport, percentile
 
 __all__ = ["SIDES", "SEQ_SPAN", "Side", "SideServers", "Phase", "groups", "join_all", "run_phase",
@@ -99,14 +99,10 @@ class SideServers:
         ticks of ``/proc/<pid>/stat``); None where /proc does not have it."""
         out: list[float] = []
         for s in self.servers:
-            total = 0
-            try:
-                for task in Path(f"/proc/{s.proc.pid}/task").iterdir():
-                    with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-                        total += int((task / "schedstat").read_text().split()[0])
-            except OSError:
+            seconds = process_cpu(s.proc.pid)
+            if seconds is None:
                 return None
-            out.append(total / 1e9)
+            out.append(seconds)
         return out
 
     def wait_bus(self, timeout: float = 15.0) -> None:

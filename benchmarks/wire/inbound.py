@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from socket import create_connection, socket
 
-from testkit.frames import masked, parse
+from testkit.frames import masked, parse, split
 from testkit.redis_server import RedisServer
 
 from .chat_server import ROOT, ChatServer
@@ -62,12 +62,14 @@ def cpu_seconds(pid: int) -> float:
 class Client:
     """A raw WebSocket client: handshake, welcome read, then frames as the benchmark says."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, offer: str | None = None) -> None:
         self.sock: socket = create_connection(("127.0.0.1", port), timeout=DEADLINE)
         key = base64.b64encode(os.urandom(16)).decode()
+        extensions = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer else ""
         self.sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                           f"{extensions}\r\n").encode())
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = self.sock.recv(4096)
@@ -77,18 +79,25 @@ class Client:
         head, _, rest = buf.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {head[:80]!r}")
+        self.head = head.decode("latin-1")
         self.buf = bytearray(rest)
+        self.received = 0  # bytes read after the welcome
         self.next_text()  # the welcome
 
     def texts(self) -> list[bytes]:
         """The text frames one read completes (at least one read)."""
+        return [payload for first, payload in self.frames() if first & 0x0F == 0x1]
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """The frames one read completes (at least one read): (first byte, payload) each."""
         chunk = self.sock.recv(1 << 18)
         if not chunk:
             raise RuntimeError("the server closed the socket")
+        self.received += len(chunk)
         self.buf += chunk
-        frames, used = parse(self.buf)
+        frames, used = split(self.buf)
         del self.buf[:used]
-        return [payload for op, payload in frames if op == 0x1]
+        return frames
 
     def next_text(self) -> bytes:
         frames, used = parse(self.buf)
