@@ -23,7 +23,7 @@ from dcm_sync.config import _NOT_FROM_ENV, _SEED_ENV
 from dcm_sync.manager import COUNTERS
 from flask_ext import DistributedWebSockets
 from flask_ext.limits import DEFAULTS
-from flask_ext.state import FLASK_ONLY_KEYS, health_details
+from flask_ext.state import FLASK_ONLY_KEYS, compression, health_details
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CODE = re.compile(r"`([^`]*)`")
@@ -136,6 +136,7 @@ def test_flask_rows_give_each_key_its_default(no_dcm_environment: None) -> None:
     DistributedWebSockets(app)  # fills in the defaults; starts nothing
     actual = {key: app.config.get(key) for key in flask_rows()}
     actual["DCM_HEALTH_DETAILS"] = health_details(app)
+    actual["DCM_COMPRESSION"] = compression(app)
     for key, (_, default, meaning) in flask_rows().items():
         spans = code_spans(default)
         assert spans, f"docs/configuration.md: the default of {key} is not in a code span"
