@@ -8,13 +8,14 @@ imports gevent.
 from __future__ import annotations
 
 import logging
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Driver", "Worker", "get_driver", "StopFlag", "HandOffLock"]
+__all__ = ["Driver", "Worker", "get_driver", "StopFlag", "HandOffLock", "Poller"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,18 @@ class StopFlag(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class Poller(Protocol):
+    """What the library asks of a ``select.poll`` object (``register(fd, select.POLLIN)``;
+    ``poll`` takes milliseconds, ``None`` to wait until a descriptor is ready, and returns
+    ``(fd, events)`` pairs, a closed or failed descriptor among them)."""
+
+    def register(self, fd: int, eventmask: int = ...) -> None: ...
+
+    def unregister(self, fd: int) -> None: ...
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]: ...
+
+
 class Driver(Protocol):
     name: str
 
@@ -78,6 +91,10 @@ class Driver(Protocol):
     def current_id(self) -> object: ...
 
     def kill(self, worker: Worker) -> None: ...
+
+    def poller(self) -> Poller:
+        """A ``select.poll`` object that waits the driver's way (gevent's in the hub)."""
+        ...
 
 
 class _ThreadDriver:
@@ -96,6 +113,10 @@ class _ThreadDriver:
 
     def kill(self, worker: Worker) -> None:
         logger.warning("thread %s did not stop in time; it is a daemon and is left to exit", worker.name)
+
+    def poller(self) -> Poller:
+        made: Poller = select.poll()
+        return made
 
 
 class _GreenletWorker:
@@ -116,9 +137,11 @@ class _GeventDriver:
     def __init__(self) -> None:
         import gevent
         import gevent.event
+        import gevent.select
 
         self._gevent = gevent
         self._event_cls = gevent.event.Event
+        self._poll = gevent.select.poll
 
     def spawn(self, name: str, target: Callable[[], None]) -> Worker:
         glet = self._gevent.spawn(target)
@@ -133,6 +156,10 @@ class _GeventDriver:
 
     def kill(self, worker: Worker) -> None:
         self._gevent.kill(worker._glet, block=True, timeout=1.0)  # type: ignore[attr-defined]
+
+    def poller(self) -> Poller:
+        made: Poller = self._poll()
+        return made
 
 
 def _socket_patched() -> bool:

@@ -52,7 +52,7 @@ from .redis_base import (
     translate_errors,
 )
 from .redis_keys import server_tag
-from .redis_pubsub import ShardedSubscription
+from .redis_sharded import ShardedSubscription
 from .redis_typed import close, evalsha
 from .redis_urls import cluster_clients
 

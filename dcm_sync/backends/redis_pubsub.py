@@ -1,5 +1,6 @@
-"""Subscriptions to the Redis bus: one connection (single Redis, Sentinel), or one connection per
-Cluster shard with sharded pub/sub (``SSUBSCRIBE``), read by a worker per shard.
+"""A subscription to the Redis bus on one connection: a single Redis's (or Sentinel master's), or
+one Cluster shard's with sharded pub/sub (``SSUBSCRIBE``; `.redis_sharded` reads those of
+every shard together).
 
 Channels given and returned here are logical (``room:<room>``, ``server:<sid>``); the
 `KeyLayout` names them in Redis.
@@ -8,7 +9,7 @@ Channels given and returned here are logical (``room:<room>``, ``server:<sid>``)
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -16,13 +17,12 @@ from typing import Any
 
 import redis
 
-from ..concurrency import get_driver
 from ..errors import BackendUnavailableError
 from .redis_base import as_str, translate_errors
 from .redis_keys import KeyLayout
 from .redis_typed import pubsub
 
-__all__ = ["RedisSubscription", "ShardedSubscription"]
+__all__ = ["RedisSubscription", "BLOCKING_READS", "BOUNDED_WAIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,46 @@ BLOCKING_READS = tuple(getattr(redis, "VERSION", (0,)))[:1] >= (8,)
 #: seconds of one read of ``get_message(None)`` where it cannot block (it then returns None)
 BOUNDED_WAIT = 5.0
 
+#: bytes one `RedisSubscription.fill` reads at most (redis-py's own read size)
+FILL_BYTES = 65536
+
 _CLASSIC = ("subscribe", "unsubscribe", "message")
 _SHARDED = ("ssubscribe", "sunsubscribe", "smessage")
+
+
+class _Wire:
+    """A subscriber connection's socket and its hiredis reader (what redis-py keeps in
+    ``Connection._sock`` and ``_HiredisParser._reader``), read here for what redis-py's
+    public calls cannot do cheaply: wait on several connections at once, read one without
+    switching its socket's timeout."""
+
+    __slots__ = ("sock", "fd", "has_data", "feed", "tls", "buffer", "_conn")
+
+    def __init__(self, conn: Any, sock: Any) -> None:
+        self.sock, self._conn = sock, conn
+        self.fd: int = sock.fileno()
+        self.tls = hasattr(sock, "pending")  # bytes decrypted above the socket wait in there
+        reader = getattr(getattr(conn, "_parser", None), "_reader", None)
+        #: hiredis's; None with redis-py's own parser, whose buffer only it can read
+        self.has_data: Callable[[], bool] | None = getattr(reader, "has_data", None)
+        self.feed: Callable[[bytearray, int, int], None] | None = getattr(reader, "feed", None)
+        self.buffer = bytearray(FILL_BYTES if self.feed is not None and not self.tls else 0)
+
+    @classmethod
+    def of(cls, pubsub: Any) -> _Wire | None:
+        conn = getattr(pubsub, "connection", None)
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            return None
+        try:
+            return cls(conn, sock)
+        except OSError:  # closed meanwhile
+            return None
+
+    def buffered(self) -> bool:
+        if self.has_data is None:  # redis-py's parser: its own buffer, then the socket
+            return bool(self._conn.can_read(timeout=0))
+        return bool(self.has_data()) or (self.tls and bool(self.sock.pending()))
 
 
 class RedisSubscription:
@@ -62,6 +100,11 @@ class RedisSubscription:
         self._leaving: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._closed = False
+        self._wire_seen: _Wire | None = None
+        # redis-py's ``PubSub.subscribed``, without its property's two calls (per message)
+        self._subscribed: Callable[[], bool] = getattr(
+            getattr(self._pubsub, "subscribed_event", None), "is_set",
+            lambda: bool(getattr(self._pubsub, "subscribed", False)))
 
     def subscribe(self, channels: Iterable[str]) -> list[threading.Event]:
         names = [self._keys.channel(c) for c in channels]
@@ -93,10 +136,20 @@ class RedisSubscription:
                 command(*names)
 
     def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
+        if timeout is None and not (self._can_block and self.listening):
+            timeout = BOUNDED_WAIT
+        return self._read(timeout)
+
+    def read_waiting(self, block: bool) -> tuple[str, bytes] | None:
+        """``get_message`` for a connection that holds a reply (`buffered`: ``block``, one
+        blocking read without asking the socket first, whose poll and peek would cost more
+        than the read) or whose socket was readable (not ``block``: redis-py asks it). None
+        for a reply that is not a message, or when nothing is subscribed (nothing is read)."""
+        return self._read(None if block and self.listening else 0.0)
+
+    def _read(self, timeout: float | None) -> tuple[str, bytes] | None:
         if self._closed:
             raise BackendUnavailableError("the subscription is closed")
-        if timeout is None and not (self._can_block and getattr(self._pubsub, "subscribed", False)):
-            timeout = BOUNDED_WAIT
         try:
             with translate_errors("listen"):
                 msg = self._pubsub.get_message(timeout=timeout)
@@ -127,13 +180,68 @@ class RedisSubscription:
                         f"Redis dropped the subscription to {channel} (its slot moved)")
         return None
 
+    @property
+    def listening(self) -> bool:
+        """Subscribed to something (redis-py's view: from the subscribe command sent until
+        the reply to the last unsubscription is read)."""
+        return bool(self._subscribed())
+
+    def _wire(self) -> _Wire | None:
+        """The connection's socket and hiredis reader (looked up again if redis-py replaced
+        them); None before the connection is made, once it is gone, or without hiredis."""
+        sock = getattr(getattr(self._pubsub, "connection", None), "_sock", None)
+        wire = self._wire_seen
+        if wire is None or wire.sock is not sock:
+            wire = self._wire_seen = _Wire.of(self._pubsub)
+        return wire
+
+    def fileno(self) -> int:
+        """The connection's socket, to wait on; `BackendUnavailableError` once it is gone
+        (redis-py would otherwise connect again on the next read, quietly, losing what was
+        published meanwhile)."""
+        wire = self._wire()
+        if self._closed or wire is None:
+            raise BackendUnavailableError("the subscription's connection is gone")
+        return wire.fd
+
+    def buffered(self) -> bool:
+        """Whether a reply (or part of one) was read from the socket already: by hiredis, or
+        decrypted by TLS and waiting above the socket (where polling the socket cannot see it)."""
+        wire = self._wire()
+        if wire is None or self._closed:
+            return False
+        try:
+            return wire.buffered()
+        except (redis.RedisError, OSError) as exc:  # redis-py's parser found it closed
+            raise BackendUnavailableError(f"Redis unreachable during listen: {exc}") from exc
+
+    def fill(self) -> bool:
+        """Read what the socket holds into hiredis's buffer, in one system call; then
+        `read_waiting` returns its replies without touching the socket. redis-py's own read
+        switches the socket's timeout off and on again around each read, two system calls
+        more, and under threads each lets the publishing threads take the interpreter lock
+        before this one gets it back. False where this cannot be done (TLS decrypts above the
+        socket): `read_waiting` then reads the socket itself."""
+        wire = self._wire()
+        if self._closed or wire is None or wire.feed is None or wire.tls:
+            return False
+        try:
+            size = os.readv(wire.fd, [wire.buffer])
+        except BlockingIOError:
+            return True  # readable, then not (nothing to read after all)
+        except OSError as exc:
+            raise BackendUnavailableError(f"Redis unreachable during listen: {exc}") from exc
+        if not size:
+            raise BackendUnavailableError("Redis closed the subscription's connection")
+        wire.feed(wire.buffer, 0, size)
+        return True
+
     def ready(self) -> bool:
         # Only what hiredis has read already: asking the socket costs more than the write
         # it could save (15 µs under gevent). Without hiredis (redis-py's own parser): False.
-        conn = getattr(self._pubsub, "connection", None)
-        has_data = getattr(getattr(getattr(conn, "_parser", None), "_reader", None),
-                           "has_data", None)
-        return not self._closed and has_data is not None and bool(has_data())
+        wire = self._wire()
+        return (wire is not None and not self._closed and wire.has_data is not None
+                and bool(wire.has_data()))
 
     def close(self) -> None:
         self._closed = True
@@ -142,93 +250,3 @@ class RedisSubscription:
             self._pool.disconnect()  # the subscription's own pool: nothing reuses its connection
         except (redis.RedisError, OSError) as exc:
             logger.debug("closing subscription: %s", exc)
-
-
-_STOP = object()
-READ_WAIT = 5.0  # seconds a shard reader waits in one read
-
-
-class ShardedSubscription:
-    """Sharded pub/sub over a Redis Cluster: a `RedisSubscription` to the master of each
-    shard that holds a subscribed channel, each read by its own worker into one queue. A lost
-    shard connection or a moved slot ends the whole subscription (``get_message`` raises), and
-    the listener builds a new one from a fresh slot map."""
-
-    def __init__(self, node_of: Callable[[str], Any], client_for: Callable[[Any], redis.Redis],
-                 keys: KeyLayout) -> None:
-        self._node_of = node_of          # physical channel -> the ClusterNode of its master
-        self._client_for = client_for    # ClusterNode -> a client for subscriptions
-        self._keys = keys
-        self._driver = get_driver()
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._shards: dict[str, RedisSubscription] = {}
-        self._where: dict[str, str] = {}  # logical channel -> node name
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def _subscribe_on(self, node: Any, channel: str) -> list[threading.Event]:
-        sub = self._shards.get(node.name)
-        if sub is not None:
-            return sub.subscribe([channel])
-        sub = RedisSubscription(self._client_for(node), self._keys, sharded=True)
-        self._shards[node.name] = sub
-        events = sub.subscribe([channel])
-        self._driver.spawn(f"dcm-shard-{node.name}", lambda: self._read(sub))
-        return events
-
-    def _read(self, sub: RedisSubscription) -> None:
-        try:
-            while not self._closed:
-                # A bounded wait: a shard whose channels were all unsubscribed has nothing
-                # to read until the next subscription (redis-py cannot wait forever there).
-                item = sub.get_message(READ_WAIT)
-                if item is not None:
-                    self._queue.put(item)
-        except Exception as exc:  # reported to the listener through the queue
-            if self._closed:
-                return
-            self._queue.put(exc if isinstance(exc, BackendUnavailableError)
-                            else BackendUnavailableError(f"shard subscription failed: {exc}"))
-
-    def subscribe(self, channels: Iterable[str]) -> list[threading.Event]:
-        events: list[threading.Event] = []
-        with self._lock:
-            if self._closed:
-                raise BackendUnavailableError("the subscription is closed")
-            for channel in channels:
-                with translate_errors("SSUBSCRIBE"):
-                    node = self._node_of(self._keys.channel(channel))
-                    events += self._subscribe_on(node, channel)
-                self._where[channel] = node.name
-        return events
-
-    def unsubscribe(self, channels: Iterable[str]) -> None:
-        with self._lock:
-            for channel in channels:
-                name = self._where.pop(channel, None)
-                if name is not None and name in self._shards:
-                    self._shards[name].unsubscribe([channel])
-
-    def get_message(self, timeout: float | None) -> tuple[str, bytes] | None:
-        if self._closed:
-            raise BackendUnavailableError("the subscription is closed")
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _STOP:
-            raise BackendUnavailableError("the subscription is closed")
-        if isinstance(item, BaseException):
-            raise item
-        return item  # type: ignore[no-any-return]
-
-    def ready(self) -> bool:
-        return not self._queue.empty()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            shards = list(self._shards.values())
-        for sub in shards:
-            sub.close()
-        self._queue.put(_STOP)
