@@ -138,7 +138,7 @@ class DistributedConnectionManager(PresenceMethods):
                                     self._membership.change_here, self._requests)
         self._history = RoomHistory(self._backend, config.history_rooms, config.history_size,
                                     config.history_ttl, self._envelope.signer)
-        self._recovery = Recovery(self.server_id, config.recovery_window, config.connection_ttl,
+        self._recovery = Recovery(self.server_id, config.recovery_window,
                                   config.subscribe_timeout, local, self._backend,
                                   self._listener, self._delivery, self._departures,
                                   self._history, self._envelope, self._stop,
@@ -285,7 +285,6 @@ class DistributedConnectionManager(PresenceMethods):
             record = ConnectionRecord(cid, user_id, conn.connected_at)
             try:
                 added = self._backend.add_connection(self.server_id, record,
-                                                     self.config.connection_ttl,
                                                      self.config.max_connections_per_user)
             except Exception:
                 self.local.remove(cid)
@@ -296,7 +295,7 @@ class DistributedConnectionManager(PresenceMethods):
         raise DCMError(f"no free connection id after {ID_ATTEMPTS} random draws")
 
     def _add_record(self, record: ConnectionRecord) -> bool:
-        return self._backend.add_connection(self.server_id, record, self.config.connection_ttl,
+        return self._backend.add_connection(self.server_id, record,
                                             self.config.max_connections_per_user)
 
     def resume_connection(self, ws: WebSocketLike, user_id: str, token: str,
