@@ -186,7 +186,9 @@ class DistributedConnectionManager(PresenceMethods):
     def shutdown(self, code: int = 1001, reason: str = "going away") -> None:
         """Stop the loops, remove every local connection (reason ``shutdown``: members on other
         servers are told), close the sockets with ``code`` (1001: the client may reconnect, to
-        another server) and deregister. Idempotent."""
+        another server) and deregister (left in the index of servers, for another server's
+        failure cleanup, while connections it could not remove are listed under it).
+        Idempotent."""
         if not self._halt():
             return
         conns = [c for c in self.local.connections() if self.local.remove(c.connection_id)]
@@ -203,8 +205,12 @@ class DistributedConnectionManager(PresenceMethods):
                 removed = self._backend.remove_connections([c.connection_id for c in gone])
                 self._backend.publish_many(self._departures.notices(
                     [r for r in removed if r], "shutdown", local=False))
+                # Connection records have no TTL: ids still listed under this server (a
+                # removal that waited for Redis, a registration that raced this shutdown) are
+                # left to the other servers' failure cleanup, which finds them by the index.
+                leftover = not kept and self._backend.server_connection_count(self.server_id) > 0
                 self._backend.deregister_server(self.server_id, keep_index=bool(
-                    kept or self._recovery.suspended()))
+                    kept or self._recovery.suspended() or leftover))
         except BackendError as exc:
             logger.warning("shutdown could not update shared state: %s", exc)
         for conn in conns:

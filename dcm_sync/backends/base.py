@@ -165,6 +165,11 @@ class Backend(Protocol):
         """Drop a cleaned server from the index, unless it is alive again."""
         ...
 
+    def server_connection_count(self, server_id: str) -> int:
+        """How many connection ids are listed under the server (what its failure cleanup
+        would take)."""
+        ...
+
     # connections and rooms
     def add_connection(self, server_id: str, record: ConnectionRecord,
                        max_per_user: int = 0) -> bool:

@@ -240,6 +240,10 @@ class MemoryBackend:
         s.server_conns.setdefault(server_id, set()).add(cid)
         conn.server_id = server_id
 
+    def server_connection_count(self, server_id: str) -> int:
+        with self._s.lock:
+            return len(self._s.server_conns.get(server_id, ()))
+
     def forget_server(self, server_id: str) -> None:
         s = self._s
         with s.lock:

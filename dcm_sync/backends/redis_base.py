@@ -250,6 +250,11 @@ class RedisBase:
                             []):
                 self._r.srem(k.servers_index, server_id)
 
+    def server_connection_count(self, server_id: str) -> int:
+        with translate_errors("counting a server's connections"):
+            return int(self._script("server_count",
+                                    [self._keys.server_connection_sets(server_id)[0]], []))
+
     # connections
     def new_connection_id(self, server_id: str) -> str:
         return ids.new_connection_id(server_id)
