@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,7 @@ class Config:
     heartbeat_ttl: float = 90.0
     stale_connection_timeout: float = 1800.0
     cleanup_interval: float = 300.0
-    connection_ttl: float = 3600.0
+    connection_ttl: float = 3600.0  # ignored: connection records do not expire (see below)
     max_connections: int = 10_000
     max_rooms_per_connection: int = 100
     max_connections_per_user: int = 0
@@ -120,8 +121,11 @@ class Config:
                 f"heartbeat_interval ({self.heartbeat_interval}), or one late heartbeat "
                 "would declare a live server dead"
             )
-        if self.connection_ttl <= 2 * self.heartbeat_interval:
-            raise ConfigError("connection_ttl must be more than twice heartbeat_interval")
+        if self.connection_ttl != 3600.0:
+            # a live connection's record lives until it is removed, by its server or by the
+            # cleanup of its server's failure: there is nothing left for a TTL to bound
+            warnings.warn("connection_ttl is ignored: connection records do not expire",
+                          DeprecationWarning, stacklevel=3)
         if self.max_connections < 1:
             raise ConfigError("max_connections must be >= 1")
         if self.max_rooms_per_connection < 0:

@@ -80,7 +80,7 @@ class Maintenance:
 
     def heartbeat_loop(self) -> None:
         cfg = self._config
-        last_refresh = last_idle_close = time.monotonic()
+        last_idle_close = time.monotonic()
         unreachable = False  # log an outage once, not at every heartbeat
         while not self._stop.wait(cfg.heartbeat_interval):
             try:
@@ -96,10 +96,6 @@ class Maintenance:
                 for dead in self._backend.dead_servers():
                     if dead != self._server_id and not self._stop.is_set():
                         self.handle_server_failure(dead)
-                if time.monotonic() - last_refresh > cfg.connection_ttl / 4:
-                    ids = [c.connection_id for c in self._local.connections()]
-                    self._backend.refresh_connections(ids, cfg.connection_ttl)
-                    last_refresh = time.monotonic()
                 if time.monotonic() - last_idle_close >= IDLE_CLOSE_SECONDS:
                     # a burst of calls grew the pool; do not keep its connections for good
                     self._backend.close_idle()
@@ -179,6 +175,6 @@ class Maintenance:
         self._backend.register_server(self._server_info(), cfg.heartbeat_ttl)
         records = [ConnectionRecord(c.connection_id, c.user_id, c.connected_at, tuple(c.rooms),
                                     c.secret) for c in self._local.connections()]
-        self._backend.restore_connections(self._server_id, records, cfg.connection_ttl)
+        self._backend.restore_connections(self._server_id, records)
         self._counters["restores"] += 1
         self._restored_at = time.monotonic()  # pending departures wait a heartbeat (see above)

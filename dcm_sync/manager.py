@@ -138,7 +138,7 @@ class DistributedConnectionManager(PresenceMethods):
                                     self._membership.change_here, self._requests)
         self._history = RoomHistory(self._backend, config.history_rooms, config.history_size,
                                     config.history_ttl, self._envelope.signer)
-        self._recovery = Recovery(self.server_id, config.recovery_window, config.connection_ttl,
+        self._recovery = Recovery(self.server_id, config.recovery_window,
                                   config.subscribe_timeout, local, self._backend,
                                   self._listener, self._delivery, self._departures,
                                   self._history, self._envelope, self._stop,
@@ -186,7 +186,9 @@ class DistributedConnectionManager(PresenceMethods):
     def shutdown(self, code: int = 1001, reason: str = "going away") -> None:
         """Stop the loops, remove every local connection (reason ``shutdown``: members on other
         servers are told), close the sockets with ``code`` (1001: the client may reconnect, to
-        another server) and deregister. Idempotent."""
+        another server) and deregister (left in the index of servers, for another server's
+        failure cleanup, while connections it could not remove are listed under it).
+        Idempotent."""
         if not self._halt():
             return
         conns = [c for c in self.local.connections() if self.local.remove(c.connection_id)]
@@ -203,8 +205,12 @@ class DistributedConnectionManager(PresenceMethods):
                 removed = self._backend.remove_connections([c.connection_id for c in gone])
                 self._backend.publish_many(self._departures.notices(
                     [r for r in removed if r], "shutdown", local=False))
+                # Connection records have no TTL: ids still listed under this server (a
+                # removal that waited for Redis, a registration that raced this shutdown) are
+                # left to the other servers' failure cleanup, which finds them by the index.
+                leftover = not kept and self._backend.server_connection_count(self.server_id) > 0
                 self._backend.deregister_server(self.server_id, keep_index=bool(
-                    kept or self._recovery.suspended()))
+                    kept or self._recovery.suspended() or leftover))
         except BackendError as exc:
             logger.warning("shutdown could not update shared state: %s", exc)
         for conn in conns:
@@ -285,7 +291,6 @@ class DistributedConnectionManager(PresenceMethods):
             record = ConnectionRecord(cid, user_id, conn.connected_at)
             try:
                 added = self._backend.add_connection(self.server_id, record,
-                                                     self.config.connection_ttl,
                                                      self.config.max_connections_per_user)
             except Exception:
                 self.local.remove(cid)
@@ -296,7 +301,7 @@ class DistributedConnectionManager(PresenceMethods):
         raise DCMError(f"no free connection id after {ID_ATTEMPTS} random draws")
 
     def _add_record(self, record: ConnectionRecord) -> bool:
-        return self._backend.add_connection(self.server_id, record, self.config.connection_ttl,
+        return self._backend.add_connection(self.server_id, record,
                                             self.config.max_connections_per_user)
 
     def resume_connection(self, ws: WebSocketLike, user_id: str, token: str,

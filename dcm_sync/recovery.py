@@ -54,14 +54,13 @@ def token_of(connection_id: str, secret: str) -> str:
 
 
 class Recovery:
-    def __init__(self, server_id: str, window: float, connection_ttl: float,
+    def __init__(self, server_id: str, window: float,
                  subscribe_timeout: float, local: LocalConnectionManager, backend: Backend,
                  listener: Listener, delivery: Delivery, departures: Departures,
                  history: RoomHistory, envelope: EnvelopeWriter, stop: StopFlag,
                  policy: Callable[[], SendPolicy]) -> None:
         self.window = window
         self._server_id = server_id
-        self._connection_ttl = connection_ttl
         self._subscribe_timeout = subscribe_timeout
         self._local = local
         self._backend = backend
@@ -169,7 +168,7 @@ class Recovery:
                                      else "recovery is off (recovery_window is 0)")
         new_secret = secrets.token_urlsafe(16)
         found = self._backend.resume_connection(cid, secret, user_id, self._server_id,
-                                                new_secret, self._connection_ttl)
+                                                new_secret)
         if found is None:
             raise ResumeRefusedError("the resume token is unknown, used or not this user's")
         with self._lock:

@@ -78,6 +78,13 @@ def test_sub_second_timings_are_valid() -> None:
     assert cfg.heartbeat_ttl == 0.2
 
 
+def test_connection_ttl_is_ignored_with_a_warning() -> None:
+    # connection records do not expire (their server's sets bound their life)
+    with pytest.warns(DeprecationWarning, match="connection_ttl is ignored"):
+        Config(connection_ttl=60.0)
+    Config.from_env({})  # the default warns nothing (warnings are errors in the tests)
+
+
 def test_factory_accepts_keyword_overrides() -> None:
     mgr = create_distributed_connection_manager(None, redis_url="memory://overrides",
                                                 server_port=4321, server_host="10.1.2.3")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from dcm_sync import DistributedConnectionManager
+from dcm_sync.backends import ConnectionRecord
 from dcm_sync.models import RemovedConnection
 from testkit.polling import wait_until
 from testkit.recording import RecordingSocket, connect, settle
@@ -160,6 +161,23 @@ def test_shutdown_tells_other_servers_and_stops_quickly(make_manager: Make) -> N
     assert {n["reason"] for n in notices} == {"shutdown"}
     stats = b.get_distributed_stats()
     assert (stats.active_servers, stats.total_connections) == (1, 1)
+
+
+def test_what_a_shutdown_could_not_remove_is_cleaned_by_the_others(make_manager: Make) -> None:
+    # A connection listed under the server but no longer held by it (its removal waited for
+    # Redis, or its registration raced the shutdown): its record has no TTL, so the server
+    # stays indexed and another server's failure cleanup removes it and tells its rooms.
+    a, b = make_manager(), make_manager()
+    bob, wb = connect(b, "bob", "r")
+    ghost = a._backend.new_connection_id(a.server_id)
+    assert a._backend.add_connection(a.server_id, ConnectionRecord(ghost, "ghost", time.time()))
+    b.join_room(ghost, "r")
+    a.shutdown()
+    notice = wait_until(lambda: wb.of_type("user-disconnected"), timeout=10)[0]
+    assert (notice["connectionId"], notice["reason"]) == (ghost, "server-failure")
+    wait_until(lambda: not b.get_user_connections("ghost")
+               and b.get_distributed_stats().active_servers == 1)
+    assert {m.connection_id for m in b.get_room_members("r")} == {bob}
 
 
 def test_threads_are_named_and_gone_after_shutdown(make_manager: Make) -> None:

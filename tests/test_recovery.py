@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from dcm_sync import ConfigError, DistributedConnectionManager, ResumeRefusedError
+from dcm_sync.recovery import MARGIN
 from testkit.polling import wait_until
 from testkit.recording import RecordingSocket
+from testkit.redis_server import RedisServer
 from tests.helpers.managers import Managers
 
 WINDOW = dict(recovery_window=30.0, history_rooms=("chat-*",), room_notices="connections")
@@ -294,3 +296,22 @@ def test_release_without_recovery_removes(make: Managers) -> None:
     assert a.get_room_members("chat-1") == []
     a.release_connection(cid, ws)  # idempotent
 
+
+
+def test_only_a_suspended_record_expires(redis_server: RedisServer, prefix: str) -> None:
+    """A live connection's hash has no TTL (its server's set bounds its life); a suspended
+    one's expires a while after its window, and resuming it takes the TTL off again."""
+    managers = Managers(prefix, redis_url=redis_server.url, **WINDOW)
+    try:
+        a, b = managers(), managers()
+        cid, ws = joined(a, "alice", "chat-1")
+        r = redis_server.client()
+        key = f"{prefix}connections:{{{cid[:4]}}}{cid[4:]}"
+        assert r.pttl(key) == -1
+        token = hello(ws)["token"]
+        a.release_connection(cid, ws)
+        assert 30_000 < r.pttl(key) <= (30 + MARGIN) * 1000
+        assert b.resume_connection(RecordingSocket(), "alice", token)[0] == cid
+        assert r.pttl(key) == -1
+    finally:
+        managers.shutdown_all()

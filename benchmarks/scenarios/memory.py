@@ -5,7 +5,7 @@ core API (``register_connection`` + two ``join_room`` each, rooms of 200 members
 and ``b-<i % (N/200)>``), divided by ``N``. The breakdown comes from ``MEMORY USAGE`` (SAMPLES 0)
 of one ``connections:{T}<id>`` hash, one room set, the server-connections set (per member) and
 the 256 ``index:rooms:{rXX}`` buckets (key names: :class:`dcm_sync.backends.redis_keys.KeyLayout`);
-``other`` is what they do not explain (the key-expiry entry, hash-table buckets, the room
+``other`` is what they do not explain (hash-table buckets, the room
 channels' subscriptions, allocator rounding).
 
 RSS: a gevent server process (``benchmarks/scenarios/memory_processes.py``) with ``M`` real idle WebSockets
@@ -119,7 +119,7 @@ def run(ctx: Context) -> Result:
             f"per member ({b['room_encoding']}), x2; server-connections set "
             f"{b['server_set_member']:.1f} B per member; index:rooms:{{rXX}} (256 buckets) "
             f"{b['index_rooms']:.2f} B per "
-            f"connection; other {b['other']:.0f} B (key-expiry entry, hash-table buckets, room "
+            f"connection; other {b['other']:.0f} B (hash-table buckets, room "
             f"channel subscriptions, allocator rounding)")
     rss = result.dcm["rss_kb_per_ws"]
     result.notes.append(

@@ -165,21 +165,24 @@ class Backend(Protocol):
         """Drop a cleaned server from the index, unless it is alive again."""
         ...
 
+    def server_connection_count(self, server_id: str) -> int:
+        """How many connection ids are listed under the server (what its failure cleanup
+        would take)."""
+        ...
+
     # connections and rooms
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+    def add_connection(self, server_id: str, record: ConnectionRecord,
                        max_per_user: int = 0) -> bool:
         """Write a new connection (no rooms yet) and index it under its user; False, writing
         nothing, if its id is taken. `ConnectionLimitError`, writing nothing, if its user has
-        ``max_per_user`` connections on all servers together already (0: no limit)."""
+        ``max_per_user`` connections on all servers together already (0: no limit). The record
+        does not expire: it lives until it is removed, by its server or by the cleanup of its
+        server's failure."""
         ...
 
-    def restore_connections(
-        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
-    ) -> None:
+    def restore_connections(self, server_id: str, records: Sequence[ConnectionRecord]) -> None:
         """Write live connections and their rooms back (idempotent), e.g. after Redis restarted."""
         ...
-
-    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None: ...
 
     def new_connection_id(self, server_id: str) -> str:
         """A fresh id for a connection of ``server_id`` (not yet checked to be free: the
@@ -258,10 +261,10 @@ class Backend(Protocol):
         ...
 
     def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
-                          new_secret: str, ttl: float) -> Resumed | None:
+                          new_secret: str) -> Resumed | None:
         """Take a recoverable connection over for ``server_id`` if ``secret`` and ``user_id``
-        are its own: no longer suspended, its secret replaced by ``new_secret``; None (nothing
-        changed) otherwise."""
+        are its own: no longer suspended (nor expiring), its secret replaced by
+        ``new_secret``; None (nothing changed) otherwise."""
         ...
 
     def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:

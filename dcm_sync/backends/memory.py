@@ -8,6 +8,7 @@ delivery goes through a queue per subscriber, read by that manager's listener.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -239,6 +240,10 @@ class MemoryBackend:
         s.server_conns.setdefault(server_id, set()).add(cid)
         conn.server_id = server_id
 
+    def server_connection_count(self, server_id: str) -> int:
+        with self._s.lock:
+            return len(self._s.server_conns.get(server_id, ()))
+
     def forget_server(self, server_id: str) -> None:
         s = self._s
         with s.lock:
@@ -252,37 +257,27 @@ class MemoryBackend:
     def new_connection_id(self, server_id: str) -> str:
         return ids.new_connection_id(server_id)
 
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+    def add_connection(self, server_id: str, record: ConnectionRecord,
                        max_per_user: int = 0) -> bool:
         with self._s.lock:
             if record.connection_id in self._s.conns:
                 return False
             if max_per_user and len(self._user_connections(record.user_id)) >= max_per_user:
                 raise user_full(record.user_id, max_per_user)
-            self.restore_connections(server_id, [record], ttl)
+            self.restore_connections(server_id, [record])
             return True
 
-    def restore_connections(
-        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
-    ) -> None:
+    def restore_connections(self, server_id: str, records: Sequence[ConnectionRecord]) -> None:
         s = self._s
         with s.lock:
             for rec in records:
                 s.conns[rec.connection_id] = _Conn(rec.user_id, server_id, rec.connected_at,
-                                                   time.monotonic() + ttl, list(rec.rooms),
+                                                   math.inf, list(rec.rooms),
                                                    rec.secret)
                 s.server_conns.setdefault(server_id, set()).add(rec.connection_id)
                 s.users.setdefault(rec.user_id, set()).add(rec.connection_id)
                 for room in rec.rooms:
                     s.rooms.setdefault(room, set()).add(rec.connection_id)
-
-    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None:
-        s = self._s
-        with s.lock:
-            for cid in connection_ids:
-                conn = s.live_conn(cid)
-                if conn is not None:
-                    conn.expires = time.monotonic() + ttl
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
                   max_rooms: int = 0, user_id: str | None = None,
@@ -456,7 +451,7 @@ class MemoryBackend:
             return self._remove(connection_id)
 
     def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
-                          new_secret: str, ttl: float) -> Resumed | None:
+                          new_secret: str) -> Resumed | None:
         with self._s.lock:
             conn = self._s.live_conn(connection_id)
             if (conn is None or conn.secret is None or conn.secret != secret
@@ -466,7 +461,7 @@ class MemoryBackend:
                             conn.directs)
             self._move(connection_id, conn, server_id)
             conn.suspended_until, conn.secret = 0.0, new_secret
-            conn.expires = time.monotonic() + ttl
+            conn.expires = math.inf
             return found
 
     def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:

@@ -112,13 +112,13 @@ class RedisBackend(RedisBase):
                                              connection_id]))
 
     def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
-                          new_secret: str, ttl: float) -> Resumed | None:
+                          new_secret: str) -> Resumed | None:
         k = self._keys
         with translate_errors("resuming a connection"):
             row = self._script("resume", [k.connection(connection_id),
                                           k.server_connections(server_id, connection_id)],
                                [self.key_prefix, connection_id, secret, user_id, server_id,
-                                server_tag(server_id), new_secret, max(1, int(ttl * 1000))])
+                                server_tag(server_id), new_secret])
         if not row:
             return None
         owner, suspended, rooms, last = row
@@ -140,10 +140,10 @@ class RedisBackend(RedisBase):
         return HistoryPage("", int(flat[0]),
                            [(int(rest[i]), bytes(rest[i + 1])) for i in range(0, len(rest), 2)])
 
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+    def add_connection(self, server_id: str, record: ConnectionRecord,
                        max_per_user: int = 0) -> bool:
         with translate_errors("connection registration"):
-            added = self._add(server_id, record, ttl, max_per_user, with_user=True)
+            added = self._add(server_id, record, max_per_user, with_user=True)
         if added == -1:
             raise user_full(record.user_id, max_per_user)
         return added == 1

@@ -250,23 +250,26 @@ class RedisBase:
                             []):
                 self._r.srem(k.servers_index, server_id)
 
+    def server_connection_count(self, server_id: str) -> int:
+        with translate_errors("counting a server's connections"):
+            return int(self._script("server_count",
+                                    [self._keys.server_connection_sets(server_id)[0]], []))
+
     # connections
     def new_connection_id(self, server_id: str) -> str:
         return ids.new_connection_id(server_id)
 
-    def _add(self, server_id: str, record: ConnectionRecord, ttl: float, max_per_user: int,
+    def _add(self, server_id: str, record: ConnectionRecord, max_per_user: int,
              with_user: bool) -> int:
         """The ADD script: 1 added, 0 the id is taken, -1 the user is at the cap."""
         k, cid = self._keys, record.connection_id
         keys = [k.connection(cid), k.server_connections(server_id, cid)]
         if with_user:
             keys.append(k.user(record.user_id))
-        return int(self._script("add", keys, [cid, record.user_id, server_id, int(ttl * 1000),
-                                              self.key_prefix, max_per_user, record.secret or ""]))
+        return int(self._script("add", keys, [cid, record.user_id, server_id, self.key_prefix,
+                                              max_per_user, record.secret or ""]))
 
-    def restore_connections(
-        self, server_id: str, records: Sequence[ConnectionRecord], ttl: float
-    ) -> None:
+    def restore_connections(self, server_id: str, records: Sequence[ConnectionRecord]) -> None:
         k = self._keys
         with translate_errors("connection restore"):
             for start in range(0, len(records), CHUNK):
@@ -280,7 +283,6 @@ class RedisBase:
                     if tag != rec.connection_id[:4]:  # it moved here (resumed, or adopted)
                         fields["t"] = tag
                     pipe.hset(key, mapping=fields)
-                    pipe.pexpire(key, int(ttl * 1000))
                     pipe.sadd(k.server_connections(server_id, rec.connection_id), rec.connection_id)
                     pipe.sadd(k.user(rec.user_id), rec.connection_id)
                 pipe.execute()
@@ -288,14 +290,6 @@ class RedisBase:
             self._run_many("room_add", [
                 (self._room_keys(room), [rec.connection_id, room, rec.user_id, self._counted])
                 for rec in records for room in rec.rooms])
-
-    def refresh_connections(self, connection_ids: Sequence[str], ttl: float) -> None:
-        with translate_errors("connection refresh"):
-            for start in range(0, len(connection_ids), CHUNK):
-                pipe = self._r.pipeline(transaction=False)
-                for cid in connection_ids[start:start + CHUNK]:
-                    pipe.pexpire(self._keys.connection(cid), int(ttl * 1000))
-                pipe.execute()
 
     # bus
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:

@@ -229,11 +229,11 @@ class RedisClusterBackend(RedisBase):
         return out
 
     # connections and rooms
-    def add_connection(self, server_id: str, record: ConnectionRecord, ttl: float,
+    def add_connection(self, server_id: str, record: ConnectionRecord,
                        max_per_user: int = 0) -> bool:
         cid, user = record.connection_id, record.user_id
         with translate_errors("connection registration"):
-            if not self._add(server_id, record, ttl, 0, with_user=False):
+            if not self._add(server_id, record, 0, with_user=False):
                 return False
             indexed = False
             try:
@@ -398,7 +398,7 @@ class RedisClusterBackend(RedisBase):
         raise _no_recovery()
 
     def resume_connection(self, connection_id: str, secret: str, user_id: str, server_id: str,
-                          new_secret: str, ttl: float) -> Resumed | None:
+                          new_secret: str) -> Resumed | None:
         raise _no_recovery()
 
     def read_mailbox(self, connection_id: str, after: int, limit: int) -> HistoryPage | None:

@@ -15,7 +15,11 @@ what one atomic script touches lives in one slot:
                                              a recoverable one: k: its resume secret, n: the
                                              last message number given, x: suspended until
                                              (ms), t: its server's tag once it moved to a
-                                             server of another tag (one Redis only)
+                                             server of another tag (one Redis only). No
+                                             TTL: its id in its server's set bounds its
+                                             life (removed with the connection, or by the
+                                             cleanup of its server's failure); a suspended
+                                             one: PEXPIRE recovery_window + 60 s
         P mailbox:{T}<rest>            stream a recoverable connection's last messages:
                                              entry id <n>-0, field d: the envelope
         channel P server:{T}<sid>            the server's bus channel

@@ -125,7 +125,7 @@ local function conn_remove(prefix, cid, journal)
   return {cid, f[1] or '', f[2], rooms}
 end
 -- the user's set of connections has room for one more (0: no limit). With prune (single
--- Redis), ids whose connection is gone (its hash expired) are dropped first
+-- Redis), ids whose connection is gone (a suspended one's hash expired) are dropped first
 local function user_has_room(uk, max, prefix, prune)
   local limit = tonumber(max)
   if limit <= 0 or redis.call('SCARD', uk) < limit then return true end
@@ -374,15 +374,15 @@ return f[1]
 """
 
 # KEYS: connections:<cid>, its server's set of ids that holds it (Cluster: the user's set is
-# the second step, USER_ADD), and on a single Redis users:<user>. ARGV: cid, user, sid, ttl ms,
-# prefix, max connections per user (0: no limit) -> 1 added, 0 the id is taken, -1 the user
-# is at the cap (nothing written either way). ARGV[7]: its resume secret ('' for none)
+# the second step, USER_ADD), and on a single Redis users:<user>. ARGV: cid, user, sid,
+# prefix, max connections per user (0: no limit), its resume secret ('' for none) -> 1 added,
+# 0 the id is taken, -1 the user is at the cap (nothing written either way). The hash gets no
+# TTL: the id in its server's set bounds its life (failure cleanup removes it)
 ADD = _HEAD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if KEYS[3] and not user_has_room(KEYS[3], ARGV[6], ARGV[5], true) then return -1 end
+if KEYS[3] and not user_has_room(KEYS[3], ARGV[5], ARGV[4], true) then return -1 end
 redis.call('HSET', KEYS[1], 'u', ARGV[2], 's', ARGV[3], 'r', '[]')
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[7]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[6]) end
 redis.call('SADD', KEYS[2], ARGV[1])
 if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[1]) end
 return 1
@@ -500,9 +500,10 @@ return remove_all(ARGV[1], ARGV[4], ARGV[2]) or false
 """
 
 # KEYS: connections:<cid>, the new owner's set of ids that is to hold it. ARGV: prefix, cid,
-# secret, user, server, its tag, new secret, ttl ms -> {old owner, 1 if it was suspended, its
-# rooms (JSON), the last message number given}; false (nothing changed) if the connection is
-# unknown or not recoverable, or the secret or the user is not its own
+# secret, user, server, its tag, new secret -> {old owner, 1 if it was suspended, its rooms
+# (JSON), the last message number given}; false (nothing changed) if the connection is unknown
+# or not recoverable, or the secret or the user is not its own. A live connection's hash has no
+# TTL (a suspended one's, set by SUSPEND or POP_SERVER, is taken off)
 RESUME = _HEAD + """
 local f = redis.call('HMGET', KEYS[1], 'u', 's', 'k', 'x', 'n', 't', 'r')
 if not f[2] or not f[3] or f[3] ~= ARGV[3] or f[1] ~= ARGV[4] then return false end
@@ -515,7 +516,7 @@ if f[2] ~= ARGV[5] or (f[6] or string.sub(ARGV[2], 1, 4)) ~= ARGV[6] then
 end
 redis.call('HDEL', KEYS[1], 'x')
 redis.call('HSET', KEYS[1], 'k', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PERSIST', KEYS[1])
 return {f[2], f[4] and 1 or 0, f[7] or '[]', tonumber(f[5] or '0')}
 """
 
