@@ -318,8 +318,13 @@ class DistributedWebSockets:
             transport.close(REFUSE_TOKEN[1], REFUSE_TOKEN[2])
             return
         try:
-            view(WebSocketConnection(mgr, conn_id, user_id, transport, recovered, resumed),
-                 **url_args)
+            conn = WebSocketConnection(mgr, conn_id, user_id, transport, recovered, resumed)
+            # without url_args, a plain call: a call with ** leaves a C frame on the stack, which
+            # gevent keeps a copy of while the view waits for its client (~0.5 KB a socket)
+            if url_args:
+                view(conn, **url_args)
+            else:
+                view(conn)
         except Exception:
             logger.exception("WebSocket view %s failed", getattr(view, "__name__", view))
             # through its outbox (never mid-frame), unless it is no longer held here

@@ -44,9 +44,10 @@ __all__ = ["DCMWebSocketHandler"]
 
 logger = logging.getLogger(__name__)
 
-#: pywsgi reads each connection through an 8 KiB buffer, which a WebSocket keeps for its whole
-#: life: most of what an idle socket costs. 1 KiB reads request lines and frames just as well
-#: (a read bigger than the buffer bypasses it).
+#: pywsgi reads each connection through an 8 KiB buffer, kept for as long as the connection
+#: lasts (a kept-alive one's between requests). 1 KiB reads request lines and frames just as well
+#: (a read bigger than the buffer bypasses it). A WebSocket's reader is closed, which frees its
+#: buffer, once the gevent transport has taken what it held.
 READ_BUFFER_BYTES = 1024
 
 
@@ -145,6 +146,15 @@ class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
                 self.process_result()
                 return None
         return super().run_application()
+
+    def run_websocket(self) -> None:
+        # The 101 is sent and the view is about to hold the socket, for as long as the client
+        # stays: let go of the request's parsed headers (their values are in the environ) and
+        # of the response's, which pywsgi reads only for a next request on the connection, and
+        # an upgraded one has none. Both return to pywsgi's defaults.
+        self.__dict__.pop("headers", None)
+        self.__dict__.pop("response_headers", None)
+        super().run_websocket()
 
     def _precheck(self, env: dict[str, Any]) -> tuple[str, list[tuple[str, str]], list[bytes]] | None:
         """None to go on with the handshake, else the HTTP refusal to send."""

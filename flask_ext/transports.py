@@ -51,9 +51,6 @@ logger = logging.getLogger(__name__)
 
 #: the most one read takes off a socket
 READ_BYTES = 64 * 1024
-#: what a peek fills: the read buffer of gevent.pywsgi's handler (flask_ext.handler makes it
-#: 1 KiB); a read that returns this much says that more is probably waiting
-PEEK_BYTES = 1024
 
 
 class Transport(Protocol):
@@ -284,8 +281,7 @@ class _GeventSocket:
         from gevent import socket as gsocket
 
         self.sock = sock
-        self._peek, self._read1 = rfile.peek, rfile.read1
-        self._flowing = False  # the last read filled the handler's buffer: more is coming
+        self._first = _take_over(sock, rfile)  # what came with the handshake: read first
         # a plain (not TLS) gevent socket: a frame is first written with one send that gives
         # up at once when the socket's buffer is full; what does not fit goes through sendall
         self._nowait = type(sock) is gsocket.socket
@@ -293,16 +289,16 @@ class _GeventSocket:
     def read(self, timeout: float | None) -> bytes:
         import gevent
 
+        if self._first:
+            data, self._first = self._first, b""
+            return data
         timer = None if timeout is None else gevent.Timeout(timeout)
         if timer is not None:
             timer.start()
         try:
-            if not self._flowing:
-                # Wait with peek, in the read buffer the handler already has (1 KiB): a read
-                # of READ_BYTES would hold a buffer that large for as long as an idle client
-                # says nothing. While data flows, reads take up to READ_BYTES at once.
-                self._peek(1)
-            data = bytes(self._read1(READ_BYTES))
+            # gevent's recv waits until the socket is readable, then reads: an idle client
+            # holds no read buffer (a recv that finds nothing frees its buffer before it waits)
+            return self.sock.recv(READ_BYTES)  # type: ignore[no-any-return]
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -310,13 +306,30 @@ class _GeventSocket:
         finally:
             if timer is not None:
                 timer.close()
-        self._flowing = len(data) >= PEEK_BYTES
-        return data
 
     def send_nowait(self, data: bytes | bytearray) -> int:
         if not self._nowait:
             return 0  # TLS: the outbox's writer does it all
         return int(self.sock.send(data, 0, timeout=0.0))
+
+
+def _take_over(sock: Any, rfile: Any) -> bytes:
+    """Take what ``rfile`` (the handshake's buffered reader over ``sock``) holds, without
+    waiting, and close it: frames a client sent right after its handshake may be in its
+    buffer. Closing frees the buffer for the socket's life; pywsgi then reads no further
+    request from the connection once the view returns (an upgraded connection has none)."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)  # a read that would wait fails instead (so no other greenlet runs)
+    try:
+        # the buffered bytes if any (a reader's buffer is far smaller than READ_BYTES), else
+        # what the socket has now
+        return bytes(rfile.read1(READ_BYTES))
+    except (OSError, ValueError) as exc:  # TLS: nothing to read now; ValueError: closed
+        logger.debug("nothing taken from the handshake's reader: %s", exc)
+        return b""
+    finally:
+        sock.settimeout(timeout)
+        rfile.close()
 
 
 class GeventTransport(SocketTransport):

@@ -1,10 +1,11 @@
 """The handler (flask_ext/handler.py) reading the wire from hostile clients, on real chat
 servers (tests/flask/serve.py): close frames answered with the code RFC 6455 calls for, a
-stream of empty fragments bounded like a stream of bytes, and no token in the server's access
-or error log."""
+stream of empty fragments bounded like a stream of bytes, frames sent with the handshake
+request served, and no token in the server's access or error log."""
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from websocket import ABNF
 
 from testkit.closing import closed_after_test
+from testkit.frames import parse
 from testkit.polling import wait_until
 from testkit.processes import rss_kb
 from testkit.redis_server import RedisServer
@@ -75,6 +77,54 @@ def test_a_stream_of_empty_fragments_is_bounded_like_a_stream_of_bytes(dcm: Serv
     assert sent < 1_000_000, f"still accepting after {sent:,} empty fragments"
     assert close_of(ws) == (1009, "message too big")
     assert rss_kb(dcm.proc.pid) - before < 5_000  # KB
+
+
+@pytest.fixture(scope="module", params=["dcm", "stock"])
+def gevent_server(module_servers: Servers, request: pytest.FixtureRequest) -> Server:
+    """gevent.pywsgi with the project's handler, and with gevent-websocket's own."""
+    return module_servers.chat(request.param, **NO_RATE_LIMIT)
+
+
+def test_frames_sent_with_the_handshake_request_are_served(gevent_server: Server) -> None:
+    # the request and the client's first frames in one write: the server reads some of the
+    # frames with the request's headers, before the view starts. Both are answered to this
+    # socket alone (no room message, which could race the room's subscription).
+    tag = uuid.uuid4().hex[:6]
+    room, op = f"early{tag}", f"hello {tag} " + "x" * 1500  # more than the handler's buffer
+    frames = [masked(ABNF.OPCODE_TEXT, json.dumps(m).encode())
+              for m in ({"op": "join", "room": room}, {"op": op, "room": room})]
+    request = (f"GET /ws?token=e{tag} HTTP/1.1\r\nHost: 127.0.0.1:{gevent_server.port}\r\n"
+               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    s = closed_after_test(socket.create_connection(("127.0.0.1", gevent_server.port), timeout=10))
+    s.sendall(request.encode() + b"".join(frames))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, f"closed during the handshake: {buf!r}"
+        buf += chunk
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    answers: list[dict[str, object]] = []
+    while not any(m["type"] == "error" for m in answers):
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {answers}"
+        buf += chunk
+        got, used = parse(buf)
+        buf = buf[used:]
+        answers += [m for m in (json.loads(payload) for _, payload in got)
+                    if m["type"] in ("welcome", "people", "error")]
+    assert [m["type"] for m in answers] == ["welcome", "people", "error"]
+    assert answers[1]["room"] == room and answers[1]["users"] == [f"e{tag}"]
+    assert answers[2]["error"] == f"unknown op {op!r}"
+    s.sendall(masked(ABNF.OPCODE_CLOSE, (1000).to_bytes(2, "big")))
+    while not parse(buf)[0] or parse(buf)[0][-1][0] != ABNF.OPCODE_CLOSE:
+        chunk = s.recv(65536)
+        assert chunk, "closed without answering the close frame"
+        buf += chunk
+    assert parse(buf)[0][-1] == (ABNF.OPCODE_CLOSE, (1000).to_bytes(2, "big"))
+    while s.recv(65536):  # then the server ends the connection
+        pass
 
 
 def test_no_token_reaches_the_access_or_error_log(dcm: Server) -> None:

@@ -83,6 +83,28 @@ def test_abort_hands_over_the_close_frame_then_shuts_down() -> None:
     assert client.recv(10) == b""  # shut down
 
 
+def test_frames_sent_with_the_handshake_are_read_first_then_the_socket() -> None:
+    # pywsgi reads the request through a buffered reader, which may take in frames a client
+    # sent right behind its request; the first of them whole, the second only in part
+    server, client = map(closed_after_test, gsocket.socketpair())
+    first, second = masked(0x1, b"first"), masked(0x1, b"s" * 3000)
+    client.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n" + first + second)
+    rfile = closed_after_test(server.makefile("rb", 1024))
+    while rfile.readline() not in (b"\r\n", b""):
+        pass  # the request's lines, as pywsgi reads them
+    handler = SimpleNamespace(socket=server, rfile=rfile)
+    transport = GeventTransport(WebSocket({}, Stream(handler), handler))
+    assert transport.receive(timeout=5) == "first"
+    assert transport.receive(timeout=5) == "s" * 3000
+    with pytest.raises(TimeoutError):  # nothing more: the timeout fires
+        transport.receive(timeout=0.05)
+    client.sendall(masked(0x1, b"later"))
+    assert transport.receive(timeout=5) == "later"
+    client.sendall(masked(0x8, (1000).to_bytes(2, "big")))
+    assert transport.receive(timeout=5) is None
+    assert transport.peer_close_code == 1000
+
+
 # ---------------------------------------------------------------------------- threaded servers
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's example, and its answer
