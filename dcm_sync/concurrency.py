@@ -155,7 +155,12 @@ class _GeventDriver:
         return id(self._gevent.getcurrent())
 
     def kill(self, worker: Worker) -> None:
-        self._gevent.kill(worker._glet, block=True, timeout=1.0)  # type: ignore[attr-defined]
+        """Raise ``GreenletExit`` in it and wait up to 1 s for it to end (``gevent.kill``
+        itself takes no ``block``: the greenlet's own ``kill`` does)."""
+        glet = worker._glet  # type: ignore[attr-defined]
+        glet.kill(block=True, timeout=1.0)
+        if not glet.dead:
+            logger.warning("greenlet %s did not end within 1 s of being killed", worker.name)
 
     def poller(self) -> Poller:
         made: Poller = self._poll()
