@@ -7,17 +7,20 @@ ends it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from testkit.processes import HEALTH_PATH, server_env
-from testkit.redis_server import free_port
+from testkit.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0  # seconds a server may take to say it is ready
@@ -65,3 +68,45 @@ class ChatServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+F = TypeVar("F")
+
+
+def take_turns(servers: dict[str, ChatServer], runs: int, run_one: Callable[[ChatServer], F],
+               show: Callable[[F], str]) -> dict[str, list[F]]:
+    """``runs`` rounds of ``run_one`` on every server, the servers taking turns (each round
+    starts with the next one), each run's figures printed with ``show``; a run that raises
+    ``RuntimeError`` prints its server's last log lines first."""
+    figures: dict[str, list[F]] = {name: [] for name in servers}
+    names = list(servers)
+    for run in range(runs):
+        first = run % len(names)
+        for name in names[first:] + names[:first]:
+            server = servers[name]
+            try:
+                got = run_one(server)
+            except RuntimeError:
+                print(f"--- the {name} server's log, last lines:\n{server.log_tail()}")
+                raise
+            figures[name].append(got)
+            print(f"  run {run + 1} {name:<16} {show(got)}", flush=True)
+            time.sleep(1.0)  # the last run's departures are handled before the next
+    return figures
+
+
+@contextlib.contextmanager
+def bench_setup(prefix: str) -> Iterator[tuple[str, Path, dict[str, ChatServer]]]:
+    """A Redis of the benchmark's own (its URL), a temporary folder for logs and checkouts, and
+    a dict for the caller to put its servers in: every one of them is stopped at the end, then
+    the Redis."""
+    redis = RedisServer()
+    redis.start()
+    servers: dict[str, ChatServer] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield redis.url, Path(tmp), servers
+    finally:
+        for server in servers.values():
+            server.stop()
+        redis.cleanup()

@@ -29,20 +29,16 @@ import os
 import random
 import statistics
 import sys
-import tempfile
-import threading
 import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from testkit.frames import masked
-from testkit.redis_server import RedisServer
 
 from ..harness import process_cpu
-from .chat_server import ROOT, ChatServer
-from .inbound import DEADLINE, Client
+from .chat_server import ROOT, ChatServer, bench_setup, take_turns
+from .inbound import DEADLINE, Client, drive
 
 OFFER = "permessage-deflate; client_max_window_bits"
 RSV1 = 0x40
@@ -101,7 +97,7 @@ def one_run(server: ChatServer, listeners: int, texts: list[str], window: int) -
                     heard[0] = got
             done.append(time.monotonic())
 
-        def speak() -> None:
+        def speak(started: float) -> None:
             for sent, text in enumerate(texts):
                 while sent - heard[0] >= window:
                     if time.monotonic() > started + DEADLINE:
@@ -110,18 +106,8 @@ def one_run(server: ChatServer, listeners: int, texts: list[str], window: int) -
                 mouth.sock.sendall(masked(0x1, json.dumps({"op": "say", "room": room,
                                                            "text": text}).encode()))
 
-        readers = [threading.Thread(target=listen, args=(e, i == 0), daemon=True)
-                   for i, e in enumerate(ears)]
-        for t in readers:
-            t.start()
         cpu = process_cpu(server.proc.pid) or 0.0
-        started = time.monotonic()
-        writer = threading.Thread(target=speak, daemon=True)
-        writer.start()
-        for t in [writer, *readers]:
-            t.join(max(0.0, started + DEADLINE - time.monotonic()))
-        if len(done) != listeners:
-            raise RuntimeError(f"not every message arrived within {DEADLINE:.0f} s")
+        started = drive(ears, listen, speak, done)
         used = (process_cpu(server.proc.pid) or 0.0) - cpu
         deliveries = expected * listeners
         return Figures(sum(e.received for e in ears) / deliveries, used / deliveries * 1e6,
@@ -143,36 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 3 (medians of several runs)")
     rng = random.Random(7)
     texts = [document(n, rng) for n in range(args.messages)]
-    redis = RedisServer()
-    redis.start()
-    servers: dict[str, ChatServer] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="dcm-deflate-bench-") as tmp:
-            for name, on in (("on", "1"), ("off", "0")):
-                servers[name] = ChatServer(name, redis.url, f"{name}{uuid.uuid4().hex[:6]}:",
-                                           Path(tmp) / f"{name}.log", ROOT, DCM_RATE_LIMIT="0",
-                                           DCM_COMPRESSION=on)
-            size = statistics.mean(len(t) for t in texts)
-            print(f"compression: {args.listeners} listeners x {args.messages} room messages of "
-                  f"{size:,.0f} B of JSON, {args.runs} runs each, the servers taking turns; "
-                  f"{os.cpu_count()} cores")
-            figures: dict[str, list[Figures]] = {name: [] for name in servers}
-            names = list(servers)
-            for run in range(args.runs):
-                for name in names[run % 2:] + names[:run % 2]:
-                    try:
-                        got = one_run(servers[name], args.listeners, texts, args.window)
-                    except RuntimeError:
-                        print(f"--- the {name} server's log, last lines:\n{servers[name].log_tail()}")
-                        raise
-                    figures[name].append(got)
-                    print(f"  run {run + 1} compression {name:<3} {got.bytes_per_message:7,.0f} B/msg "
-                          f"{got.cpu_us:6.1f} us CPU/msg {got.per_second:9,.0f} deliveries/s", flush=True)
-                    time.sleep(1.0)  # the last run's departures are handled before the next
-    finally:
-        for server in servers.values():
-            server.stop()
-        redis.cleanup()
+    with bench_setup("dcm-deflate-bench-") as (redis_url, tmp, servers):
+        for name, on in (("on", "1"), ("off", "0")):
+            servers[name] = ChatServer(name, redis_url, f"{name}{uuid.uuid4().hex[:6]}:",
+                                       tmp / f"{name}.log", ROOT, DCM_RATE_LIMIT="0",
+                                       DCM_COMPRESSION=on)
+        size = statistics.mean(len(t) for t in texts)
+        print(f"compression: {args.listeners} listeners x {args.messages} room messages of "
+              f"{size:,.0f} B of JSON, {args.runs} runs each, the servers taking turns; "
+              f"{os.cpu_count()} cores")
+        figures = take_turns(
+            servers, args.runs, lambda server: one_run(server, args.listeners, texts, args.window),
+            lambda got: f"{got.bytes_per_message:7,.0f} B/msg {got.cpu_us:6.1f} us CPU/msg "
+                        f"{got.per_second:9,.0f} deliveries/s")
     print(report(figures))
     return 0
 

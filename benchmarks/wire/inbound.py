@@ -33,18 +33,17 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from socket import create_connection, socket
 
 from testkit.frames import masked, parse, split
-from testkit.redis_server import RedisServer
 
-from .chat_server import ROOT, ChatServer
+from .chat_server import ROOT, ChatServer, bench_setup, take_turns
 
 DEADLINE = 120.0  # seconds any one run may take
 TEXT = "x" * 80
@@ -119,6 +118,26 @@ class Client:
         self.sock.close()
 
 
+def drive(ears: list[Client], listen: Callable[[Client, bool], None],
+          speak: Callable[[float], None], done: list[float]) -> float:
+    """One thread per listener (``listen(ear, first)``: the first one tells how far it got;
+    each appends to ``done`` when it has everything), then the writer (``speak(started)``);
+    the time the writer started. ``RuntimeError`` if not every listener is done within
+    `DEADLINE`."""
+    readers = [threading.Thread(target=listen, args=(e, i == 0), daemon=True)
+               for i, e in enumerate(ears)]
+    for t in readers:
+        t.start()
+    started = time.monotonic()
+    writer = threading.Thread(target=speak, args=(started,), daemon=True)
+    writer.start()
+    for t in [writer, *readers]:
+        t.join(max(0.0, started + DEADLINE - time.monotonic()))
+    if len(done) != len(ears):
+        raise RuntimeError(f"not every message arrived within {DEADLINE:.0f} s")
+    return started
+
+
 @dataclass(frozen=True)
 class Figures:
     per_second: float
@@ -151,7 +170,7 @@ def one_run(port: int, pid: int, clients: int, messages: int, listeners: int,
                     heard[0] = got
             done.append(time.monotonic())
 
-        def speak() -> None:
+        def speak(started: float) -> None:
             """Round robin: each client in turn writes ``CHUNK`` messages, at most ``window``
             in flight (written, not yet heard). A greenlet's socket then never holds many: a
             server greenlet that has messages waiting goes on without yielding, and would keep
@@ -167,18 +186,8 @@ def one_run(port: int, pid: int, clients: int, messages: int, listeners: int,
                     mouth.sock.sendall(chunk)
                     sent += CHUNK
 
-        readers = [threading.Thread(target=listen, args=(e, i == 0), daemon=True)
-                   for i, e in enumerate(ears)]
-        for t in readers:
-            t.start()
         cpu = cpu_seconds(pid)
-        started = time.monotonic()
-        writer = threading.Thread(target=speak, daemon=True)
-        writer.start()
-        for t in [writer, *readers]:
-            t.join(max(0.0, started + DEADLINE - time.monotonic()))
-        if len(done) != listeners:
-            raise RuntimeError(f"not every message arrived within {DEADLINE:.0f} s")
+        started = drive(ears, listen, speak, done)
         used = cpu_seconds(pid) - cpu
         return Figures(expected / (max(done) - started), used / expected * 1e6)
     finally:
@@ -214,39 +223,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 3 (medians of several runs)")
     if args.messages % CHUNK:
         parser.error(f"--messages must be a multiple of {CHUNK}")
-    redis = RedisServer()
-    redis.start()
-    servers: dict[str, ChatServer] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="dcm-wire-bench-") as tmp:
-            for rev in args.compare:
-                root = Path(tmp) / rev
-                root.mkdir()
-                old_checkout(rev, root)
-                servers[rev] = start_server(rev, redis.url, Path(tmp), root)
-            servers[HERE] = start_server("this", redis.url, Path(tmp), ROOT)
-            print(f"wire inbound: {args.clients} clients x {args.messages} messages into a room with "
-                  f"{args.listeners} listener(s), {args.runs} runs each, the servers taking turns; "
-                  f"{os.cpu_count()} cores")
-            figures: dict[str, list[Figures]] = {name: [] for name in servers}
-            names = list(servers)
-            for run in range(args.runs):
-                for name in names[run % len(names):] + names[:run % len(names)]:
-                    server = servers[name]
-                    try:
-                        got = one_run(server.port, server.proc.pid, args.clients, args.messages,
-                                      args.listeners, args.window)
-                    except RuntimeError:
-                        print(f"--- the {name} server's log, last lines:\n{server.log_tail()}")
-                        raise
-                    figures[name].append(got)
-                    print(f"  run {run + 1} {name:<16} {got.per_second:8,.0f} msg/s, "
-                          f"{got.cpu_us:6.1f} us CPU/msg", flush=True)
-                    time.sleep(1.0)  # the last run's departures are handled before the next
-    finally:
-        for server in servers.values():
-            server.stop()
-        redis.cleanup()
+    with bench_setup("dcm-wire-bench-") as (redis_url, tmp, servers):
+        for rev in args.compare:
+            root = tmp / rev
+            root.mkdir()
+            old_checkout(rev, root)
+            servers[rev] = start_server(rev, redis_url, tmp, root)
+        servers[HERE] = start_server("this", redis_url, tmp, ROOT)
+        print(f"wire inbound: {args.clients} clients x {args.messages} messages into a room with "
+              f"{args.listeners} listener(s), {args.runs} runs each, the servers taking turns; "
+              f"{os.cpu_count()} cores")
+        figures = take_turns(
+            servers, args.runs,
+            lambda server: one_run(server.port, server.proc.pid, args.clients, args.messages,
+                                   args.listeners, args.window),
+            lambda got: f"{got.per_second:8,.0f} msg/s, {got.cpu_us:6.1f} us CPU/msg")
     print(report(figures))
     return 0
 
