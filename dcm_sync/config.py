@@ -33,6 +33,10 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
+#: ``Config.connection_ttl``'s default; any other value warns that the setting is ignored
+IGNORED_CONNECTION_TTL = 3600.0
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of one distributed manager. Invalid values raise [`ConfigError`][].
@@ -51,7 +55,7 @@ class Config:
     heartbeat_ttl: float = 90.0
     stale_connection_timeout: float = 1800.0
     cleanup_interval: float = 300.0
-    connection_ttl: float = 3600.0  # ignored: connection records do not expire (see below)
+    connection_ttl: float = IGNORED_CONNECTION_TTL  # ignored: connection records do not expire
     max_connections: int = 10_000
     max_rooms_per_connection: int = 100
     max_connections_per_user: int = 0
@@ -121,7 +125,7 @@ class Config:
                 f"heartbeat_interval ({self.heartbeat_interval}), or one late heartbeat "
                 "would declare a live server dead"
             )
-        if self.connection_ttl != 3600.0:
+        if self.connection_ttl != IGNORED_CONNECTION_TTL:
             # a live connection's record lives until it is removed, by its server or by the
             # cleanup of its server's failure: there is nothing left for a TTL to bound
             warnings.warn("connection_ttl is ignored: connection records do not expire",
