@@ -225,6 +225,17 @@ def _field_type(name: str) -> str:
     raise ConfigError(f"unknown setting {name!r}")
 
 
+def parse_switch(text: str) -> bool:
+    """A yes/no setting's text: ``1 true yes on`` or ``0 false no off`` and empty (any case);
+    ``ValueError`` otherwise."""
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(text)
+
+
 def parse_value(name: str, text: str) -> Any:
     """Parse the text form of field ``name`` (from the environment or a config file)."""
     kind = _field_type(name)
@@ -233,12 +244,7 @@ def parse_value(name: str, text: str) -> Any:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     try:
         if kind.startswith("bool"):
-            low = text.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError(text)
+            return parse_switch(text)
         if kind.startswith("int"):
             return int(text.replace("_", ""))
         if kind.startswith("float"):

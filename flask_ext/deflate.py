@@ -29,7 +29,8 @@ from typing import Any
 
 __all__ = ["Agreement", "negotiate", "deflate", "Inflater", "MIN_BYTES", "LEVEL", "ENVIRON_KEY"]
 
-#: the environ key where `flask_ext.handler.DCMWebSocketHandler` leaves what it agreed
+#: the environ key where a route's precheck leaves what it agreed on, for
+#: `flask_ext.handler.DCMWebSocketHandler`'s ``101`` and the gevent transport
 ENVIRON_KEY = "dcm.deflate"
 #: texts shorter than this (UTF-8 bytes) are sent uncompressed
 MIN_BYTES = 128

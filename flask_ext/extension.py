@@ -25,6 +25,8 @@ from dcm_sync.requests import RequestHandler
 
 from .cli import make_cli_group
 from .connection import WebSocketConnection
+from .deflate import ENVIRON_KEY as DEFLATE_KEY
+from .deflate import negotiate
 from .gate import REFUSE_ORIGIN, REFUSE_TOKEN, extract_token, origin_allowed
 from .handshake import HandshakeError
 from .limits import CLOSE_TOO_MANY, InboundLimits
@@ -32,13 +34,12 @@ from .resume import ResumeRequest, resume_request
 from .state import AppState
 from .transports import Transport, open_transport
 
-__all__ = ["DistributedWebSockets", "PRECHECK_HEADER", "PRECHECK_KEY", "COMPRESSION_HEADER"]
+__all__ = ["DistributedWebSockets", "PRECHECK_HEADER", "PRECHECK_KEY"]
 
 logger = logging.getLogger(__name__)
 
 PRECHECK_KEY = "dcm.precheck"          # environ flag set by the project's handler before the handshake
 PRECHECK_HEADER = "X-DCM-Precheck"     # "accepted" (ours, allowed) or "pass" (not a dcm route)
-COMPRESSION_HEADER = "X-DCM-Compression"  # on an accepted precheck: DCM_COMPRESSION is on
 _VERDICT_KEY = "dcm.verdict"
 
 View = Callable[..., Any]
@@ -272,10 +273,11 @@ class DistributedWebSockets:
             environ[_VERDICT_KEY] = (user_id, refusal)
             if refusal is not None:
                 return Response(refusal[2] + "\n", status=refusal[0], mimetype="text/plain")
-            headers = {PRECHECK_HEADER: "accepted"}
-            if state.compression:
-                headers[COMPRESSION_HEADER] = "permessage-deflate"
-            return Response(status=204, headers=headers)
+            if state.compression:  # DCMWebSocketHandler answers it in its 101 (same environ)
+                agreed = negotiate(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
+                if agreed is not None:
+                    environ[DEFLATE_KEY] = agreed
+            return Response(status=204, headers={PRECHECK_HEADER: "accepted"})
         try:
             transport = open_transport(environ, limits, state.compression)
         except HandshakeError as exc:  # nothing was sent: the server answers this

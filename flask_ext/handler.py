@@ -11,9 +11,8 @@ checks origin and token without registering anything and answers ``204`` with
     from flask_ext.handler import DCMWebSocketHandler
     pywsgi.WSGIServer(("127.0.0.1", 8000), app, handler_class=DCMWebSocketHandler).serve_forever()
 
-When the app has ``DCM_COMPRESSION`` on and the client offers permessage-deflate, the answer
-agrees on it (`flask_ext.deflate`): the route's precheck answer says so with
-``X-DCM-Compression``.
+When the app has ``DCM_COMPRESSION`` on and the client offers permessage-deflate, the route's
+precheck leaves its agreement (`flask_ext.deflate`) in the environ, and the ``101`` carries it.
 
 Its access and error log lines never show a token: the value of any ``token`` (or
 ``access_token``, ...) or ``resume`` query parameter is replaced by ``[redacted]``, whatever
@@ -35,8 +34,8 @@ from geventwebsocket.handler import WebSocketHandler
 
 from dcm_sync import ConfigError
 
-from .deflate import ENVIRON_KEY, negotiate
-from .extension import COMPRESSION_HEADER, PRECHECK_HEADER, PRECHECK_KEY
+from .deflate import ENVIRON_KEY
+from .extension import PRECHECK_HEADER, PRECHECK_KEY
 from .gate import redact_tokens
 from .limits import DEFAULTS, handshake_timeout
 
@@ -175,17 +174,13 @@ class DCMWebSocketHandler(WebSocketHandler):  # type: ignore[misc]
         finally:
             del env[PRECHECK_KEY]
         headers = seen.get("headers", [])
-        names = {k.lower() for k, _ in headers}
-        if PRECHECK_HEADER.lower() in names:
-            if COMPRESSION_HEADER.lower() in names:  # the route's app has DCM_COMPRESSION on
-                agreed = negotiate(env.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
-                if agreed is not None:
-                    env[ENVIRON_KEY] = agreed  # answered in start_response, read by the transport
+        if any(k.lower() == PRECHECK_HEADER.lower() for k, _ in headers):
             return None
         return seen.get("status", "500 Internal Server Error"), headers, body
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        """gevent-websocket's, with permessage-deflate in the ``101`` answer when it was agreed."""
+        """gevent-websocket's, with permessage-deflate in the ``101`` answer when the precheck
+        agreed on it (the gevent transport reads the same agreement from this environ)."""
         agreed = self.environ.get(ENVIRON_KEY) if status.startswith("101") else None
         if agreed is not None:
             headers = [*headers, ("Sec-WebSocket-Extensions", agreed.header)]

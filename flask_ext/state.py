@@ -20,7 +20,7 @@ from dcm_sync import (
     DistributedConnectionManager,
     create_distributed_connection_manager,
 )
-from dcm_sync.config import field_names
+from dcm_sync.config import field_names, parse_switch
 
 from .gate import parse_origins
 from .limits import InboundLimits, handshake_timeout, setdefault_limits
@@ -43,12 +43,10 @@ def _switch(app: Flask, key: str) -> bool:
     raw = app.config.get(key, os.environ.get(key, False))
     if isinstance(raw, bool):
         return raw
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{key} must be true or false, got {raw!r}")
+    try:
+        return parse_switch(str(raw))
+    except ValueError:
+        raise ConfigError(f"{key} must be true or false, got {raw!r}") from None
 
 
 def health_details(app: Flask) -> bool:

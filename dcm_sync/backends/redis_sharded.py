@@ -141,8 +141,8 @@ class ShardedSubscription:
         read (a reply, or part of one, is in hand); (None, False) if there is none. Only the
         one read last can hold replies read already: it is read until it holds none before
         another is."""
-        last = self._last
-        if last is not None and last.listening and last.buffered():
+        last = self._last_holding()
+        if last is not None:
             return last, True  # the rest of the last read: a batch from one shard stays together
         while self._readable:
             sub = self._readable.popleft()
@@ -201,9 +201,12 @@ class ShardedSubscription:
         frames of several shards' messages that arrived together are written together)."""
         if self._closed:
             return False
+        return self._last_holding() is not None or any(sub.listening for sub in self._readable)
+
+    def _last_holding(self) -> RedisSubscription | None:
+        """The connection read last, if it holds replies read already."""
         last = self._last
-        return (last is not None and last.listening and last.buffered()) or any(
-            sub.listening for sub in self._readable)
+        return last if last is not None and last.listening and last.buffered() else None
 
     def close(self) -> None:
         with self._lock:
