@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .backends import Backend, ConnectionRecord, open_backend
-from .concurrency import Driver, StopFlag, Worker, get_driver
+from .concurrency import Driver, Runner, StopFlag, Worker, get_driver, on_runner
 from .config import Config
 from .delivery import Delivery
 from .departures import Departures, close_socket
@@ -107,6 +107,8 @@ class DistributedConnectionManager(PresenceMethods):
             self._backend.mailbox_ttl = config.recovery_window + MARGIN
         notices = config.room_notices != "off"
         self._driver: Driver = get_driver()
+        #: where the operations below marked ``@on_runner`` run (gevent: dcm-io greenlets)
+        self._runner: Runner = self._driver.runner()
         self._stop: StopFlag = self._driver.event()
         self._workers: list[Worker] = []
         self._state_lock = threading.Lock()
@@ -239,6 +241,7 @@ class DistributedConnectionManager(PresenceMethods):
         self._requests.close()  # callers waiting for replies get DCMError now
         self._stop.set()
         self._listener.close()  # wakes the listener out of its read
+        self._runner.stop()
         deadline = time.monotonic() + STOP_SECONDS
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -261,6 +264,7 @@ class DistributedConnectionManager(PresenceMethods):
                           os.getpid(), time.time(), len(self.local))
 
     # ----------------------------------------------------------------- connections
+    @on_runner
     def register_connection(self, ws: WebSocketLike, user_id: str,
                             auth_token: str | None = None, recoverable: bool = False) -> str:
         """Hold ``ws`` for ``user_id`` and return its cluster-wide connection id.
@@ -304,6 +308,7 @@ class DistributedConnectionManager(PresenceMethods):
         return self._backend.add_connection(self.server_id, record,
                                             self.config.max_connections_per_user)
 
+    @on_runner
     def resume_connection(self, ws: WebSocketLike, user_id: str, token: str,
                           rooms: Mapping[str, tuple[str, int]] | None = None,
                           directs: int = 0) -> tuple[str, bool]:
@@ -326,6 +331,7 @@ class DistributedConnectionManager(PresenceMethods):
             raise ValueError(f"directs must be an int >= 0, got {directs!r}")
         return self._recovery.resume(ws, user_id, token, seen, directs)
 
+    @on_runner
     def release_connection(self, connection_id: str, ws: WebSocketLike | None = None,
                            suspend: bool = True) -> None:
         """The socket of one of this server's connections ended (the peer left, or the network
@@ -340,11 +346,13 @@ class DistributedConnectionManager(PresenceMethods):
             return
         self._departures.remove_local(connection_id, "removed")
 
+    @on_runner
     def join_room(self, connection_id: str, room_id: str) -> None:
         """Put a connection (on any server) in a room. [`ConnectionLimitError`][] if it is
         in ``max_rooms_per_connection`` other rooms already."""
         self._room_change(connection_id, room_id, join=True)
 
+    @on_runner
     def leave_room(self, connection_id: str, room_id: str) -> None:
         """Take a connection (on any server) out of a room; leaving a room it is not in is a no-op."""
         self._room_change(connection_id, room_id, join=False)
@@ -376,6 +384,7 @@ class DistributedConnectionManager(PresenceMethods):
         conn = self.local.get(connection_id)
         return frozenset(conn.rooms) if conn is not None else frozenset()
 
+    @on_runner
     def close_connection(self, connection_id: str, code: int = 1000, reason: str = "") -> bool:
         """Close one of this server's sockets with ``code`` and ``reason``, after what is
         queued for it, never waiting for the client; False if this server does not hold it.
@@ -387,6 +396,7 @@ class DistributedConnectionManager(PresenceMethods):
         conn.close(code, reason)
         return True
 
+    @on_runner
     def remove_connection(self, connection_id: str) -> None:
         """Remove a connection on any server; its owner closes the socket. Rooms are told."""
         self._check_open()
@@ -397,6 +407,7 @@ class DistributedConnectionManager(PresenceMethods):
             raise UnknownConnectionError(f"unknown connection {connection_id!r}")
 
     # ----------------------------------------------------------------- messages
+    @on_runner
     def broadcast_to_room(self, room_id: str, message: Any,
                           exclude: Iterable[str] | None = None) -> None:
         """Send ``message`` to every member of the room on every server, less ``exclude``."""
@@ -418,6 +429,7 @@ class DistributedConnectionManager(PresenceMethods):
         finally:
             self._delivery.to_room(room_id, text, skip)
 
+    @on_runner
     def get_room_history(self, room_id: str, limit: int = 50) -> list[HistoryEntry]:
         """The last ``limit`` messages of a room that keeps a history (``history_rooms``),
         oldest first; [] for a room without one, or whose history expired."""
@@ -425,6 +437,7 @@ class DistributedConnectionManager(PresenceMethods):
         validate_id(room_id, "room_id")
         return self._history.latest(room_id, limit)
 
+    @on_runner
     def send_to_connection(self, connection_id: str, message: Any) -> bool:
         """Send to one connection on any server. True if it exists (delivered here or routed
         to its server), False if no server knows it or its local send failed."""
@@ -444,6 +457,7 @@ class DistributedConnectionManager(PresenceMethods):
         data = self._envelope(DirectMessage(conn.connection_id, text))
         return self._backend.route(conn.connection_id, "", data) is not None
 
+    @on_runner
     def send_to_server(self, server_id: str, message: Any) -> bool:
         """Send a control message to a live server's [`on_server_message`][] handlers.
         False if no such server is alive."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .backends import Backend
+from .concurrency import INLINE, Runner, on_runner
 from .delivery import Delivery
 from .departures import Departures, Publication
 from .envelopes import DirectMessage, DirectMessages, Disconnect, EnvelopeWriter, LeaveRoom
@@ -182,41 +183,48 @@ def rooms_page(backend: Backend, offset: int, limit: int) -> list[tuple[str, int
 
 class PresenceMethods:
     """The presence and user methods of the manager and the [`Emitter`][dcm_sync.Emitter]
-    (each sets ``_presence`` and has ``_check_open``)."""
+    (each sets ``_presence`` and has ``_check_open``; the manager sets its ``_runner``)."""
 
     _presence: Presence
+    _runner: Runner = INLINE
 
     def _check_open(self) -> None:
         raise NotImplementedError
 
+    @on_runner
     def get_room_members(self, room_id: str) -> list[RoomMember]:
         """Every connection in the room on every server, from the shared state (``[]`` for an
         unknown or empty room), in connection id order."""
         self._check_open()
         return self._presence.room_members(room_id)
 
+    @on_runner
     def get_room_users(self, room_id: str) -> set[str]:
         """The user ids of the room's members on every server."""
         self._check_open()
         return self._presence.room_users(room_id)
 
+    @on_runner
     def get_user_connections(self, user_id: str) -> list[str]:
         """The connection ids of a user on every server."""
         self._check_open()
         return self._presence.user_connections(user_id)
 
+    @on_runner
     def send_to_user(self, user_id: str, message: Any) -> int:
         """Send to every connection of a user on every server: a server's own directly, the
         others' in one bus message per server that holds some. How many connections it reached."""
         self._check_open()
         return self._presence.send_to_user(user_id, message)
 
+    @on_runner
     def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
         """Close every socket of a user on every server with ``code`` and ``reason``; the
         rooms they were in hear ``user-disconnected`` (reason ``removed``). How many."""
         self._check_open()
         return self._presence.disconnect_user(user_id, code, reason)
 
+    @on_runner
     def close_room(self, room_id: str) -> int:
         """Take every member out of the room on every server; they stay connected. How many."""
         self._check_open()

@@ -287,13 +287,9 @@ class DistributedWebSockets:
             transport.close(code, reason)
             return _finished(transport)
         resume = resume_request(request.args) if recovery else None
-        self._run(state, view, url_args, transport, user_id, recovery, resume)
-        return _finished(transport)
-
-    def _run(self, state: AppState, view: View, url_args: dict[str, Any], transport: Transport,
-             user_id: str, recovery: bool = False, resume: ResumeRequest | None = None) -> None:
         self._run_registered(state.manager(), view, url_args, transport, user_id, recovery,
                              resume)
+        return _finished(transport)
 
     def _run_registered(self, mgr: DistributedConnectionManager, view: View, url_args: dict[str, Any],
                         transport: Transport, user_id: str, recovery: bool = False,
