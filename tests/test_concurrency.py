@@ -72,7 +72,11 @@ def test_gevent_runner_runs_a_nested_call_in_place_and_caps_its_greenlets() -> N
     calls = [gevent.spawn(runner.call, slow, i) for i in range(IO_GREENLETS + 8)]
     gevent.joinall(calls, timeout=5)
     assert [c.value for c in calls] == [i * 2 for i in range(IO_GREENLETS + 8)]
-    assert len(names) == IO_GREENLETS  # the last 8 waited for a greenlet to be free
+    # the first 32 on a dcm-io greenlet each; with all of them busy, the last 8 in their callers
+    assert {n for n in names if n.startswith("dcm-io-")} == {f"dcm-io-{i}" for i in range(IO_GREENLETS)}
+    assert {n for n in names if not n.startswith("dcm-io-")} == {c.name for c in calls[-8:]}
+    # once free, they serve again: no new greenlet
+    assert runner.call(lambda: gevent.getcurrent().name) in {f"dcm-io-{i}" for i in range(IO_GREENLETS)}
     runner.stop()
 
 
