@@ -9,14 +9,14 @@ changes the same connection in between:
   the room. A removal that runs between the two either sees the room in the list (and takes the
   id out of the room itself) or makes the second step find no connection.
 * leave: the room set first, then the connection's list and the notice.
-* removal (and a dead server's cleanup batch): the connections' hashes first (server slot; the
+* removal (and a dead server's cleanup batch): the connections' records first (server slot; the
   script returns each one's rooms and, in the same step, notes them in ``removing:{T}``), then
-  the room sets, then the note is deleted and the id taken out of its user's set.
-* registration: the connection's hash first, then its user's set (user bucket slot, where the
-  cap on connections per user is checked); a refused or failed second step takes the hash back.
-  A user's set may keep the id of a connection whose removal was cut short between its steps:
-  reading the user's connections drops such ids (and the cap check reads them first when the
-  user is at the cap).
+  the room sets, then the note is deleted and the id taken out of its user's bucket.
+* registration: the connection's record first, then its user's bucket (user bucket slot, where
+  the cap on connections per user is checked); a refused or failed second step takes the record
+  back. A user's bucket may keep the id of a connection whose removal was cut short between its
+  steps: reading the user's connections drops such ids (and the cap check reads them first when
+  the user is at the cap).
 * closing a room: the room's set first (its members, taken out), then each member's room list.
 
 A removal whose second step never happens (its process killed, or the room's shard unreachable)
@@ -51,7 +51,7 @@ from .redis_base import (
     removed_row,
     translate_errors,
 )
-from .redis_keys import server_tag
+from .redis_keys import server_tag, unpack_record
 from .redis_sharded import ShardedSubscription
 from .redis_typed import close, evalsha
 from .redis_urls import cluster_clients
@@ -91,7 +91,8 @@ class RedisClusterBackend(RedisBase):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
                                "room_add", "room_del", "conn_room", "conn_remove", "forget",
-                               "user_add", "room_clear", "conn_leave", "server_count",
+                               "user_add", "user_drop", "room_clear", "conn_leave",
+                               "server_count", "restore",
                                "history_append", "history_read", "history_start")
         self._subscribed_before = False
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
@@ -218,10 +219,9 @@ class RedisClusterBackend(RedisBase):
                 notes[r.connection_id[:4]].append(r.connection_id)
             if r.user_id:
                 users[r.user_id].append(r.connection_id)
-        if notes or users:
+        self._run_many("user_drop", [([k.user(user)], [user, *ids]) for user, ids in users.items()])
+        if notes:
             pipe = self._r.pipeline(transaction=False)
-            for user, ids in users.items():
-                pipe.srem(k.user(user), *ids)
             for tag, ids in notes.items():
                 for start in range(0, len(ids), CHUNK):
                     pipe.hdel(k.removing(tag), *ids[start:start + CHUNK])
@@ -249,10 +249,10 @@ class RedisClusterBackend(RedisBase):
         """Add ``cid`` to its user's set unless the user is at the cap; at the cap, ids of
         connections that are gone are dropped first and the cap checked again."""
         key = self._keys.user(user)
-        if self._script("user_add", [key], [cid, max_per_user]):
+        if self._script("user_add", [key], [cid, max_per_user, user]):
             return True
         self.user_connections(user)  # drops the ids of connections that are gone
-        return bool(self._script("user_add", [key], [cid, max_per_user]))
+        return bool(self._script("user_add", [key], [cid, max_per_user, user]))
 
     def _take_back_connection(self, cid: str) -> None:
         try:
@@ -262,13 +262,12 @@ class RedisClusterBackend(RedisBase):
                            cid, exc)
 
     def _members(self, ids: Sequence[str]) -> list[RoomMember]:
-        """The connections of ``ids`` whose hash exists: one pipeline, split by shard."""
+        """The connections of ``ids`` whose record exists: one pipeline, split by shard."""
         pipe = self._r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hmget(self._keys.connection(cid), "u", "s")
-        rows = pipe.execute() if ids else []
-        found = [RoomMember(cid, as_str(user or b""), as_str(sid))
-                 for cid, (user, sid) in zip(ids, rows, strict=True) if sid is not None]
+            pipe.hget(self._keys.connection(cid), cid)
+        rows = [unpack_record(v) for v in pipe.execute()] if ids else []
+        found = [RoomMember(cid, *row) for cid, row in zip(ids, rows, strict=True) if row]
         return sorted(found, key=lambda m: m.connection_id)
 
     def room_members(self, room_id: str) -> list[RoomMember]:
@@ -278,11 +277,11 @@ class RedisClusterBackend(RedisBase):
     def user_connections(self, user_id: str) -> list[RoomMember]:
         key = self._keys.user(user_id)
         with translate_errors("reading a user's connections"):
-            ids = [as_str(c) for c in self._r.smembers(key)]
+            ids = as_str(self._r.hget(key, user_id) or b"").split()
             found = self._members(ids)
             gone = set(ids) - {m.connection_id for m in found}
             if gone:  # removals cut short between their steps
-                self._r.srem(key, *gone)
+                self._script("user_drop", [key], [user_id, *sorted(gone)])
         return found
 
     def clear_room(self, room_id: str) -> list[RoomMember]:
@@ -290,7 +289,8 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("closing a room"):
             ids = [as_str(c) for c in self._script(
                 "room_clear", [*self._room_keys(room_id)[:2], k.room_users(room_id)], [room_id])]
-            rows = self._run_many("conn_leave", [([k.connection(c)], [room_id]) for c in ids])
+            rows = self._run_many("conn_leave", [([k.connection(c)], [self.key_prefix, c, room_id])
+                                                 for c in ids])
         found = [RoomMember(cid, as_str(row[0]), as_str(row[1]))
                  for cid, row in zip(ids, rows, strict=True) if row]
         return sorted(found, key=lambda m: m.connection_id)
@@ -307,7 +307,8 @@ class RedisClusterBackend(RedisBase):
         """The connection's user, read only when users are counted and the caller did not know."""
         if user_id is not None or not self.count_users:
             return user_id or ""
-        return as_str(self._r.hget(self._keys.connection(cid), "u") or b"")
+        record = unpack_record(self._r.hget(self._keys.connection(cid), cid))
+        return record[0] if record else ""
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
                   max_rooms: int = 0, user_id: str | None = None,
