@@ -28,7 +28,6 @@ spread over the shards by name; the server index is one key.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -51,6 +50,7 @@ from .redis_base import (
     removed_row,
     translate_errors,
 )
+from .redis_cluster_steps import SecondSteps
 from .redis_keys import server_tag, unpack_record
 from .redis_sharded import ShardedSubscription
 from .redis_typed import close, evalsha
@@ -63,19 +63,6 @@ logger = logging.getLogger(__name__)
 
 def _no_recovery() -> BackendError:
     return BackendError("connection-state recovery is not available on Redis Cluster")
-
-
-def _noted(cid: bytes, note: bytes) -> RemovedConnection:
-    """A ``removing:{T}`` note (``[user, server, the connection's JSON room list]``)."""
-    try:
-        user, server, rooms_json = json.loads(note)
-        rooms = json.loads(rooms_json)
-    except (ValueError, TypeError):
-        user, server, rooms = "", "", []
-    if not isinstance(rooms, list):
-        rooms = []
-    return RemovedConnection(as_str(cid), str(user), str(server),
-                             tuple(r for r in rooms if isinstance(r, str)))
 
 
 class RedisClusterBackend(RedisBase):
@@ -95,6 +82,8 @@ class RedisClusterBackend(RedisBase):
                                "server_count", "restore",
                                "history_append", "history_read", "history_start")
         self._subscribed_before = False
+        self._steps = SecondSteps(self._r, self._keys, self._run_many, self._room_keys,
+                                  lambda: self._counted)
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
         self._hot: dict[str, redis.Redis] = {}
@@ -173,60 +162,22 @@ class RedisClusterBackend(RedisBase):
         notes = pipe.execute()[1]
         if notes:
             try:
-                self._finish(tag, notes)
+                self._steps.finish(tag, notes)
             except BackendError as exc:  # a room's shard still away: a later beat finishes them
                 logger.debug("interrupted removals not finished yet: %s", exc)
-
-    def finish_removals(self, tag: str) -> list[RemovedConnection]:
-        """Take the connections noted in ``removing:{tag}`` (removals whose second step did
-        not happen) out of their room sets; returns them, ``rooms_left`` as for a removal."""
-        with translate_errors("finishing interrupted removals"):
-            notes = self._r.hgetall(self._keys.removing(tag))
-        return self._finish(tag, notes) if notes else []
-
-    def _finish(self, tag: str, notes: dict[bytes, bytes]) -> list[RemovedConnection]:
-        with translate_errors("finishing interrupted removals"):
-            done = self._empty_rooms([_noted(cid, note) for cid, note in notes.items()])
-        logger.warning("finished %d interrupted connection removal(s) (tag %s)", len(done), tag)
-        return done
 
     def pop_server_connections(self, server_id: str, count: int, adopter: str | None = None,
                                until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
         # a cleaner that stopped between the two steps left notes: finish them first, and
         # announce the dead server's own ones with this batch
-        done = [r for r in self.finish_removals(server_tag(server_id)) if r.server_id == server_id]
+        done = [r for r in self._steps.finish_tag(server_tag(server_id))
+                if r.server_id == server_id]
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connection_sets(server_id)[0],
                                                self._keys.server(server_id)],
                                 [self.key_prefix, count, 0, self._counted, server_id,
                                  "", "", 0, 1])
-            return done + self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
-
-    def _empty_rooms(self, removed: list[RemovedConnection]) -> list[RemovedConnection]:
-        """Take removed connections out of their room sets; their ``rooms_left`` become the
-        rooms that still have members."""
-        k = self._keys
-        calls = [(self._room_keys(room), [r.connection_id, room, r.user_id, self._counted])
-                 for r in removed for room in r.rooms_left]
-        still = iter(self._run_many("room_del", calls))
-        out = []
-        notes: dict[str, list[str]] = defaultdict(list)  # the removals' notes, by tag
-        users: dict[str, list[str]] = defaultdict(list)  # their ids, by user
-        for r in removed:
-            left = tuple(room for room in r.rooms_left if next(still))
-            out.append(RemovedConnection(r.connection_id, r.user_id, r.server_id, left))
-            if r.rooms_left:
-                notes[r.connection_id[:4]].append(r.connection_id)
-            if r.user_id:
-                users[r.user_id].append(r.connection_id)
-        self._run_many("user_drop", [([k.user(user)], [user, *ids]) for user, ids in users.items()])
-        if notes:
-            pipe = self._r.pipeline(transaction=False)
-            for tag, ids in notes.items():
-                for start in range(0, len(ids), CHUNK):
-                    pipe.hdel(k.removing(tag), *ids[start:start + CHUNK])
-            pipe.execute()
-        return out
+            return done + self._steps.empty_rooms([r for r in map(removed_row, rows) if r is not None])
 
     # connections and rooms
     def add_connection(self, server_id: str, record: ConnectionRecord,
@@ -380,7 +331,7 @@ class RedisClusterBackend(RedisBase):
                 for i, row in zip(part, result, strict=True):
                     rows[i] = removed_row(row)
             found = [r for r in rows if r is not None]
-            emptied = iter(self._empty_rooms(found))
+            emptied = iter(self._steps.empty_rooms(found))
         return [None if r is None else next(emptied) for r in rows]
 
     # bus
