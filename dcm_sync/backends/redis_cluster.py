@@ -197,7 +197,7 @@ class RedisClusterBackend(RedisBase):
         return True
 
     def _index_user(self, cid: str, user: str, max_per_user: int) -> bool:
-        """Add ``cid`` to its user's set unless the user is at the cap; at the cap, ids of
+        """Add ``cid`` to its user's bucket unless the user is at the cap; at the cap, ids of
         connections that are gone are dropped first and the cap checked again."""
         key = self._keys.user(user)
         if self._script("user_add", [key], [cid, max_per_user, user]):

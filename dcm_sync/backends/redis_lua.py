@@ -70,14 +70,16 @@ local function conn_get(prefix, cid)
   end
   return c
 end
+-- a connection's rooms: its field's JSON, or false if it is in none
 local function rooms_raw(prefix, cid)
-  return redis.call('HGET', crkey(prefix, cid), cid) or '[]'
+  return redis.call('HGET', crkey(prefix, cid), cid)
 end
-local function rooms_of(prefix, cid)
-  local ok, rooms = pcall(cjson.decode, rooms_raw(prefix, cid))
+local function decoded(raw)
+  local ok, rooms = pcall(cjson.decode, raw or '[]')
   if not ok or type(rooms) ~= 'table' then return {} end
   return rooms
 end
+local function rooms_of(prefix, cid) return decoded(rooms_raw(prefix, cid)) end
 
 -- a user's connection ids: their field in their bucket, the ids separated by spaces (one id
 -- alone is stored as an integer)
@@ -151,10 +153,11 @@ local function in_list(rooms, room)
   end
   return false
 end
--- the connection's rooms, with room in (add) or out; none: its field deleted
-local function list_edit(prefix, cid, room, add)
+-- the connection's rooms (read here unless given), with room in (add) or out; none: its field
+-- deleted
+local function list_edit(prefix, cid, room, add, rooms)
   local kept = {}
-  for _, r in ipairs(rooms_of(prefix, cid)) do
+  for _, r in ipairs(rooms or rooms_of(prefix, cid)) do
     if r ~= room then kept[#kept + 1] = r end
   end
   if add then kept[#kept + 1] = room end
@@ -182,14 +185,15 @@ local function conn_remove(prefix, cid, journal)
   local c = conn_get(prefix, cid)
   if not c then return nil end
   local raw = rooms_raw(prefix, cid)
-  local rooms = rooms_of(prefix, cid)
+  local rooms = decoded(raw)
   if journal and #rooms > 0 then
     redis.call('HSET', prefix .. 'removing:{' .. tag_of(cid) .. '}', cid,
                cjson.encode({c[1], c[2], raw}))
   end
   redis.call('HDEL', ckey(prefix, cid), cid)
-  redis.call('HDEL', crkey(prefix, cid), cid)
-  redis.call('DEL', xkey(prefix, cid), mailbox_key(prefix, cid))
+  if raw then redis.call('HDEL', crkey(prefix, cid), cid) end
+  -- only a recoverable connection has these (ROUTE keeps a mailbox for no other)
+  if c[4] then redis.call('DEL', xkey(prefix, cid), mailbox_key(prefix, cid)) end
   redis.call('SREM', sckey(prefix, c[2], cid, c[3]), cid)
   if not journal then user_drop(ukey(prefix, c[1]), c[1], {[cid] = true}) end
   return {cid, c[1], c[2], rooms}

@@ -38,11 +38,12 @@ local c = conn_get(ARGV[1], ARGV[2])
 if not c then return false end
 local tell = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
-  if full(rooms_of(ARGV[1], ARGV[2]), ARGV[6]) then return 0 end
+  local rooms = rooms_of(ARGV[1], ARGV[2])
+  if full(rooms, ARGV[6]) then return 0 end
   if room_add(KEYS[2], KEYS[3], ARGV[2], ARGV[5], uckey(ARGV[1], ARGV[5], ARGV[7]), c[1]) == 2 then
     tell = 1
   end
-  list_edit(ARGV[1], ARGV[2], ARGV[5], true)
+  list_edit(ARGV[1], ARGV[2], ARGV[5], true, rooms)
 end
 notify(ARGV[1], c[2], ARGV[3], ARGV[4], ARGV[2], c[3])
 tell_room(ARGV[1], ARGV[5], tell, ARGV[8])
@@ -166,11 +167,9 @@ return {c[1], c[2]}
 CONN_ROOM = HEAD + """
 local c = conn_get(ARGV[1], ARGV[2])
 if not c then return false end
-if ARGV[6] == '1' then
-  local rooms = rooms_of(ARGV[1], ARGV[2])
-  if not in_list(rooms, ARGV[5]) and full(rooms, ARGV[7]) then return 0 end
-end
-list_edit(ARGV[1], ARGV[2], ARGV[5], ARGV[6] == '1')
+local rooms = rooms_of(ARGV[1], ARGV[2])
+if ARGV[6] == '1' and not in_list(rooms, ARGV[5]) and full(rooms, ARGV[7]) then return 0 end
+list_edit(ARGV[1], ARGV[2], ARGV[5], ARGV[6] == '1', rooms)
 notify(ARGV[1], c[2], ARGV[3], ARGV[4], ARGV[2], c[3])
 return {c[2], c[1]}
 """
@@ -277,10 +276,12 @@ local rec = ARGV[6] ~= ''
 redis.call('HSET', KEYS[1], ARGV[2], pack(ARGV[3], ARGV[4], rec))
 if ARGV[5] == '[]' then redis.call('HDEL', crkey(ARGV[1], ARGV[2]), ARGV[2])
 else redis.call('HSET', crkey(ARGV[1], ARGV[2]), ARGV[2], ARGV[5]) end
+local xk = xkey(ARGV[1], ARGV[2])
 if rec then
-  local xk = xkey(ARGV[1], ARGV[2])
   redis.call('HSET', xk, 'k', ARGV[6])
   if ARGV[7] ~= '' then redis.call('HSET', xk, 't', ARGV[7]) end
+else
+  redis.call('DEL', xk)
 end
 redis.call('SADD', KEYS[2], ARGV[2])
 return 1

@@ -114,7 +114,7 @@ end
 redis.call('HDEL', xk, 'x')
 redis.call('HSET', xk, 'k', ARGV[7])
 redis.call('PERSIST', xk)
-return {c[2], f[2] and 1 or 0, rooms_raw(ARGV[1], ARGV[2]), tonumber(f[3] or '0')}
+return {c[2], f[2] and 1 or 0, rooms_raw(ARGV[1], ARGV[2]) or '[]', tonumber(f[3] or '0')}
 """
 
 # KEYS: the bucket of the connection's record, mailbox:<cid>. ARGV: prefix, cid, after, count
