@@ -102,6 +102,7 @@ local function user_add(uk, user, cid)
 end
 -- gone: a table of ids to drop
 local function user_drop(uk, user, gone)
+  if next(gone) == nil then return end
   local ids, kept = user_ids(uk, user), {}
   for _, c in ipairs(ids) do
     if not gone[c] then kept[#kept + 1] = c end
