@@ -85,7 +85,8 @@ def noted(home: ClusterNode, keys: KeyLayout, cid: str) -> bool:
     """True while ``cid``'s hash is gone and its removal is noted, not finished. Asked of the
     master of its slot (``home``) directly: any other client may wait on the paused master."""
     with home.client() as r:
-        return bool(r.hexists(keys.removing(cid[:4]), cid)) and not r.exists(keys.connection(cid))
+        return (bool(r.hexists(keys.removing(cid[:4]), cid))
+                and not r.hexists(keys.connection(cid), cid))
 
 
 def test_removal_finished_after_the_rooms_shard_comes_back(
@@ -96,7 +97,7 @@ def test_removal_finished_after_the_rooms_shard_comes_back(
     connect(b, "bob", "elsewhere-" + room)
     assert b.get_distributed_stats().total_rooms == 2
     with paused(room_master):
-        a.remove_connection(ca)  # alice's hash goes; her room set cannot be changed
+        a.remove_connection(ca)  # alice's record goes; her room set cannot be changed
         assert wa.closed
         assert noted(home, keys, ca)
     # a's heartbeat finishes the removal once the shard answers again

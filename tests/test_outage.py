@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dcm_sync import BackendUnavailableError, DistributedConnectionManager
-from dcm_sync.backends.redis_keys import KeyLayout
+from dcm_sync.backends.redis_keys import KeyLayout, unpack_record
 from testkit.polling import wait_until
 from testkit.recording import connect, deliver_until, json_frames
 from testkit.redis_server import RedisServer
@@ -92,7 +92,7 @@ def test_redis_restarts_empty_five_times_without_duplicates_or_leaks(own_redis: 
         assert {s.server_id for s in a.get_active_servers()} == {a.server_id, b.server_id}
         assert {x.decode() for x in r.smembers(keys.servers_index)} == {a.server_id, b.server_id}
         assert r.smembers(keys.room("games")) == {ca.encode()}
-        assert r.hget(keys.connection(cb), "s") == b.server_id.encode()
+        assert unpack_record(r.hget(keys.connection(cb), cb)) == ("bob", b.server_id)
     assert a.metrics()["reconnects"] >= 1 and b.metrics()["reconnects"] >= 1
     r.close()  # the test's own connection
     time.sleep(0.3)

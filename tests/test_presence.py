@@ -193,3 +193,39 @@ def test_an_emitter_reads_presence_and_acts_on_users_and_rooms(
                                      if m.get("type") == "user-disconnected"])[0]
         assert (notice["connectionId"], notice["reason"]) == (ca, "removed")
         assert em.get_room_users("lobby") == {"bob"}
+
+
+def test_many_tabs_many_rooms_and_long_names(make_manager: Make) -> None:
+    """A user with many connections, a connection in many rooms and ids longer than Redis keeps
+    in its compact hashes (the layout's buckets become hash tables: nothing a user sees changes)."""
+    a, b = make_manager(max_rooms_per_connection=40), make_manager()
+    long_user = "long-" + "é" * 80
+    rooms = [f"room-{i}-" + "x" * 40 for i in range(40)]
+    tabs = [connect(a if i % 2 else b, "alice")[0] for i in range(8)]
+    cl, wl = connect(a, long_user, *rooms)
+    assert sorted(b.get_user_connections("alice")) == sorted(tabs)
+    assert a.get_user_connections(long_user) == [cl]
+    assert a.send_to_user("alice", "hi") == 8
+    assert b.send_to_user(long_user, "hi") == 1
+    wait_until(lambda: wl.frames == ["hi"])
+    assert [m.connection_id for m in b.get_room_members(rooms[-1])] == [cl]
+    assert b.get_room_users(rooms[0]) == {long_user}
+    with pytest.raises(ConnectionLimitError, match="max_rooms_per_connection"):
+        a.join_room(cl, "one-more")
+    for tab in tabs[::2]:
+        b.remove_connection(tab)
+    assert sorted(a.get_user_connections("alice")) == sorted(tabs[1::2])
+    b.leave_room(cl, rooms[0])  # routed to its server
+    a.join_room(cl, "one-more")
+    a.remove_connection(cl)
+    assert a.get_user_connections(long_user) == []
+    assert all(a.get_room_members(room) == [] for room in [*rooms, "one-more"])
+    assert a.get_distributed_stats().total_rooms == 0
+
+
+def test_ids_no_backend_mints_are_unknown_connections(make_manager: Make) -> None:
+    a = make_manager()
+    for cid in ("x", "8a517fb7429f9d276992edd4", "1" * 30, "1234", "12345.5", "1234-5"):
+        assert a.send_to_connection(cid, "anyone?") is False
+        with pytest.raises(UnknownConnectionError):
+            a.join_room(cid, "lobby")

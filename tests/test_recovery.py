@@ -299,19 +299,46 @@ def test_release_without_recovery_removes(make: Managers) -> None:
 
 
 def test_only_a_suspended_record_expires(redis_server: RedisServer, prefix: str) -> None:
-    """A live connection's hash has no TTL (its server's set bounds its life); a suspended
-    one's expires a while after its window, and resuming it takes the TTL off again."""
+    """A live connection's record has no TTL (its server's set bounds its life); a suspended
+    one's recovery hash expires a while after its window (the connection is gone with it), and
+    resuming it takes the TTL off again."""
     managers = Managers(prefix, redis_url=redis_server.url, **WINDOW)
     try:
         a, b = managers(), managers()
         cid, ws = joined(a, "alice", "chat-1")
         r = redis_server.client()
-        key = f"{prefix}connections:{{{cid[:4]}}}{cid[4:]}"
-        assert r.pttl(key) == -1
+        key = f"{prefix}recovery:{{{cid[:4]}}}{cid[4:]}"
+        record = f"{prefix}connections:{{{cid[:4]}}}:{int(cid[4:]) % 256:02x}"
+        assert r.pttl(key) == -1 and r.pttl(record) == -1
         token = hello(ws)["token"]
         a.release_connection(cid, ws)
         assert 30_000 < r.pttl(key) <= (30 + MARGIN) * 1000
         assert b.resume_connection(RecordingSocket(), "alice", token)[0] == cid
-        assert r.pttl(key) == -1
+        assert r.pttl(key) == -1 and r.pttl(record) == -1
+    finally:
+        managers.shutdown_all()
+
+
+def test_a_suspended_connection_is_gone_once_its_recovery_hash_expires(
+        redis_server: RedisServer, prefix: str) -> None:
+    """Its record stays in its bucket, which never expires: the connection is gone all the same,
+    everywhere it is looked up, and its leftovers are deleted as it is found so."""
+    managers = Managers(prefix, redis_url=redis_server.url, **WINDOW)
+    try:
+        a, b = managers(), managers()
+        cid, ws = joined(a, "alice", "chat-1")
+        other, _ = joined(b, "bob", "chat-1", recoverable=False)
+        token = hello(ws)["token"]
+        a.release_connection(cid, ws)
+        r = redis_server.client()
+        record = f"{prefix}connections:{{{cid[:4]}}}:{int(cid[4:]) % 256:02x}"
+        assert r.hexists(record, cid)
+        r.delete(f"{prefix}recovery:{{{cid[:4]}}}{cid[4:]}")  # as its TTL would
+        assert [m.connection_id for m in b.get_room_members("chat-1")] == [other]
+        assert not r.hexists(record, cid)
+        assert b.get_user_connections("alice") == []
+        assert b.send_to_connection(cid, "too late") is False
+        with pytest.raises(ResumeRefusedError):
+            b.resume_connection(RecordingSocket(), "alice", token)
     finally:
         managers.shutdown_all()

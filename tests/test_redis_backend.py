@@ -17,7 +17,7 @@ from dcm_sync import (
     create_distributed_connection_manager,
 )
 from dcm_sync.backends.redis_base import translate_errors
-from dcm_sync.backends.redis_keys import KeyLayout, server_tag
+from dcm_sync.backends.redis_keys import KeyLayout, server_tag, unpack_record
 from dcm_sync.errors import BackendError
 from testkit.keys import indexed_rooms
 from testkit.polling import wait_until
@@ -40,18 +40,21 @@ def test_layout(redis_server: RedisServer, prefix: str,
     assert len(cid) == 19 and cid.isdigit() and cid.startswith(tag_a)
     a.join_room(cid, "lobby")
     a.join_room(cid, "room:with:colons")
-    k_conn = f"{prefix}connections:{{{cid[:4]}}}{cid[4:]}"
+    bucket = f"{int(cid[4:]) % 256:02x}"  # the id's last 15 digits mod 256, in hex
+    k_conn = f"{prefix}connections:{{{cid[:4]}}}:{bucket}"
+    k_conn_rooms = f"{prefix}connection-rooms:{{{cid[:4]}}}:{bucket}"
     lobby_bucket = "r" + hashlib.sha1(b"lobby").hexdigest()[:2]
     colons_bucket = "r" + hashlib.sha1(b"room:with:colons").hexdigest()[:2]
     k_lobby = f"{prefix}rooms:{{{lobby_bucket}}}lobby"
     k_colons = f"{prefix}rooms:{{{colons_bucket}}}room:with:colons"
     k_servers_a = f"{prefix}servers:{{{tag_a}}}{a.server_id}"
     k_servers_b = f"{prefix}servers:{{{tag_b}}}{b.server_id}"
-    conn = {k.decode(): v.decode() for k, v in r.hgetall(k_conn).items()}
-    # short field names: u the user, s the server, r the rooms (a JSON array)
-    assert conn["u"] == "alice" and conn["s"] == a.server_id
-    assert json.loads(conn["r"]) == ["lobby", "room:with:colons"]
-    assert set(conn) == {"u", "s", "r"}
+    # the record, a field of its tag's bucket: the user's length, ':', the user, the server
+    assert r.hgetall(k_conn) == {cid.encode(): f"5:alice{a.server_id}".encode()}
+    assert r.object("encoding", k_conn) == b"listpack"
+    # its rooms (a JSON array) in the same bucket of another hash
+    assert json.loads(r.hget(k_conn_rooms, cid)) == ["lobby", "room:with:colons"]
+    assert r.hlen(k_conn_rooms) == 1
     assert r.pttl(k_conn) == -1  # no TTL: it lives until removed (its server's set lists it)
     assert r.smembers(k_lobby) == {cid.encode()}
     assert r.smembers(k_colons) == {cid.encode()}
@@ -63,16 +66,17 @@ def test_layout(redis_server: RedisServer, prefix: str,
     assert set().union(*(r.smembers(k) for k in buckets)) == {b"lobby", b"room:with:colons"}
     assert indexed_rooms(r, prefix) == {"lobby", "room:with:colons"}
     # the server's connection ids, in 256 sets by id: the id's last 15 digits mod 256, in hex
-    k_server_set = f"{prefix}server-connections:{{{tag_a}}}{a.server_id}:{int(cid[4:]) % 256:02x}"
+    k_server_set = f"{prefix}server-connections:{{{tag_a}}}{a.server_id}:{bucket}"
     assert r.smembers(k_server_set) == {cid.encode()}
     alice_bucket = "u" + hashlib.sha1(b"alice").hexdigest()[:2]
-    k_alice = f"{prefix}users:{{{alice_bucket}}}alice"  # the index by user
-    assert r.smembers(k_alice) == {cid.encode()}
+    k_alice = f"{prefix}users:{{{alice_bucket}}}"  # the index by user: a bucket of users
+    assert r.hgetall(k_alice) == {b"alice": cid.encode()}
     server = {k.decode(): v.decode() for k, v in r.hgetall(k_servers_a).items()}
     assert set(server) == {"serverId", "host", "port", "pid", "lastHeartbeat", "activeConnections"}
     assert 0 < r.pttl(k_servers_a) <= STEADY["heartbeat_ttl"] * 1000
     assert r.smembers(f"{prefix}index:servers") == {a.server_id.encode(), b.server_id.encode()}
-    assert set(keys(r, prefix)) == {k_conn, k_lobby, k_colons, k_servers_a, k_servers_b,
+    assert set(keys(r, prefix)) == {k_conn, k_conn_rooms, k_lobby, k_colons, k_servers_a,
+                                    k_servers_b,
                                     f"{prefix}index:rooms:{{{lobby_bucket}}}",
                                     f"{prefix}index:rooms:{{{colons_bucket}}}",
                                     k_server_set,
@@ -82,7 +86,7 @@ def test_layout(redis_server: RedisServer, prefix: str,
         assert b"s3cret-token" not in r.dump(key)
     a.leave_room(cid, "lobby")
     assert not r.exists(k_lobby)
-    assert json.loads(r.hget(k_conn, "r")) == ["room:with:colons"]
+    assert json.loads(r.hget(k_conn_rooms, cid)) == ["room:with:colons"]
     assert indexed_rooms(r, prefix) == {"room:with:colons"}
     a.remove_connection(cid)
     left = keys(r, prefix)
@@ -96,6 +100,42 @@ def test_layout(redis_server: RedisServer, prefix: str,
     k_lock = f"{prefix}lock:cleanup:{{{server_tag(dead)}}}{dead}"
     assert r.get(k_lock) == a.server_id.encode()
     r.delete(k_lock)
+
+
+def test_buckets_past_their_compact_limits_become_hash_tables_and_keep_working(
+        redis_server: RedisServer, prefix: str,
+        redis_pair: list[DistributedConnectionManager]) -> None:
+    """Redis keeps a hash compact up to 512 fields of up to 64 bytes: past either, the bucket
+    becomes a hash table, for good, and what it holds reads the same."""
+    a, b = redis_pair
+    r, k = redis_server.client(), KeyLayout(prefix)
+    tabs = [a.register_connection(RecordingSocket(), "alice") for _ in range(4)]
+    long_user = "u" * 70
+    cid = b.register_connection(RecordingSocket(), long_user)
+    for i in range(5):
+        b.join_room(cid, f"a-room-with-a-long-name-{i}")
+    assert r.object("encoding", k.user("alice")) == b"hashtable"  # 4 ids: 79 bytes
+    assert r.object("encoding", k.connection(cid)) == b"hashtable"
+    assert r.object("encoding", k.connection_rooms(cid)) == b"hashtable"
+    assert sorted(b.get_user_connections("alice")) == sorted(tabs)
+    assert [(m.connection_id, m.user_id) for m in a.get_room_members("a-room-with-a-long-name-4")] \
+        == [(cid, long_user)]
+    a.leave_room(cid, "a-room-with-a-long-name-0")
+    assert json.loads(r.hget(k.connection_rooms(cid), cid))[0] == "a-room-with-a-long-name-1"
+    a.remove_connection(cid)
+    for tab in tabs[1:]:
+        b.remove_connection(tab)
+    assert a.get_user_connections("alice") == [tabs[0]]
+    assert r.hget(k.user("alice"), "alice") == tabs[0].encode()
+    assert not r.exists(k.connection_rooms(cid))
+
+
+def test_unpack_record() -> None:
+    assert unpack_record(b"5:alicesrv-1:3000") == ("alice", "srv-1:3000")
+    assert unpack_record("3+a:bsrv") == ("a:b", "srv")  # recoverable; a colon in the user
+    assert unpack_record("2:\u00e9srv".encode()) == ("\u00e9", "srv")  # bytes, not characters
+    assert unpack_record("1:") is None and unpack_record(None) is None
+    assert unpack_record(b"alice") is None and unpack_record(b"9:short") is None
 
 
 def test_shutdown_leaves_no_keys(redis_server: RedisServer, prefix: str) -> None:

@@ -40,7 +40,7 @@ def test_cluster_uses_sharded_pubsub_and_spreads_keys(
             for r in range(10):
                 mgr.join_room(cid, f"room-{r}")
             conns.append((mgr, cid, sock))
-    # every server's record, connection set and connections' hashes are on one master
+    # every server's record, connection sets and its connections' buckets are on one master
     shards = redis_cluster.slot_map()
     for mgr in servers:
         home = redis_cluster.master_port_for(keys.server(mgr.server_id), shards)
@@ -119,7 +119,7 @@ def test_cluster_dead_server_cleaned_after_failover(
 
     with fresh_cluster.client() as r:  # one client for the whole poll
         def cleaned() -> bool:
-            return (not any(r.exists(keys.connection(c)) for c in victims)
+            return (not any(r.hexists(keys.connection(c), c) for c in victims)
                     and {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca})
 
         wait_until(cleaned, 20, "b's connections removed from Redis and from the room")
@@ -152,10 +152,9 @@ def test_cluster_room_follows_a_moved_slot(
 
 
 #: The README's exact command list for Cluster: the single-Redis list with sharded pub/sub
-#: instead of classic pub/sub, HDEL for the removal notes, and what redis-py needs to read the
-#: slot map.
+#: instead of classic pub/sub, and what redis-py needs to read the slot map.
 CLUSTER_EXACT = (*(c for c in EXACT if c not in ("+publish", "+subscribe", "+unsubscribe")),
-                 "+spublish", "+ssubscribe", "+sunsubscribe", "+hdel", "+cluster|slots",
+                 "+spublish", "+ssubscribe", "+sunsubscribe", "+cluster|slots",
                  "+command")
 
 
@@ -223,7 +222,7 @@ def test_cluster_scripts_load_on_their_own_shard_while_another_master_is_down(
 
     def present() -> bool:
         with fresh_cluster.master_for_key(keys.server(server_id)).client() as r:
-            return bool(r.exists(keys.server(server_id)) and r.exists(keys.connection(cid)))
+            return bool(r.exists(keys.server(server_id)) and r.hexists(keys.connection(cid), cid))
 
     wait_until(present, 15, "a's record and connection on their shard")
 

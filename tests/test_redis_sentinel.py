@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from dcm_sync import BackendAuthenticationError, BackendUnavailableError, Emitter
-from dcm_sync.backends.redis_keys import KeyLayout
+from dcm_sync.backends.redis_keys import KeyLayout, unpack_record
 from testkit.polling import seconds_until, wait_until
 from testkit.recording import RecordingSocket
 from testkit.redis_server import free_port
@@ -168,5 +168,5 @@ def test_sentinel_master_killed_delivery_and_state_recover(
                "stats count both connections, the room and both servers")
     keys = KeyLayout(prefix)
     with fresh_sentinel.client() as r:  # the new master holds the state
-        assert r.hget(keys.connection(cb), "s") == b.server_id.encode()
+        assert unpack_record(r.hget(keys.connection(cb), cb))[1] == b.server_id  # type: ignore[index]
         assert {x.decode() for x in r.smembers(keys.room("lobby"))} == {ca, cb}

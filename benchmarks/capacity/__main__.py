@@ -43,9 +43,9 @@ OPS = (("register", "register_connection"), ("join", "join_room, room has member
        ("get_user_connections", "get_user_connections, one connection"),
        ("get_room_members_1000", "get_room_members, a room of 1,000"))
 MEMORY = (("mem.connection", "per connection, in no room"),
-          ("usage.connection_hash", "  its connections:<id> hash (MEMORY USAGE)"),
+          ("usage.connection_record", "  its record in connections:{T}:XX (MEMORY USAGE)"),
           ("usage.server_set_per_connection", "  its member of server-connections:<sid>:XX"),
-          ("usage.user_set_per_connection", "  its user's users:<user> set (one user each)"),
+          ("usage.user_per_connection", "  its user's field of users:{uXX} (one user each)"),
           ("usage.connection_other", "  the rest (dict buckets, rounding)"),
           ("mem.membership_10", "per membership, rooms of 10 (intset)"),
           ("mem.membership_100", "per membership, rooms of 100 (intset)"),

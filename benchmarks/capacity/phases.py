@@ -164,15 +164,17 @@ def memory_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, float
         out["mem.connection"] = (b.used() - before) / n
         with b.probe.quiet():
             keys = b.nodes.describe(prefix)
-        conn = [k for k in keys if k.kind == "connections"]
-        server_set = sum(k.bytes for k in keys if k.kind == "server-connections")
-        out["usage.connection_hash"] = sum(k.bytes for k in conn) / len(conn)
-        out["usage.server_set_per_connection"] = server_set / n
-        # each connection here has a user of its own: a set of one id per user
-        out["usage.user_set_per_connection"] = sum(k.bytes for k in keys if k.kind == "users") / n
-        out["usage.connection_other"] = (out["mem.connection"] - out["usage.connection_hash"]
+        def share(kind: str) -> float:
+            """The keys of one class, per connection (records and users are fields of buckets)."""
+            return sum(k.bytes for k in keys if k.kind == kind) / n
+
+        out["usage.connection_record"] = share("connections")
+        out["usage.server_set_per_connection"] = share("server-connections")
+        # each connection here has a user of its own: one id in one user's field
+        out["usage.user_per_connection"] = share("users")
+        out["usage.connection_other"] = (out["mem.connection"] - out["usage.connection_record"]
                                          - out["usage.server_set_per_connection"]
-                                         - out["usage.user_set_per_connection"])
+                                         - out["usage.user_per_connection"])
         for size, name in ((100, "s"), (10, "t"), (1000, "L")):  # names of equal length
             before = b.used()
             in_threads(n, lambda i, s=size, p=name: mgr.join_room(ids[i], f"{p}{i // s:06d}"), THREADS)
@@ -221,7 +223,7 @@ def memory_run(b: Bench, run_no: int, detail: dict[str, Any]) -> dict[str, float
         for group, ks in groups.items():
             out[f"usage.{group}.bytes_per_key"] = sum(k.bytes for k in ks) / len(ks)
             members = sum(k.members for k in ks)
-            if members and group not in ("connections", "servers"):
+            if members and group != "servers":
                 out[f"usage.{group}.bytes_per_member"] = sum(k.bytes for k in ks) / members
             detail.setdefault("key_classes", {})[group] = {
                 "keys": len(ks), "example": ks[0].key, "encoding": ks[0].encoding}

@@ -3,7 +3,8 @@
 Redis: ``INFO memory`` ``used_memory`` before and after registering ``N`` connections through the
 core API (``register_connection`` + two ``join_room`` each, rooms of 200 members: ``a-<i // 200>``
 and ``b-<i % (N/200)>``), divided by ``N``. The breakdown comes from ``MEMORY USAGE`` (SAMPLES 0)
-of one ``connections:{T}<id>`` hash, one room set, the server-connections set (per member) and
+of the connections' buckets (``connections:{T}:XX`` and ``connection-rooms:{T}:XX``, per
+connection), one room set, the server-connections set (per member) and
 the 256 ``index:rooms:{rXX}`` buckets (key names: :class:`dcm_sync.backends.redis_keys.KeyLayout`);
 ``other`` is what they do not explain (hash-table buckets, the room
 channels' subscriptions, allocator rounding).
@@ -114,7 +115,7 @@ def run(ctx: Context) -> Result:
     if redis_runs:
         b = redis_runs[0]
         result.notes.append(
-            f"breakdown (MEMORY USAGE, run 1): connections:{{T}}<id> hash {b['hash']:.0f} B "
+            f"breakdown (MEMORY USAGE, run 1): record and rooms in their buckets {b['hash']:.0f} B "
             f"({b['hash_encoding']}; values: {b['hash_fields']}); room set {b['room_member']:.1f} B "
             f"per member ({b['room_encoding']}), x2; server-connections set "
             f"{b['server_set_member']:.1f} B per member; index:rooms:{{rXX}} (256 buckets) "
@@ -157,14 +158,17 @@ def _redis_bytes(redis_server: Any, n: int, run_no: int) -> dict[str, Any]:
         def usage(key: str) -> int:
             return int(r.memory_usage(key, samples=0) or 0)
 
-        k_hash = keys.connection(ids[n // 2])
+        k_hash = keys.connection(ids[n // 2])  # the buckets of the connections' records
         k_room = keys.room("a-0")
         k_servers = keys.server_connection_sets(mgr.server_id)  # 256 sets, by id
         room_member = usage(k_room) / r.scard(k_room)
         server_member = sum(map(usage, k_servers)) / sum(r.scard(k) for k in k_servers)
         index_rooms = sum(usage(k) for k in keys.all_rooms_indexes()) / n
-        hash_bytes = usage(k_hash)
-        fields = {k.decode(): len(v) for k, v in r.hgetall(k_hash).items()}
+        conns = r.scan_iter(match=f"{prefix}connection*", count=1000)  # records and their rooms
+        hash_bytes = sum(map(usage, conns)) / n
+        cid = ids[n // 2]
+        fields = {"record": len(r.hget(k_hash, cid) or b""),
+                  "rooms": len(r.hget(keys.connection_rooms(cid), cid) or b"")}
         out: dict[str, Any] = {
             "per_conn": per_conn, "hash": hash_bytes, "room_member": room_member,
             "room_member_x2": 2 * room_member, "server_set_member": server_member,

@@ -135,7 +135,9 @@ def evaluate(o: Observed) -> dict[str, Any]:
           "; ".join(f"{k}: {v[:5]} ({len(v)})" for k, v in extra_after.items()))
     ids = set(obs_ids)
     want_mid = {"servers": own["servers"], "index:servers": own["index:servers"],
-                "connections": sorted(KEYS.connection(c) for c in ids),
+                # the buckets of the observers' records and room lists (they are in rooms)
+                "connections": sorted({KEYS.connection(c) for c in ids}),
+                "connection-rooms": sorted({KEYS.connection_rooms(c) for c in ids}),
                 "rooms": sorted(KEYS.room(room) for room in rooms),
                 "index:rooms": sorted({KEYS.rooms_index(room_bucket(room)) for room in rooms}),
                 # the servers' sets that hold an id (their members are checked below)

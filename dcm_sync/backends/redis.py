@@ -54,7 +54,7 @@ class RedisBackend(RedisBase):
         self._hot_lock = HandOffLock()  # fair under gevent: see HandOffLock
         self._hot_failed_at = 0.0  # monotonic time the hot connection last found Redis unreachable
         self._register_scripts("add", "remove", "pop_server", "join", "leave", "route",
-                               "heartbeat", "to_live_server", "forget", "room_members",
+                               "heartbeat", "to_live_server", "forget", "room_members", "restore", "user_add",
                                "user_connections", "clear_room", "room_add", "server_count",
                                "history_append", "history_read", "history_start", "suspend",
                                "remove_suspended", "resume", "mailbox_read")
@@ -103,7 +103,8 @@ class RedisBackend(RedisBase):
                            ttl: float) -> bool:
         with translate_errors("suspending a connection"):
             return bool(self._script("suspend", [self._keys.connection(connection_id)],
-                                     [server_id, int(until * 1000), max(1, int(ttl * 1000))]))
+                                     [self.key_prefix, connection_id, server_id,
+                                      int(until * 1000), max(1, int(ttl * 1000))]))
 
     def remove_suspended(self, connection_id: str, server_id: str) -> RemovedConnection | None:
         with translate_errors("removing a suspended connection"):
@@ -133,7 +134,8 @@ class RedisBackend(RedisBase):
         k = self._keys
         with translate_errors("reading a mailbox"):
             flat = self._script("mailbox_read", [k.connection(connection_id),
-                                                 k.mailbox(connection_id)], [after, limit])
+                                                 k.mailbox(connection_id)],
+                                [self.key_prefix, connection_id, after, limit])
         if not flat:
             return None
         rest = flat[1:]

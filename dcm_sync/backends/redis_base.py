@@ -270,22 +270,18 @@ class RedisBase:
                                               max_per_user, record.secret or ""]))
 
     def restore_connections(self, server_id: str, records: Sequence[ConnectionRecord]) -> None:
-        k = self._keys
+        k, tag = self._keys, server_tag(server_id)
         with translate_errors("connection restore"):
-            for start in range(0, len(records), CHUNK):
-                pipe = self._r.pipeline(transaction=False)
-                for rec in records[start:start + CHUNK]:
-                    key = k.connection(rec.connection_id)
-                    fields = {"u": rec.user_id, "s": server_id, "r": json.dumps(list(rec.rooms))}
-                    if rec.secret is not None:
-                        fields["k"] = rec.secret
-                    tag = server_tag(server_id)
-                    if tag != rec.connection_id[:4]:  # it moved here (resumed, or adopted)
-                        fields["t"] = tag
-                    pipe.hset(key, mapping=fields)
-                    pipe.sadd(k.server_connections(server_id, rec.connection_id), rec.connection_id)
-                    pipe.sadd(k.user(rec.user_id), rec.connection_id)
-                pipe.execute()
+            self._run_many("restore", [
+                ([k.connection(rec.connection_id),
+                  k.server_connections(server_id, rec.connection_id)],
+                 [self.key_prefix, rec.connection_id, rec.user_id, server_id,
+                  json.dumps(list(rec.rooms)), rec.secret or "",
+                  # it moved here (resumed, or adopted): its server's tag is not its own
+                  tag if tag != rec.connection_id[:4] else ""])
+                for rec in records])
+            self._run_many("user_add", [([k.user(rec.user_id)], [rec.connection_id, 0, rec.user_id])
+                                        for rec in records])
             # through the join's own step: a room's user counts grow only for a new member
             self._run_many("room_add", [
                 (self._room_keys(room), [rec.connection_id, room, rec.user_id, self._counted])

@@ -9,14 +9,14 @@ changes the same connection in between:
   the room. A removal that runs between the two either sees the room in the list (and takes the
   id out of the room itself) or makes the second step find no connection.
 * leave: the room set first, then the connection's list and the notice.
-* removal (and a dead server's cleanup batch): the connections' hashes first (server slot; the
+* removal (and a dead server's cleanup batch): the connections' records first (server slot; the
   script returns each one's rooms and, in the same step, notes them in ``removing:{T}``), then
-  the room sets, then the note is deleted and the id taken out of its user's set.
-* registration: the connection's hash first, then its user's set (user bucket slot, where the
-  cap on connections per user is checked); a refused or failed second step takes the hash back.
-  A user's set may keep the id of a connection whose removal was cut short between its steps:
-  reading the user's connections drops such ids (and the cap check reads them first when the
-  user is at the cap).
+  the room sets, then the note is deleted and the id taken out of its user's bucket.
+* registration: the connection's record first, then its user's bucket (user bucket slot, where
+  the cap on connections per user is checked); a refused or failed second step takes the record
+  back. A user's bucket may keep the id of a connection whose removal was cut short between its
+  steps: reading the user's connections drops such ids (and the cap check reads them first when
+  the user is at the cap).
 * closing a room: the room's set first (its members, taken out), then each member's room list.
 
 A removal whose second step never happens (its process killed, or the room's shard unreachable)
@@ -28,7 +28,6 @@ spread over the shards by name; the server index is one key.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -51,7 +50,8 @@ from .redis_base import (
     removed_row,
     translate_errors,
 )
-from .redis_keys import server_tag
+from .redis_cluster_steps import SecondSteps
+from .redis_keys import server_tag, unpack_record
 from .redis_sharded import ShardedSubscription
 from .redis_typed import close, evalsha
 from .redis_urls import cluster_clients
@@ -63,19 +63,6 @@ logger = logging.getLogger(__name__)
 
 def _no_recovery() -> BackendError:
     return BackendError("connection-state recovery is not available on Redis Cluster")
-
-
-def _noted(cid: bytes, note: bytes) -> RemovedConnection:
-    """A ``removing:{T}`` note (``[user, server, the connection's JSON room list]``)."""
-    try:
-        user, server, rooms_json = json.loads(note)
-        rooms = json.loads(rooms_json)
-    except (ValueError, TypeError):
-        user, server, rooms = "", "", []
-    if not isinstance(rooms, list):
-        rooms = []
-    return RemovedConnection(as_str(cid), str(user), str(server),
-                             tuple(r for r in rooms if isinstance(r, str)))
 
 
 class RedisClusterBackend(RedisBase):
@@ -91,9 +78,12 @@ class RedisClusterBackend(RedisBase):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
                                "room_add", "room_del", "conn_room", "conn_remove", "forget",
-                               "user_add", "room_clear", "conn_leave", "server_count",
+                               "user_add", "user_drop", "room_clear", "conn_leave",
+                               "server_count", "restore",
                                "history_append", "history_read", "history_start")
         self._subscribed_before = False
+        self._steps = SecondSteps(self._r, self._keys, self._run_many, self._room_keys,
+                                  lambda: self._counted)
         # Per-message commands (SPUBLISH, routing) go over one held connection to the master of
         # the slot: redis-py's cluster client costs more than the command itself (~55 us a call)
         self._hot: dict[str, redis.Redis] = {}
@@ -172,61 +162,22 @@ class RedisClusterBackend(RedisBase):
         notes = pipe.execute()[1]
         if notes:
             try:
-                self._finish(tag, notes)
+                self._steps.finish(tag, notes)
             except BackendError as exc:  # a room's shard still away: a later beat finishes them
                 logger.debug("interrupted removals not finished yet: %s", exc)
-
-    def finish_removals(self, tag: str) -> list[RemovedConnection]:
-        """Take the connections noted in ``removing:{tag}`` (removals whose second step did
-        not happen) out of their room sets; returns them, ``rooms_left`` as for a removal."""
-        with translate_errors("finishing interrupted removals"):
-            notes = self._r.hgetall(self._keys.removing(tag))
-        return self._finish(tag, notes) if notes else []
-
-    def _finish(self, tag: str, notes: dict[bytes, bytes]) -> list[RemovedConnection]:
-        with translate_errors("finishing interrupted removals"):
-            done = self._empty_rooms([_noted(cid, note) for cid, note in notes.items()])
-        logger.warning("finished %d interrupted connection removal(s) (tag %s)", len(done), tag)
-        return done
 
     def pop_server_connections(self, server_id: str, count: int, adopter: str | None = None,
                                until: float = 0.0, ttl: float = 0.0) -> list[RemovedConnection]:
         # a cleaner that stopped between the two steps left notes: finish them first, and
         # announce the dead server's own ones with this batch
-        done = [r for r in self.finish_removals(server_tag(server_id)) if r.server_id == server_id]
+        done = [r for r in self._steps.finish_tag(server_tag(server_id))
+                if r.server_id == server_id]
         with translate_errors("failure cleanup"):
             rows = self._script("pop_server", [self._keys.server_connection_sets(server_id)[0],
                                                self._keys.server(server_id)],
                                 [self.key_prefix, count, 0, self._counted, server_id,
                                  "", "", 0, 1])
-            return done + self._empty_rooms([r for r in map(removed_row, rows) if r is not None])
-
-    def _empty_rooms(self, removed: list[RemovedConnection]) -> list[RemovedConnection]:
-        """Take removed connections out of their room sets; their ``rooms_left`` become the
-        rooms that still have members."""
-        k = self._keys
-        calls = [(self._room_keys(room), [r.connection_id, room, r.user_id, self._counted])
-                 for r in removed for room in r.rooms_left]
-        still = iter(self._run_many("room_del", calls))
-        out = []
-        notes: dict[str, list[str]] = defaultdict(list)  # the removals' notes, by tag
-        users: dict[str, list[str]] = defaultdict(list)  # their ids, by user
-        for r in removed:
-            left = tuple(room for room in r.rooms_left if next(still))
-            out.append(RemovedConnection(r.connection_id, r.user_id, r.server_id, left))
-            if r.rooms_left:
-                notes[r.connection_id[:4]].append(r.connection_id)
-            if r.user_id:
-                users[r.user_id].append(r.connection_id)
-        if notes or users:
-            pipe = self._r.pipeline(transaction=False)
-            for user, ids in users.items():
-                pipe.srem(k.user(user), *ids)
-            for tag, ids in notes.items():
-                for start in range(0, len(ids), CHUNK):
-                    pipe.hdel(k.removing(tag), *ids[start:start + CHUNK])
-            pipe.execute()
-        return out
+            return done + self._steps.empty_rooms([r for r in map(removed_row, rows) if r is not None])
 
     # connections and rooms
     def add_connection(self, server_id: str, record: ConnectionRecord,
@@ -246,13 +197,13 @@ class RedisClusterBackend(RedisBase):
         return True
 
     def _index_user(self, cid: str, user: str, max_per_user: int) -> bool:
-        """Add ``cid`` to its user's set unless the user is at the cap; at the cap, ids of
+        """Add ``cid`` to its user's bucket unless the user is at the cap; at the cap, ids of
         connections that are gone are dropped first and the cap checked again."""
         key = self._keys.user(user)
-        if self._script("user_add", [key], [cid, max_per_user]):
+        if self._script("user_add", [key], [cid, max_per_user, user]):
             return True
         self.user_connections(user)  # drops the ids of connections that are gone
-        return bool(self._script("user_add", [key], [cid, max_per_user]))
+        return bool(self._script("user_add", [key], [cid, max_per_user, user]))
 
     def _take_back_connection(self, cid: str) -> None:
         try:
@@ -262,13 +213,12 @@ class RedisClusterBackend(RedisBase):
                            cid, exc)
 
     def _members(self, ids: Sequence[str]) -> list[RoomMember]:
-        """The connections of ``ids`` whose hash exists: one pipeline, split by shard."""
+        """The connections of ``ids`` whose record exists: one pipeline, split by shard."""
         pipe = self._r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hmget(self._keys.connection(cid), "u", "s")
-        rows = pipe.execute() if ids else []
-        found = [RoomMember(cid, as_str(user or b""), as_str(sid))
-                 for cid, (user, sid) in zip(ids, rows, strict=True) if sid is not None]
+            pipe.hget(self._keys.connection(cid), cid)
+        rows = [unpack_record(v) for v in pipe.execute()] if ids else []
+        found = [RoomMember(cid, *row) for cid, row in zip(ids, rows, strict=True) if row]
         return sorted(found, key=lambda m: m.connection_id)
 
     def room_members(self, room_id: str) -> list[RoomMember]:
@@ -278,11 +228,11 @@ class RedisClusterBackend(RedisBase):
     def user_connections(self, user_id: str) -> list[RoomMember]:
         key = self._keys.user(user_id)
         with translate_errors("reading a user's connections"):
-            ids = [as_str(c) for c in self._r.smembers(key)]
+            ids = as_str(self._r.hget(key, user_id) or b"").split()
             found = self._members(ids)
             gone = set(ids) - {m.connection_id for m in found}
             if gone:  # removals cut short between their steps
-                self._r.srem(key, *gone)
+                self._script("user_drop", [key], [user_id, *sorted(gone)])
         return found
 
     def clear_room(self, room_id: str) -> list[RoomMember]:
@@ -290,7 +240,8 @@ class RedisClusterBackend(RedisBase):
         with translate_errors("closing a room"):
             ids = [as_str(c) for c in self._script(
                 "room_clear", [*self._room_keys(room_id)[:2], k.room_users(room_id)], [room_id])]
-            rows = self._run_many("conn_leave", [([k.connection(c)], [room_id]) for c in ids])
+            rows = self._run_many("conn_leave", [([k.connection(c)], [self.key_prefix, c, room_id])
+                                                 for c in ids])
         found = [RoomMember(cid, as_str(row[0]), as_str(row[1]))
                  for cid, row in zip(ids, rows, strict=True) if row]
         return sorted(found, key=lambda m: m.connection_id)
@@ -307,7 +258,8 @@ class RedisClusterBackend(RedisBase):
         """The connection's user, read only when users are counted and the caller did not know."""
         if user_id is not None or not self.count_users:
             return user_id or ""
-        return as_str(self._r.hget(self._keys.connection(cid), "u") or b"")
+        record = unpack_record(self._r.hget(self._keys.connection(cid), cid))
+        return record[0] if record else ""
 
     def join_room(self, connection_id: str, room_id: str, caller: str, route: bytes,
                   max_rooms: int = 0, user_id: str | None = None,
@@ -379,7 +331,7 @@ class RedisClusterBackend(RedisBase):
                 for i, row in zip(part, result, strict=True):
                     rows[i] = removed_row(row)
             found = [r for r in rows if r is not None]
-            emptied = iter(self._empty_rooms(found))
+            emptied = iter(self._steps.empty_rooms(found))
         return [None if r is None else next(emptied) for r in rows]
 
     # bus

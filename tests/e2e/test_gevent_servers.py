@@ -95,7 +95,7 @@ def test_killed_server_is_cleaned_up_and_rooms_are_told(redis_server: RedisServe
 
     r, keys = redis_server.client(), KeyLayout(prefix)
     assert b_id not in index_servers(redis_server, prefix)
-    assert not r.exists(*(keys.connection(cid) for cid in b_cids))
+    assert not any(r.hexists(keys.connection(cid), cid) for cid in b_cids)
     assert not r.exists(keys.server(b_id), *keys.server_connection_sets(b_id))
     assert redis_rooms_naming(redis_server, prefix, b_cids) == {}
     assert r.smembers(keys.room("lobby")) == {alice.cid.encode()}
@@ -119,7 +119,8 @@ def test_sigterm_stops_a_server_gracefully(redis_server: RedisServer, prefix: st
     assert b.proc.wait(timeout=10) == 0, b.log()
     assert bob.closed.wait(5), "B did not close its client's socket"
     r, keys = redis_server.client(), KeyLayout(prefix)
-    assert not r.exists(keys.server(b_id), keys.connection(bob.cid))
+    assert not r.exists(keys.server(b_id))
+    assert not r.hexists(keys.connection(bob.cid), bob.cid)
     assert b_id not in index_servers(redis_server, prefix)
     assert a.wait_stats(lambda s: s["active_servers"] == 1)["total_connections"] == 1
     flush(alice, "lobby")

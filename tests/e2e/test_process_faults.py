@@ -8,9 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from dcm_sync.backends.redis_keys import KeyLayout
+from dcm_sync.backends.redis_keys import KeyLayout, unpack_record
 from testkit.chat import ChatClient, ChatServer, is_departure, say_until_received
-from testkit.keys import index_servers, indexed_rooms, redis_rooms_naming, room_of_key, text
+from testkit.keys import index_servers, indexed_rooms, redis_rooms_naming, room_of_key
 from testkit.polling import wait_until
 from testkit.redis_server import RedisServer
 
@@ -45,7 +45,8 @@ def test_paused_server_is_declared_dead_then_restores_its_open_connections(
     say_until_received(bob, alice, "lobby")
     r, keys = redis_server.client(), KeyLayout(prefix)
     assert r.smembers(keys.room("lobby")) == {alice.cid.encode(), bob.cid.encode()}
-    assert text(r.hget(keys.connection(bob.cid), "s") or b"") == b_id
+    record = unpack_record(r.hget(keys.connection(bob.cid), bob.cid))
+    assert record is not None and record[1] == b_id
     assert alice.direct(bob.cid, "welcome back") is True
     assert index_servers(redis_server, prefix) == {alice.server_id, b_id}
 
@@ -91,9 +92,9 @@ def test_sigkill_during_heavy_traffic_leaves_no_trace(
     r, keys = redis_server.client(), KeyLayout(prefix)
 
     def traces() -> list[object]:
-        found: list[object] = [k for k in (keys.server(b_id), *keys.server_connection_sets(b_id),
-                                           *(keys.connection(cid) for cid in b_cids))
+        found: list[object] = [k for k in (keys.server(b_id), *keys.server_connection_sets(b_id))
                                if r.exists(k)]
+        found += [cid for cid in b_cids if r.hexists(keys.connection(cid), cid)]
         found += list(redis_rooms_naming(redis_server, prefix, b_cids).items())
         return found + ([b_id] if b_id in index_servers(redis_server, prefix) else [])
 

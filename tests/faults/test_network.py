@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dcm_sync import BackendUnavailableError, DCMError, DistributedConnectionManager
-from dcm_sync.backends.redis_keys import KeyLayout
+from dcm_sync.backends.redis_keys import KeyLayout, unpack_record
 from testkit.keys import server_connection_ids
 from testkit.polling import wait_until
 from testkit.proxy import TcpProxy
@@ -57,8 +57,8 @@ def assert_registered(r: Any, prefix: str, mgr: DistributedConnectionManager,
     assert r.exists(keys.server(mgr.server_id))
     assert server_connection_ids(r, prefix, mgr.server_id) == set(rooms)
     for cid, joined in rooms.items():
-        record = {text(k): text(v) for k, v in r.hgetall(keys.connection(cid)).items()}
-        assert record["s"] == mgr.server_id
+        record = unpack_record(r.hget(keys.connection(cid), cid))
+        assert record is not None and record[1] == mgr.server_id
         for room in joined:
             assert r.sismember(keys.room(room), cid)
 

@@ -109,7 +109,7 @@ def test_sigkill_cleans_up_and_tells_rooms(redis_server: RedisServer, prefix: st
     wait_until(lambda: a.health()["stats"]["active_servers"] == 1, timeout=10)
     assert a.health()["stats"]["total_connections"] == 1
     r, keys = redis_server.client(), KeyLayout(prefix)
-    assert not any(r.exists(keys.connection(v.id)) for v in victims)
+    assert not any(r.hexists(keys.connection(v.id), v.id) for v in victims)
     assert r.smembers(keys.room("lobby")) == {alice.id.encode()}
 
 

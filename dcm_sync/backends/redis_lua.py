@@ -1,0 +1,239 @@
+"""The Lua functions every script of the Redis backends shares: the key names of `.redis_keys`,
+a connection's record in its bucket, a user's connection ids, a room's set.
+
+A connection's record is read through ``conn_get``, which also answers "is it still there": a
+recoverable connection whose ``recovery`` hash expired (suspended past its window) is gone, and
+its leftovers in the buckets are deleted as it is found so.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KEYS", "ROOM", "CONN", "REMOVE_ALL", "HEAD"]
+
+KEYS = """
+local function tag_of(cid) return string.sub(cid, 1, 4) end
+-- a connection's bucket among its tag's 256 (its last 15 digits mod 256: exact in a double);
+-- '00' for an id that no backend mints (a client's guess): as `connection_bucket` says
+local function bucket_of(cid)
+  local rest = string.sub(cid, 5)
+  if #rest > 15 or not string.match(rest, '^%d+$') then return '00' end
+  return string.format('%02x', tonumber(rest) % 256)
+end
+local function ckey(prefix, cid)
+  return prefix .. 'connections:{' .. tag_of(cid) .. '}:' .. bucket_of(cid)
+end
+local function crkey(prefix, cid)
+  return prefix .. 'connection-rooms:{' .. tag_of(cid) .. '}:' .. bucket_of(cid)
+end
+local function xkey(prefix, cid)
+  return prefix .. 'recovery:{' .. tag_of(cid) .. '}' .. string.sub(cid, 5)
+end
+-- the one of a server's 256 sets of connection ids that holds cid (sets of a few hundred ids
+-- stay intsets: 8 bytes an id). tag: the server's tag, when it is not the id's own (field t
+-- of a connection that moved to another server: resumed there, or adopted by a cleaner)
+local function sckey(prefix, sid, cid, tag)
+  return prefix .. 'server-connections:{' .. (tag or tag_of(cid)) .. '}' .. sid .. ':'
+    .. bucket_of(cid)
+end
+local function mailbox_key(prefix, cid)
+  return prefix .. 'mailbox:{' .. tag_of(cid) .. '}' .. string.sub(cid, 5)
+end
+local function bucket(room) return 'r' .. string.sub(redis.sha1hex(room), 1, 2) end
+local function rkey(prefix, room) return prefix .. 'rooms:{' .. bucket(room) .. '}' .. room end
+local function ikey(prefix, room) return prefix .. 'index:rooms:{' .. bucket(room) .. '}' end
+local function ukey(prefix, user)
+  return prefix .. 'users:{u' .. string.sub(redis.sha1hex(user), 1, 2) .. '}'
+end
+
+-- a record: the user's length in bytes, ':' (or '+' if recoverable), the user, the server id.
+-- Short, so that a bucket stays a listpack (values up to 64 bytes)
+local function pack(user, server, rec)
+  return #user .. (rec and '+' or ':') .. user .. server
+end
+-- {user, server, the tag it moved to or false, true if recoverable} or nil
+local function conn_get(prefix, cid)
+  local ck = ckey(prefix, cid)
+  local v = redis.call('HGET', ck, cid)
+  if not v then return nil end
+  local n, mark, rest = string.match(v, '^(%d+)([:+])(.*)$')
+  if not n then return nil end
+  n = tonumber(n)
+  local c = {string.sub(rest, 1, n), string.sub(rest, n + 1), false, mark == '+'}
+  if c[4] then
+    local x = redis.call('HMGET', xkey(prefix, cid), 'k', 't')
+    if not x[1] then  -- suspended past its window: gone
+      redis.call('HDEL', ck, cid)
+      redis.call('HDEL', crkey(prefix, cid), cid)
+      return nil
+    end
+    c[3] = x[2] or false
+  end
+  return c
+end
+-- a connection's rooms: its field's JSON, or false if it is in none
+local function rooms_raw(prefix, cid)
+  return redis.call('HGET', crkey(prefix, cid), cid)
+end
+local function decoded(raw)
+  local ok, rooms = pcall(cjson.decode, raw or '[]')
+  if not ok or type(rooms) ~= 'table' then return {} end
+  return rooms
+end
+local function rooms_of(prefix, cid) return decoded(rooms_raw(prefix, cid)) end
+
+-- a user's connection ids: their field in their bucket, the ids separated by spaces (one id
+-- alone is stored as an integer)
+local function user_ids(uk, user)
+  local out = {}
+  for cid in string.gmatch(redis.call('HGET', uk, user) or '', '%S+') do out[#out + 1] = cid end
+  return out
+end
+local function user_save(uk, user, ids)
+  if #ids == 0 then redis.call('HDEL', uk, user)
+  else redis.call('HSET', uk, user, table.concat(ids, ' ')) end
+end
+local function user_add(uk, user, cid)
+  local ids = user_ids(uk, user)
+  for _, c in ipairs(ids) do
+    if c == cid then return end
+  end
+  ids[#ids + 1] = cid
+  user_save(uk, user, ids)
+end
+-- gone: a table of ids to drop
+local function user_drop(uk, user, gone)
+  if next(gone) == nil then return end
+  local ids, kept = user_ids(uk, user), {}
+  for _, c in ipairs(ids) do
+    if not gone[c] then kept[#kept + 1] = c end
+  end
+  if #kept ~= #ids then user_save(uk, user, kept) end
+end
+"""
+
+# Room bucket slot. With ``uk`` (the room's user counts, kept when notices go per user) each
+# member's user is counted. room_add -> 0 if the id was in the room already, 1 added, 2 added
+# and the other members are to be told (there are some, and, with counts, it is the user's
+# first connection there); room_del -> 1 if the members left are to be told (there are some,
+# and, with counts, the user has no other connection there)
+ROOM = """
+local function room_add(rk, ik, cid, room, uk, user)
+  if redis.call('SADD', rk, cid) == 0 then return 0 end
+  local size = redis.call('SCARD', rk)
+  if size == 1 then redis.call('SADD', ik, room) end
+  if uk ~= '' and redis.call('HINCRBY', uk, user, 1) > 1 then return 1 end
+  if size > 1 then return 2 end
+  return 1
+end
+local function room_del(rk, ik, cid, room, uk, user)
+  local removed = redis.call('SREM', rk, cid)
+  if removed == 1 and redis.call('EXISTS', rk) == 0 then
+    redis.call('SREM', ik, room)
+  end
+  if uk ~= '' then
+    if removed == 1 and redis.call('HINCRBY', uk, user, -1) <= 0 then redis.call('HDEL', uk, user) end
+    if redis.call('HEXISTS', uk, user) == 1 then return 0 end
+  end
+  return redis.call('EXISTS', rk)
+end
+local function uckey(prefix, room, counted)
+  if counted ~= '1' then return '' end
+  return prefix .. 'room-users:{' .. bucket(room) .. '}' .. room
+end
+"""
+
+# Server slot: a connection's room list, the notice to its owner, its removal.
+CONN = """
+local function full(rooms, max_rooms)
+  local limit = tonumber(max_rooms)
+  return limit > 0 and #rooms >= limit
+end
+local function in_list(rooms, room)
+  for _, r in ipairs(rooms) do
+    if r == room then return true end
+  end
+  return false
+end
+-- the connection's rooms (read here unless given), with room in (add) or out; none: its field
+-- deleted
+local function list_edit(prefix, cid, room, add, rooms)
+  local kept = {}
+  for _, r in ipairs(rooms or rooms_of(prefix, cid)) do
+    if r ~= room then kept[#kept + 1] = r end
+  end
+  if add then kept[#kept + 1] = room end
+  if #kept == 0 then redis.call('HDEL', crkey(prefix, cid), cid)
+  else redis.call('HSET', crkey(prefix, cid), cid, cjson.encode(kept)) end
+end
+local function tell_room(prefix, room, tell, notice)
+  if tell == 1 and notice ~= '' then
+    redis.call('%PUBLISH%', prefix .. 'room:{' .. bucket(room) .. '}' .. room, notice)
+  end
+end
+local function server_channel(prefix, owner, cid, tag)
+  return prefix .. 'server:{' .. (tag or tag_of(cid)) .. '}' .. owner
+end
+local function notify(prefix, owner, caller, data, cid, tag)
+  if owner ~= caller then
+    redis.call('%PUBLISH%', server_channel(prefix, owner, cid, tag), data)
+  end
+end
+-- {cid, user, server, {every room}} or nil; the room sets are left to the caller. With
+-- journal (Cluster), a connection that had rooms is noted in removing:{T} (same slot) as
+-- [user, server, rooms JSON] until the caller has taken it out of them: whoever finds the note
+-- later finishes the removal; the user's bucket (another slot) is the caller's too.
+local function conn_remove(prefix, cid, journal)
+  local c = conn_get(prefix, cid)
+  if not c then return nil end
+  local raw = rooms_raw(prefix, cid)
+  local rooms = decoded(raw)
+  if journal and #rooms > 0 then
+    redis.call('HSET', prefix .. 'removing:{' .. tag_of(cid) .. '}', cid,
+               cjson.encode({c[1], c[2], raw}))
+  end
+  redis.call('HDEL', ckey(prefix, cid), cid)
+  if raw then redis.call('HDEL', crkey(prefix, cid), cid) end
+  -- only a recoverable connection has these (ROUTE keeps a mailbox for no other)
+  if c[4] then redis.call('DEL', xkey(prefix, cid), mailbox_key(prefix, cid)) end
+  redis.call('SREM', sckey(prefix, c[2], cid, c[3]), cid)
+  if not journal then user_drop(ukey(prefix, c[1]), c[1], {[cid] = true}) end
+  return {cid, c[1], c[2], rooms}
+end
+-- the user has room for one more connection (0: no limit). With prune (single Redis), ids
+-- whose connection is gone (a suspended one that expired) are dropped first
+local function user_has_room(uk, user, max, prefix, prune)
+  local limit = tonumber(max)
+  if limit <= 0 then return true end
+  local ids = user_ids(uk, user)
+  if #ids < limit then return true end
+  if prune then
+    local gone, left = {}, 0
+    for _, cid in ipairs(ids) do
+      if conn_get(prefix, cid) then left = left + 1 else gone[cid] = true end
+    end
+    user_drop(uk, user, gone)
+    return left < limit
+  end
+  return false
+end
+"""
+
+# One Redis: a connection and its memberships, both slots at once -> {cid, user, server,
+# {rooms whose members are to be told}} or nil
+REMOVE_ALL = """
+local function remove_all(prefix, cid, counted)
+  local r = conn_remove(prefix, cid, false)
+  if not r then return nil end
+  local left = {}
+  for _, room in ipairs(r[4]) do
+    if room_del(rkey(prefix, room), ikey(prefix, room), r[1], room, uckey(prefix, room, counted),
+                r[2]) == 1 then
+      left[#left + 1] = room
+    end
+  end
+  r[4] = left
+  return r
+end
+"""
+
+HEAD = KEYS + ROOM + CONN + REMOVE_ALL
