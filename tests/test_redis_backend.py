@@ -114,7 +114,11 @@ def test_buckets_past_their_compact_limits_become_hash_tables_and_keep_working(
     cid = b.register_connection(RecordingSocket(), long_user)
     for i in range(5):
         b.join_room(cid, f"a-room-with-a-long-name-{i}")
-    assert r.object("encoding", k.user("alice")) == b"hashtable"  # 4 ids: 79 bytes
+    # 4 ids would be 79 bytes: they moved to a set of their own, the bucket stays compact
+    assert r.hget(k.user("alice"), "alice") == b"*"
+    assert r.object("encoding", k.user("alice")) == b"listpack"
+    assert r.smembers(k.user_set("alice")) == {t.encode() for t in tabs}
+    assert r.object("encoding", k.user(long_user)) == b"hashtable"  # 70-byte field
     assert r.object("encoding", k.connection(cid)) == b"hashtable"
     assert r.object("encoding", k.connection_rooms(cid)) == b"hashtable"
     assert sorted(b.get_user_connections("alice")) == sorted(tabs)
@@ -126,8 +130,33 @@ def test_buckets_past_their_compact_limits_become_hash_tables_and_keep_working(
     for tab in tabs[1:]:
         b.remove_connection(tab)
     assert a.get_user_connections("alice") == [tabs[0]]
-    assert r.hget(k.user("alice"), "alice") == tabs[0].encode()
+    assert r.hget(k.user("alice"), "alice") == tabs[0].encode()  # back in the field
+    assert not r.exists(k.user_set("alice"))
     assert not r.exists(k.connection_rooms(cid))
+
+
+def test_a_user_with_many_connections_keeps_them_in_a_set_of_their_own(
+        redis_server: RedisServer, prefix: str,
+        redis_pair: list[DistributedConnectionManager]) -> None:
+    """One user id for every guest: each change is one set command, not a rewrite of the
+    user's whole list, and the list reads the same on every server."""
+    a, b = redis_pair
+    r, k = redis_server.client(), KeyLayout(prefix)
+    guests = [(a if i % 2 else b).register_connection(RecordingSocket(), "guest")
+              for i in range(300)]
+    assert sorted(a.get_user_connections("guest")) == sorted(guests)
+    assert r.scard(k.user_set("guest")) == 300
+    assert r.object("encoding", k.user("guest")) == b"listpack"
+    assert a.send_to_user("guest", {"type": "hello"}) == 300
+    for i, cid in enumerate(guests[:-2]):
+        (a if i % 2 else b).remove_connection(cid)
+    assert sorted(b.get_user_connections("guest")) == sorted(guests[-2:])
+    assert not r.exists(k.user_set("guest"))
+    assert set(r.hget(k.user("guest"), "guest").split()) == {g.encode() for g in guests[-2:]}
+    for i, cid in enumerate(guests[-2:], start=298):
+        (a if i % 2 else b).remove_connection(cid)
+    assert a.get_user_connections("guest") == []
+    assert not r.hexists(k.user("guest"), "guest")
 
 
 def test_unpack_record() -> None:

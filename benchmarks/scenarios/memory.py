@@ -44,7 +44,7 @@ POPULATE_THREADS = 2
 SOCKETS_PER_CLIENT = 400
 WARM_UP_SOCKETS = 20
 REDIS_TARGET = 250
-RSS_TARGET_KB = 30
+RSS_TARGET_KB = 20
 
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -228,7 +228,9 @@ class RedisClusterBackend(RedisBase):
     def user_connections(self, user_id: str) -> list[RoomMember]:
         key = self._keys.user(user_id)
         with translate_errors("reading a user's connections"):
-            ids = as_str(self._r.hget(key, user_id) or b"").split()
+            raw = self._r.hget(key, user_id)
+            ids = ([as_str(c) for c in self._r.smembers(self._keys.user_set(user_id))]
+                   if raw == b"*" else as_str(raw or b"").split())
             found = self._members(ids)
             gone = set(ids) - {m.connection_id for m in found}
             if gone:  # removals cut short between their steps

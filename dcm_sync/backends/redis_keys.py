@@ -46,7 +46,10 @@ what one atomic script touches lives in one slot:
          history room's message is appended and published in one script.
     user bucket slot {uXX}   XX = the first 2 hex digits of sha1(user): 256 buckets
         P users:{uXX}                  hash  field a user, value their connection ids (every
-                                             server), separated by spaces
+                                             server), separated by spaces; '*' for a user
+                                             with 4 or more, whose ids are then in:
+        P users:{uXX}<user>            set   the connection ids of a user with many (back
+                                             into the field once fewer than 3 are left)
     P index:servers                    set   every registered server id: one global key
 
 Why buckets: a key of its own costs ~90 bytes before its content (its name, its entry in the
@@ -173,6 +176,11 @@ class KeyLayout:
     def user(self, user: str) -> str:
         """The bucket hash that holds ``user``'s connection ids (its field: the user)."""
         return f"{self.prefix}users:{{{user_bucket(user)}}}"
+
+    def user_set(self, user: str) -> str:
+        """The set of ``user``'s connection ids, while they are too many for the field (its
+        value in the bucket is then ``*``)."""
+        return self.user(user) + user
 
     def rooms_index(self, bucket: str) -> str:
         return f"{self.prefix}index:rooms:{{{bucket}}}"

@@ -82,32 +82,68 @@ end
 local function rooms_of(prefix, cid) return decoded(rooms_raw(prefix, cid)) end
 
 -- a user's connection ids: their field in their bucket, the ids separated by spaces (one id
--- alone is stored as an integer)
+-- alone is stored as an integer). From the 4th on the field holds '*' and the ids are in a set
+-- of their own, <bucket><user> (the same slot), until fewer than 3 are left: 4 ids would pass
+-- the 64 bytes that keep the bucket compact, and a user with thousands of connections (one id
+-- for every guest, say) would have their whole list rewritten at each change.
+local SPILL = 4
 local function user_ids(uk, user)
+  local v = redis.call('HGET', uk, user)
+  if v == '*' then return redis.call('SMEMBERS', uk .. user) end
   local out = {}
-  for cid in string.gmatch(redis.call('HGET', uk, user) or '', '%S+') do out[#out + 1] = cid end
+  for cid in string.gmatch(v or '', '%S+') do out[#out + 1] = cid end
   return out
+end
+local function user_count(uk, user)
+  local v = redis.call('HGET', uk, user)
+  if v == '*' then return redis.call('SCARD', uk .. user) end
+  local n = 0
+  for _ in string.gmatch(v or '', '%S+') do n = n + 1 end
+  return n
 end
 local function user_save(uk, user, ids)
   if #ids == 0 then redis.call('HDEL', uk, user)
   else redis.call('HSET', uk, user, table.concat(ids, ' ')) end
 end
 local function user_add(uk, user, cid)
-  local ids = user_ids(uk, user)
-  for _, c in ipairs(ids) do
+  local v = redis.call('HGET', uk, user)
+  if v == '*' then
+    redis.call('SADD', uk .. user, cid)
+    return
+  end
+  local ids = {}
+  for c in string.gmatch(v or '', '%S+') do
     if c == cid then return end
+    ids[#ids + 1] = c
   end
   ids[#ids + 1] = cid
-  user_save(uk, user, ids)
+  if #ids < SPILL then
+    user_save(uk, user, ids)
+  else
+    redis.call('SADD', uk .. user, unpack(ids))
+    redis.call('HSET', uk, user, '*')
+  end
 end
 -- gone: a table of ids to drop
 local function user_drop(uk, user, gone)
   if next(gone) == nil then return end
-  local ids, kept = user_ids(uk, user), {}
-  for _, c in ipairs(ids) do
+  local v = redis.call('HGET', uk, user)
+  if v == '*' then
+    local sk = uk .. user
+    for cid in pairs(gone) do redis.call('SREM', sk, cid) end
+    if redis.call('SCARD', sk) < SPILL - 1 then
+      local ids = redis.call('SMEMBERS', sk)
+      redis.call('DEL', sk)
+      user_save(uk, user, ids)
+    end
+    return
+  end
+  local n, kept = 0, {}
+  for c in string.gmatch(v or '', '%S+') do
+    n = n + 1
     if not gone[c] then kept[#kept + 1] = c end
   end
-  if #kept ~= #ids then user_save(uk, user, kept) end
+  if #kept ~= n then user_save(uk, user, kept) end
 end
 """
 
@@ -203,10 +239,9 @@ end
 -- whose connection is gone (a suspended one that expired) are dropped first
 local function user_has_room(uk, user, max, prefix, prune)
   local limit = tonumber(max)
-  if limit <= 0 then return true end
-  local ids = user_ids(uk, user)
-  if #ids < limit then return true end
+  if limit <= 0 or user_count(uk, user) < limit then return true end
   if prune then
+    local ids = user_ids(uk, user)
     local gone, left = {}, 0
     for _, cid in ipairs(ids) do
       if conn_get(prefix, cid) then left = left + 1 else gone[cid] = true end
