@@ -251,12 +251,14 @@ return c[2]
 # KEYS: the bucket of the connection's record, its server's set of ids that holds it (Cluster:
 # the user's bucket is the second step, USER_ADD), and on a single Redis the user's bucket.
 # ARGV: cid, user, sid, prefix, max connections per user (0: no limit), its resume secret ('' for
-# none) -> 1 added, 0 the id is taken, -1 the user is at the cap (nothing written either way).
+# none) -> 1 added, 0 the id is taken, -1 the user is at the cap (nothing written either way,
+# but the ids of the user's connections that are gone, dropped when the user is at the cap).
 # The record gets no TTL: the id in its server's set bounds its life (failure cleanup removes it)
 ADD = HEAD + """
-if redis.call('HGET', KEYS[1], ARGV[1]) then return 0 end
 if KEYS[3] and not user_has_room(KEYS[3], ARGV[2], ARGV[5], ARGV[4], true) then return -1 end
-redis.call('HSET', KEYS[1], ARGV[1], pack(ARGV[2], ARGV[3], ARGV[6] ~= ''))
+if redis.call('HSETNX', KEYS[1], ARGV[1], pack(ARGV[2], ARGV[3], ARGV[6] ~= '')) == 0 then
+  return 0
+end
 if ARGV[6] ~= '' then
   local xk = xkey(ARGV[4], ARGV[1])
   redis.call('DEL', xk)
