@@ -32,7 +32,7 @@ from dcm_sync import (
     DistributedConnectionManager,
     create_distributed_connection_manager,
 )
-from dcm_sync.backends.redis_keys import KeyLayout
+from dcm_sync.backends.redis_keys import KeyLayout, unpack_record
 from testkit.chat import EXAMPLE, ChatClient, ChatServer
 from testkit.processes import ServerProcess
 from testkit.recording import RecordingSocket, connect
@@ -191,27 +191,31 @@ def _text(value: Any) -> str:
 
 
 def state_present(r: redis.Redis, prefix: str, server_id: str, conns: Rooms) -> bool:
-    """Redis holds the server's record (indexed), exactly its connections, each connection's hash
-    naming it, and each connection in its rooms."""
+    """Redis holds the server's record (indexed), exactly its connections, each connection's
+    record naming it, and each connection in its rooms."""
     keys = KeyLayout(prefix)
+    sets = keys.server_connection_sets(server_id)
     try:
         pipe = r.pipeline(transaction=False)
         pipe.exists(keys.server(server_id))
         pipe.sismember(keys.servers_index, server_id)
-        pipe.smembers(keys.server_connections(server_id))
+        for key in sets:
+            pipe.smembers(key)
         for cid, rooms in conns.items():
-            pipe.hget(keys.connection(cid), "serverId")
+            pipe.hget(keys.connection(cid), cid)
             for room in sorted(rooms):
                 pipe.sismember(keys.room(room), cid)
         res = pipe.execute()
     except redis.RedisError:
         return False
-    exists, indexed, members = res[:3]
-    if not (exists and indexed) or {_text(m) for m in members} != set(conns):
+    exists, indexed = res[:2]
+    members = {_text(m) for held in res[2:2 + len(sets)] for m in held}
+    if not (exists and indexed) or members != set(conns):
         return False
-    pos = 3
+    pos = 2 + len(sets)
     for rooms in conns.values():
-        if res[pos] is None or _text(res[pos]) != server_id:
+        record = unpack_record(res[pos])
+        if record is None or record[1] != server_id:
             return False
         if not all(res[pos + 1:pos + 1 + len(rooms)]):
             return False
@@ -220,13 +224,14 @@ def state_present(r: redis.Redis, prefix: str, server_id: str, conns: Rooms) -> 
 
 
 def state_gone(r: redis.Redis, prefix: str, server_id: str, conns: Rooms) -> bool:
-    """No trace of the server in Redis: record, index entry, connection set, connection hashes,
-    room memberships."""
+    """No trace of the server in Redis: record, index entry, connection sets, connection
+    records, room memberships."""
     keys = KeyLayout(prefix)
     try:
         pipe = r.pipeline(transaction=False)
-        pipe.exists(keys.server(server_id), keys.server_connections(server_id),
-                    *(keys.connection(cid) for cid in conns))
+        pipe.exists(keys.server(server_id), *keys.server_connection_sets(server_id))
+        for cid in conns:
+            pipe.hexists(keys.connection(cid), cid)
         pipe.sismember(keys.servers_index, server_id)
         for cid, rooms in conns.items():
             for room in sorted(rooms):

@@ -171,12 +171,14 @@ def _one_run(ctx: Context, env: dict[str, str], r: Any, url: str, prefix: str, n
 
 def _state_counts(r: Any, keys: Any, sid: str, rooms: int) -> tuple[int, int]:
     """(connections the server holds, members of all its rooms); ``keys``: the KeyLayout."""
+    sets = keys.server_connection_sets(sid)
     pipe = r.pipeline(transaction=False)
-    pipe.scard(keys.server_connections(sid))
+    for key in sets:
+        pipe.scard(key)
     for i in range(rooms):
         pipe.scard(keys.room(f"room-{i}"))
-    held, *members = pipe.execute()
-    return int(held), int(sum(members))
+    counts = pipe.execute()
+    return int(sum(counts[:len(sets)])), int(sum(counts[len(sets):]))
 
 
 def spawn(ctx: Context, env: dict[str, str], role: str, args: list[str],
