@@ -218,10 +218,10 @@ for _, cid in ipairs(ids) do
     redis.call('PEXPIRE', xk, ARGV[9])
     out[#out + 1] = {cid, c[1], ARGV[6], {}, tonumber(untill)}
   elseif ARGV[3] == '1' then
-    local r = remove_all(ARGV[1], cid, ARGV[4])
+    local r = remove_all(ARGV[1], cid, ARGV[4], c)
     if r then out[#out + 1] = r end
   else
-    local r = conn_remove(ARGV[1], cid, true)
+    local r = conn_remove(ARGV[1], cid, true, c)
     if r then out[#out + 1] = r end
   end
 end
