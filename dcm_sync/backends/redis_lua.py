@@ -106,6 +106,7 @@ local function user_save(uk, user, ids)
   else redis.call('HSET', uk, user, table.concat(ids, ' ')) end
 end
 local function user_add(uk, user, cid)
+  if redis.call('HSETNX', uk, user, cid) == 1 then return end  -- the user's first connection
   local v = redis.call('HGET', uk, user)
   if v == '*' then
     redis.call('SADD', uk .. user, cid)
