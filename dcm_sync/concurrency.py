@@ -172,6 +172,9 @@ class _GreenletRunner:
         if (self._stopped or current in self._own or current is self._hub
                 or self._native_id() != self._home):
             return fn(*args, **kwargs)
+        while self._idle and self._idle[-1].dead:  # ended by a stray throw while idle
+            self._idle.pop()
+            self._started -= 1
         if self._idle:
             glet = self._idle.pop()
         elif self._started < self._size:
@@ -193,7 +196,7 @@ class _GreenletRunner:
     def _work(self, call: list[Any]) -> None:
         me = self._gevent.getcurrent()
         while True:
-            caller, fn, args, kwargs = call
+            _, fn, args, kwargs = call
             try:
                 out = (True, fn(*args, **kwargs))
             except Exception as exc:

@@ -122,3 +122,14 @@ def test_gevent_runner_runs_calls_of_the_drivers_own_greenlets_in_place() -> Non
     assert in_place == [True]
     assert runner.call(gevent.getcurrent) is not gevent.getcurrent()  # a view's greenlet
     runner.stop()
+
+
+def test_gevent_runner_replaces_a_dcm_io_greenlet_that_ended_while_idle() -> None:
+    runner = _GeventDriver().runner()
+    first = runner.call(gevent.getcurrent)
+    gevent.get_hub().loop.run_callback(first.throw)  # a stray GreenletExit from the hub
+    gevent.sleep(0.01)
+    assert first.dead
+    assert runner.call(lambda: 7) == 7
+    assert runner.call(gevent.getcurrent) is not first
+    runner.stop()
