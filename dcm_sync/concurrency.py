@@ -174,7 +174,6 @@ class _GreenletRunner:
             return fn(*args, **kwargs)
         while self._idle and self._idle[-1].dead:  # ended by a stray throw while idle
             self._idle.pop()
-            self._started -= 1
         if self._idle:
             glet = self._idle.pop()
         elif self._started < self._size:
@@ -194,6 +193,12 @@ class _GreenletRunner:
         raise value
 
     def _work(self, call: list[Any]) -> None:
+        try:
+            self._serve(call)
+        finally:  # however it ends: another may start in its place
+            self._started -= 1
+
+    def _serve(self, call: list[Any]) -> None:
         me = self._gevent.getcurrent()
         while True:
             _, fn, args, kwargs = call

@@ -78,7 +78,7 @@ class RedisClusterBackend(RedisBase):
             self._r, self._subscriber, self._held = cluster_clients(url, timeout, ca_file)
         self._register_scripts("add", "pop_server", "route", "heartbeat", "to_live_server",
                                "room_add", "room_del", "conn_room", "conn_remove", "forget",
-                               "user_add", "user_drop", "room_clear", "conn_leave",
+                               "user_add", "user_drop", "user_ids", "room_clear", "conn_leave",
                                "server_count", "restore",
                                "history_append", "history_read", "history_start")
         self._subscribed_before = False
@@ -228,9 +228,7 @@ class RedisClusterBackend(RedisBase):
     def user_connections(self, user_id: str) -> list[RoomMember]:
         key = self._keys.user(user_id)
         with translate_errors("reading a user's connections"):
-            raw = self._r.hget(key, user_id)
-            ids = ([as_str(c) for c in self._r.smembers(self._keys.user_set(user_id))]
-                   if raw == b"*" else as_str(raw or b"").split())
+            ids = [as_str(c) for c in self._script("user_ids", [key], [user_id])]
             found = self._members(ids)
             gone = set(ids) - {m.connection_id for m in found}
             if gone:  # removals cut short between their steps

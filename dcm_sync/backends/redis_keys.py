@@ -57,10 +57,10 @@ keyspace, its object header), more than a connection's record itself. As fields 
 hundred per hash, records stay in a listpack (`hash-max-listpack-entries`, 512 by default, and
 fields and values up to `hash-max-listpack-value`, 64 bytes): ~70 bytes a record with a
 29-character server id, and a connection id (19 digits, below 2**63) is stored as an 8-byte
-integer. A bucket that outgrows either limit (a user with more than 3 connections, a
-connection in more than a few rooms, a user and server id of more than ~60 bytes together,
-more than 512 records in one bucket) turns into a hash table for good and keeps working, at
-about twice the bytes a record (~150 instead of ~70 for connection records). The rooms are
+integer. A bucket that outgrows either limit (a connection in more than a few rooms, a user
+and server id of more than ~60 bytes together, more than 512 records in one bucket; not a
+user with many connections: theirs move to a set) turns into a hash table for good and keeps
+working, at about twice the bytes a record (~150 instead of ~70 for connection records). The rooms are
 apart from the records so that a connection in many rooms turns only its rooms' bucket into
 a hash table; a connection in no room costs nothing there.
 

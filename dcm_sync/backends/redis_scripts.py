@@ -152,6 +152,12 @@ user_drop(KEYS[1], ARGV[1], gone)
 return 1
 """
 
+# KEYS: the user's bucket. ARGV: user -> the user's connection ids (Cluster: the records are
+# read in their own slots)
+USER_IDS = HEAD + """
+return user_ids(KEYS[1], ARGV[1])
+"""
+
 # KEYS: the bucket of the connection's record. ARGV: prefix, cid, room -> {user, server} with
 # the room out of the connection's list, or false if the connection is gone
 CONN_LEAVE = HEAD + """
@@ -338,6 +344,7 @@ class Scripts:
         self.room_members, self.user_connections = fill(ROOM_MEMBERS), fill(USER_CONNECTIONS)
         self.clear_room, self.room_clear = fill(CLEAR_ROOM), ROOM_CLEAR
         self.user_add, self.user_drop = fill(USER_ADD), fill(USER_DROP)
+        self.user_ids = USER_IDS
         self.conn_leave = fill(CONN_LEAVE)
         self.server_count = SERVER_COUNT
         self.history_append = fill(streams.HISTORY_APPEND)
