@@ -89,7 +89,7 @@ REMOVE_SUSPENDED = HEAD + """
 local c = conn_get(ARGV[1], ARGV[4])
 if not c or c[2] ~= ARGV[3] or not c[4] then return false end
 if not redis.call('HGET', xkey(ARGV[1], ARGV[4]), 'x') then return false end
-return remove_all(ARGV[1], ARGV[4], ARGV[2]) or false
+return remove_all(ARGV[1], ARGV[4], ARGV[2], c) or false
 """
 
 # KEYS: the bucket of the connection's record, the new owner's set of ids that is to hold it.
