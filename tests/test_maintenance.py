@@ -5,6 +5,7 @@ within ping_interval + ping_timeout), and shutdown."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 
 from dcm_sync import DistributedConnectionManager
 from dcm_sync.backends import ConnectionRecord
+from dcm_sync.backends.ids import server_tag
 from dcm_sync.models import RemovedConnection
 from testkit.polling import wait_until
 from testkit.recording import RecordingSocket, connect, settle
@@ -90,6 +92,35 @@ def test_cleanup_of_a_live_server_removes_nothing(make_manager: Make) -> None:
     assert a.send_to_connection(cb, "still here") is True
     wait_until(lambda: "still here" in wb.frames)
     assert wa.of_type("user-disconnected") == []
+
+
+def test_a_dead_server_sharing_its_tag_with_a_live_one_is_cleaned_bucket_by_bucket(
+        make_manager: Make) -> None:
+    # Enough connections that each of the tag's 256 buckets holds several of the dead server's:
+    # its cleanup reads such a bucket whole and writes it back; the live server's connections in
+    # the same buckets (same tag, the first 4 digits of their ids) must stay as they were.
+    slow = dict(heartbeat_interval=30.0, heartbeat_ttl=90.0)
+    live = make_manager(server_id="live", **slow)
+    dead_id = next(f"dead-{i}" for i in itertools.count()
+                   if server_tag(f"dead-{i}") == server_tag("live"))
+    dead = make_manager(server_id=dead_id, **slow)
+    kept = {connect(live, f"l{i % 150}", f"room{i % 7}")[0]: f"l{i % 150}" for i in range(300)}
+    kept[connect(live, "both", "room1")[0]] = "both"  # a user on both servers
+    gone = {connect(dead, f"d{i}", *[f"room{i % 7}"] * (i % 2))[0] for i in range(3_000)}
+    gone.add(connect(dead, "both", "room1")[0])
+    assert {c[:4] for c in gone} == {c[:4] for c in kept}
+    dead.abandon()
+    live._backend.deregister_server(dead_id)  # as if its record had expired
+    assert live.handle_server_failure(dead_id) == len(gone)
+    assert live.get_distributed_stats().total_connections == len(kept)
+    rooms = [live.get_room_members(f"room{k}") for k in range(7)]
+    assert {(m.connection_id, m.user_id) for room in rooms for m in room} == set(kept.items())
+    for user in ("both", "l1", "d1"):
+        assert set(live.get_user_connections(user)) == {c for c, u in kept.items() if u == user}
+    for cid in list(kept)[:50]:  # still routed to their server
+        assert live.send_to_connection(cid, "still here") is True
+    assert live.send_to_connection(next(iter(gone)), "gone") is False
+    assert live.handle_server_failure(dead_id) == 0
 
 
 def test_server_back_during_its_cleanup_keeps_its_state(make_manager: Make,

@@ -16,7 +16,7 @@ pub/sub, on the channel's own shard) in Cluster. `Scripts` fills it in.
 from __future__ import annotations
 
 from . import redis_scripts_streams as streams
-from .redis_lua import HEAD, KEYS, ROOM
+from .redis_lua import HEAD, KEYS, ROOM, lean
 
 __all__ = ["Scripts"]
 
@@ -201,15 +201,7 @@ return out
 POP_SERVER = HEAD + """
 local out = {}
 if redis.call('EXISTS', KEYS[2]) == 1 then return out end
-local ids, want = {}, tonumber(ARGV[2])
-local base = string.sub(KEYS[1], 1, -3)
-for b = 0, 255 do
-  if #ids >= want then break end
-  for _, cid in ipairs(redis.call('SPOP', base .. string.format('%02x', b), want - #ids)) do
-    ids[#ids + 1] = cid
-  end
-end
-for _, cid in ipairs(ids) do
+local function pop(cid)
   local c = conn_get(ARGV[1], cid)
   if c and c[2] ~= ARGV[5] then
     -- held by another server now
@@ -229,6 +221,25 @@ for _, cid in ipairs(ids) do
   else
     local r = conn_remove(ARGV[1], cid, true, c)
     if r then out[#out + 1] = r end
+  end
+end
+-- whole sets while the batch stays under twice its size, so that the buckets of their
+-- connections (the same bucket number) empty at once: read whole, then deleted
+local want, taken = tonumber(ARGV[2]), 0
+local base = string.sub(KEYS[1], 1, -3)
+for b = 0, 255 do
+  if taken >= want then break end
+  local set = base .. string.format('%02x', b)
+  local n = redis.call('SCARD', set)
+  if n > 0 then
+    if taken + n > 2 * want then n = want - taken end
+    local ids = redis.call('SPOP', set, n)
+    taken = taken + #ids
+    local keys = {}
+    if #ids >= 8 then keys = {ckey(ARGV[1], ids[1]), crkey(ARGV[1], ids[1])} end
+    for _, key in ipairs(keys) do preload(key, 4 * #ids) end
+    for _, cid in ipairs(ids) do pop(cid) end
+    for _, key in ipairs(keys) do flush(key) end
   end
 end
 return out
@@ -328,14 +339,15 @@ return 1
 
 
 class Scripts:
-    """The scripts' texts with ``%PUBLISH%`` filled in."""
+    """The scripts' texts with ``%PUBLISH%`` filled in, each with only the shared functions it
+    uses (`.redis_lua.lean`)."""
 
     def __init__(self, publish: str) -> None:
         def fill(text: str) -> str:
-            return text.replace("%PUBLISH%", publish)
+            return lean(text).replace("%PUBLISH%", publish)
 
         self.remove, self.join, self.leave = fill(REMOVE), fill(JOIN), fill(LEAVE)
-        self.room_add, self.room_del = ROOM_ADD, ROOM_DEL
+        self.room_add, self.room_del = fill(ROOM_ADD), fill(ROOM_DEL)
         self.conn_room, self.conn_remove = fill(CONN_ROOM), fill(CONN_REMOVE)
         self.pop_server, self.route, self.add = fill(POP_SERVER), fill(ROUTE), fill(ADD)
         self.restore = fill(RESTORE)
@@ -344,7 +356,7 @@ class Scripts:
         self.room_members, self.user_connections = fill(ROOM_MEMBERS), fill(USER_CONNECTIONS)
         self.clear_room, self.room_clear = fill(CLEAR_ROOM), ROOM_CLEAR
         self.user_add, self.user_drop = fill(USER_ADD), fill(USER_DROP)
-        self.user_ids = USER_IDS
+        self.user_ids = fill(USER_IDS)
         self.conn_leave = fill(CONN_LEAVE)
         self.server_count = SERVER_COUNT
         self.history_append = fill(streams.HISTORY_APPEND)
