@@ -133,6 +133,29 @@ def test_acceptance_flow(transport: str, request: pytest.FixtureRequest, prefix:
         admin.close()
 
 
+def test_the_exact_commands_clean_up_a_large_dead_server(redis_server: RedisServer, prefix: str,
+                                                         acl_user: MakeUser) -> None:
+    # thousands of connections: the cleanup then reads and deletes their buckets whole
+    user, password = acl_user(redis_server, EXACT)
+    url = with_user(redis_server.url, user, password)
+    admin = redis_server.client()
+    managers = Managers(prefix, redis_url=url, heartbeat_interval=30.0, heartbeat_ttl=90.0)
+    try:
+        live, dead = managers(), managers()
+        _, watcher = connect(live, "watcher", "lobby")
+        gone = {connect(dead, f"d{i}", *["lobby"] * (i % 2))[0] for i in range(3_000)}
+        dead.abandon()
+        live._backend.deregister_server(dead.server_id)
+        assert live.handle_server_failure(dead.server_id) == len(gone)
+        assert live.get_distributed_stats().total_connections == 1
+        assert len(wait_until(lambda: len(n := watcher.of_type("user-disconnected")) == 1_500
+                              and n, timeout=10)) == 1_500
+        assert denials(admin, user) == []
+    finally:
+        managers.shutdown_all()
+        admin.close()
+
+
 def _assert_confined(url: str, ca: str | None, prefix: str, admin: redis.Redis, user: str) -> None:
     """As the manager's Redis user: its prefix is writable, nothing else is."""
     extra = {"ssl_ca_certs": ca} if ca else {}

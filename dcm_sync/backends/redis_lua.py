@@ -46,7 +46,14 @@ end
 local function mailbox_key(prefix, cid)
   return prefix .. 'mailbox:{' .. tag_of(cid) .. '}' .. string.sub(cid, 5)
 end
-local function bucket(room) return 'r' .. string.sub(redis.sha1hex(room), 1, 2) end
+-- a room's bucket; the last one is kept, as for bucket_of
+local last_room, last_room_bucket
+local function bucket(room)
+  if room ~= last_room then
+    last_room, last_room_bucket = room, 'r' .. string.sub(redis.sha1hex(room), 1, 2)
+  end
+  return last_room_bucket
+end
 local function rkey(prefix, room) return prefix .. 'rooms:{' .. bucket(room) .. '}' .. room end
 local function ikey(prefix, room) return prefix .. 'index:rooms:{' .. bucket(room) .. '}' end
 local function ukey(prefix, user)

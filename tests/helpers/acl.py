@@ -6,7 +6,7 @@ from __future__ import annotations
 #: forms: by category, and the exact commands the library sends.
 BY_CATEGORY = ("+@all", "-@dangerous")
 EXACT = ("-@all", "+evalsha", "+script|load", "+hset", "+hget", "+hgetall",
-         "+hmget", "+hdel", "+hsetnx", "+pexpire", "+sadd", "+srem", "+sismember", "+smembers",
+         "+hmget", "+hlen", "+hdel", "+hsetnx", "+pexpire", "+sadd", "+srem", "+sismember", "+smembers",
          "+spop", "+scard",
          "+exists", "+del",
          "+set", "+publish", "+subscribe", "+unsubscribe")
