@@ -11,6 +11,8 @@
 - ``python -m benchmarks.wire.inbound`` / ``python -m benchmarks.wire.hostile``: what reading
   clients' messages costs a server, and what hostile clients cost it.
 - ``python -m benchmarks.topology_throughput``: what Redis Cluster costs against a single Redis.
+- ``python -m benchmarks.script_cost``: what the core operations cost Redis itself, per script
+  call, beside other commits.
 - ``python -m benchmarks.bus_read``: a subscriber's bounded read against a blocking one.
 - ``python -m benchmarks.history``: what a room history costs a broadcast against a plain room,
   and what a history holds in Redis.
