@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Context", "Result", "process_cpu", "summarize", "span", "ratio", "repeat", "NullSocket",
-           "in_threads", "populate", "RedisCounts", "RedisProbe", "read_line"]
+__all__ = ["Context", "Result", "old_checkout", "process_cpu", "summarize", "span", "ratio",
+           "repeat", "NullSocket", "in_threads", "populate", "RedisCounts", "RedisProbe", "read_line"]
 
 
 @dataclass(frozen=True)
@@ -292,3 +292,12 @@ def pipe_reply(conn: Any, want: str, timeout: float, who: str,
     if msg[0] != want:
         raise error(f"{who}: expected {want!r}, got {msg[0]!r}: {str(msg[1:])[-2000:]}")
     return tuple(msg)
+
+
+def old_checkout(rev: str, into: Path) -> None:
+    """``git archive rev`` of this repository unpacked in ``into`` (another commit's code, to
+    run beside this checkout's)."""
+    archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "archive",
+                              "--format=tar", rev], check=True, capture_output=True,
+                             timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)

@@ -69,13 +69,6 @@ def child(url: str, n: int) -> None:
     print(json.dumps(out))
 
 
-def old_checkout(rev: str, into: Path) -> None:
-    """``git archive rev`` unpacked in ``into``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
-                             check=True, capture_output=True, timeout=60).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
-
-
 def one_run(root: Path, url: str, n: int) -> dict[str, list[float]]:
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "child", url, str(n)],
@@ -104,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 100 <= args.connections <= 100_000:
         parser.error("--connections must be between 100 and 100,000")
     from testkit.redis_server import RedisServer
+
+    from .harness import old_checkout
 
     server = RedisServer()
     server.start()

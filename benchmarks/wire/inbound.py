@@ -31,7 +31,6 @@ import base64
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from socket import create_connection, socket
 
 from testkit.frames import masked, parse, split
 
+from ..harness import old_checkout
 from .chat_server import ROOT, ChatServer, bench_setup, take_turns
 
 DEADLINE = 120.0  # seconds any one run may take
@@ -193,13 +193,6 @@ def one_run(port: int, pid: int, clients: int, messages: int, listeners: int,
     finally:
         for c in opened:
             c.close()
-
-
-def old_checkout(rev: str, into: Path) -> None:
-    """``git archive rev`` unpacked in ``into``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
-                             check=True, capture_output=True, timeout=60).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
 
 
 def start_server(name: str, redis_url: str, logs: Path, root: Path) -> ChatServer:
