@@ -223,8 +223,9 @@ local function pop(cid)
     if r then out[#out + 1] = r end
   end
 end
--- whole sets while the batch stays under twice its size, so that the buckets of their
--- connections (the same bucket number) empty at once: read whole, then deleted
+-- whole sets, as many as fit in `count`, so that the buckets of their connections (the same
+-- bucket number) empty at once: read whole, then deleted. Part of a set only when it alone
+-- holds more than `count`
 local want, taken = tonumber(ARGV[2]), 0
 local base = string.sub(KEYS[1], 1, -3)
 for b = 0, 255 do
@@ -232,7 +233,10 @@ for b = 0, 255 do
   local set = base .. string.format('%02x', b)
   local n = redis.call('SCARD', set)
   if n > 0 then
-    if taken + n > 2 * want then n = want - taken end
+    if taken + n > want then
+      if taken > 0 then break end
+      n = want
+    end
     local ids = redis.call('SPOP', set, n)
     taken = taken + #ids
     local keys = {}
