@@ -111,10 +111,11 @@ def test_a_dead_server_sharing_its_tag_with_a_live_one_is_cleaned_bucket_by_buck
     assert {c[:4] for c in gone} == {c[:4] for c in kept}
     dead.abandon()
     live._backend.deregister_server(dead_id)  # as if its record had expired
-    # a batch is never more than asked for, though the server's sets hold ~12 ids each
+    # a batch is never more than asked for, though the server's sets hold ~12 ids each (it may
+    # be less: whole sets as they fit)
     first = live._backend.pop_server_connections(dead_id, 10)
-    assert len(first) == 10 and {row.connection_id for row in first} < gone
-    assert live.handle_server_failure(dead_id) == len(gone) - 10
+    assert 0 < len(first) <= 10 and {row.connection_id for row in first} < gone
+    assert live.handle_server_failure(dead_id) == len(gone) - len(first)
     assert live.get_distributed_stats().total_connections == len(kept)
     rooms = [live.get_room_members(f"room{k}") for k in range(7)]
     assert {(m.connection_id, m.user_id) for room in rooms for m in room} == set(kept.items())
