@@ -79,11 +79,6 @@ def one_run(root: Path, url: str, n: int) -> dict[str, list[float]]:
     return figures
 
 
-def span(values: list[float], digits: int) -> str:
-    return (f"{statistics.median(values):.{digits}f} "
-            f"[{min(values):.{digits}f}-{max(values):.{digits}f}]")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.script_cost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--connections must be between 100 and 100,000")
     from testkit.redis_server import RedisServer
 
-    from .harness import old_checkout
+    from .harness import old_checkout, span, summarize
 
     server = RedisServer()
     server.start()
@@ -122,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         server.cleanup()
     print(f"  {'checkout':<10} " + " ".join(f"{p + ' us/call':>22}" for p in PHASES))
     for name, got in runs.items():
-        print(f"  {name:<10} " + " ".join(f"{span([g[p][1] for g in got], 1):>22}"
+        print(f"  {name:<10} " + " ".join(f"{span(summarize([g[p][1] for g in got]), '.1f'):>22}"
                                           for p in PHASES))
     print(f"  {'checkout':<10} " + " ".join(f"{p + ' per s':>22}" for p in PHASES))
     for name, got in runs.items():
-        print(f"  {name:<10} " + " ".join(f"{span([g[p][0] for g in got], 0):>22}"
+        print(f"  {name:<10} " + " ".join(f"{span(summarize([g[p][0] for g in got]), '.0f'):>22}"
                                           for p in PHASES))
     def median(name: str, phase: str, figure: int) -> float:
         return statistics.median([g[phase][figure] for g in runs[name]])

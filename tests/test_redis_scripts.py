@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from dcm_sync.backends.redis_lua import HEAD, _definitions, lean
+from dcm_sync.backends.redis_lua import _DEFINES, HEAD, _definitions, lean
 from dcm_sync.backends.redis_scripts import Scripts
 
 SHARED = set().union(*(names for names, _ in _definitions(HEAD)))
@@ -17,8 +17,9 @@ NAMES = [name for name, value in vars(SCRIPTS).items() if isinstance(value, str)
 
 
 def _defined(text: str) -> set[str]:
-    found = re.findall(r"^local (?:function (\w+)|([\w, ]+?)\s*(?:=|$))", text, re.M)
-    return {n.strip() for f, v in found for n in (f or v).split(",")}
+    """The names defined at the top level of a script (the library's and the body's own)."""
+    found = [m for line in text.splitlines() if (m := _DEFINES.match(line))]
+    return {n.strip() for m in found for n in (m[1] or m[2]).split(",")}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,6 +8,7 @@ its leftovers in the buckets are deleted as it is found so.
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["KEYS", "ROOM", "CONN", "REMOVE_ALL", "HEAD", "lean"]
@@ -357,6 +358,7 @@ def _words(lua: str) -> set[str]:
     return set(_WORD.findall(re.sub(r"--[^\n]*", "", lua)))
 
 
+@functools.lru_cache(maxsize=128)  # the same texts for every backend and Emitter made
 def lean(script: str) -> str:
     """``script`` (a body after `HEAD`, or after a part of it) with only the shared definitions
     its body uses, and those they use. Redis runs a script's whole text at every call, and
